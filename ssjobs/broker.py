@@ -1,0 +1,144 @@
+"""Redis key names and the atomic operations on them (one Lua script per operation).
+
+Every key of a topic carries the topic as a Redis Cluster hash tag, ``{prefix}:{{topic}}:ready``,
+so each script touches a single slot. See docs/protocol.md for the wire format.
+"""
+from __future__ import annotations
+
+import time
+from functools import cache
+from importlib import resources
+from typing import Iterable, Sequence
+
+import redis
+
+from .errors import BrokerUnavailable
+
+DEAD_CAP = 10_000            # dead-letter list length kept per topic; older entries trimmed
+PROMOTE_LIMIT = 1_000        # delayed jobs promoted per call, so one call stays short
+CONNECTION_ERRORS = (redis.ConnectionError, redis.TimeoutError, ConnectionError, OSError)
+
+
+@cache
+def _script_source(name: str) -> str:
+    return resources.files("ssjobs.lua").joinpath(f"{name}.lua").read_text("utf-8")
+
+
+def connect(url: str, *, socket_timeout: float | None = 10.0) -> redis.Redis:
+    """A client with bytes replies; ``socket_timeout`` must exceed any blocking wait."""
+    try:
+        return redis.Redis.from_url(url, socket_timeout=socket_timeout,
+                                    socket_connect_timeout=5.0, health_check_interval=0)
+    except ValueError as exc:
+        raise BrokerUnavailable(f"invalid redis url {url!r}: {exc}") from None
+
+
+def nodes_key(prefix: str) -> str:
+    """ZSET node -> last master heartbeat (epoch s); fleet-wide, not tied to one topic."""
+    return f"{prefix}:nodes"
+
+
+class TopicKeys:
+    __slots__ = ("prefix", "topic", "base", "ready", "delayed", "dead", "stats", "workers")
+
+    def __init__(self, prefix: str, topic: str) -> None:
+        self.prefix = prefix
+        self.topic = topic
+        self.base = f"{prefix}:{{{topic}}}"
+        self.ready = f"{self.base}:ready"
+        self.delayed = f"{self.base}:delayed"
+        self.dead = f"{self.base}:dead"
+        self.stats = f"{self.base}:stats"
+        self.workers = f"{self.base}:workers"   # HASH worker name -> node
+
+    def inflight(self, worker: str) -> str:
+        return f"{self.base}:inflight:{worker}"
+
+
+class Broker:
+    """The operations of one topic on one Redis connection pool."""
+
+    def __init__(self, client: redis.Redis, prefix: str, topic: str) -> None:
+        self.client = client
+        self.keys = TopicKeys(prefix, topic)
+        self._fetch = client.register_script(_script_source("fetch"))
+        self._settle = client.register_script(_script_source("settle"))
+        self._recover = client.register_script(_script_source("recover"))
+        self._promote = client.register_script(_script_source("promote"))
+
+    # -- worker side -----------------------------------------------------------------
+    def fetch(self, worker: str, count: int) -> list[bytes]:
+        k = self.keys
+        return self._fetch(keys=[k.ready, k.delayed, k.inflight(worker)],
+                           args=[count, time.time(), PROMOTE_LIMIT])
+
+    def wait_one(self, worker: str, timeout: float) -> bytes | None:
+        """Block up to ``timeout`` seconds for one job, moved straight into in-flight."""
+        return self.client.blmove(self.keys.ready, self.keys.inflight(worker), timeout,
+                                  "RIGHT", "LEFT")
+
+    def settle(self, worker: str, processed: int, failed: int,
+               retries: Sequence[tuple[float, bytes]] = (), dead: Sequence[bytes] = (),
+               unstarted: Sequence[bytes] = ()) -> None:
+        k = self.keys
+        args: list = [processed, failed, DEAD_CAP, len(retries), len(dead), len(unstarted)]
+        for due, env in retries:
+            args += (repr(due), env)
+        args += dead
+        args += unstarted
+        self._settle(keys=[k.ready, k.delayed, k.inflight(worker), k.dead, k.stats], args=args)
+
+    def register_worker(self, worker: str, node: str) -> None:
+        self.client.hset(self.keys.workers, worker, node)
+
+    def unregister_worker(self, worker: str) -> None:
+        self.client.hdel(self.keys.workers, worker)
+
+    # -- master side -----------------------------------------------------------------
+    def recover(self, worker: str, *, charged_id: str = "", max_retries: int = 3,
+                reason: str = "worker died while running this job") -> tuple[int, int]:
+        k = self.keys
+        requeued, dead = self._recover(
+            keys=[k.ready, k.inflight(worker), k.dead, k.stats],
+            args=[charged_id, max_retries, DEAD_CAP, time.time(), worker, reason])
+        self.client.hdel(k.workers, worker)
+        return int(requeued), int(dead)
+
+    def promote(self, now: float | None = None) -> int:
+        k = self.keys
+        return int(self._promote(keys=[k.ready, k.delayed],
+                                 args=[time.time() if now is None else now, PROMOTE_LIMIT]))
+
+    def workers(self) -> dict[str, str]:
+        """worker name -> node, for every worker of this topic that holds an in-flight list."""
+        return {w.decode(): n.decode() for w, n in self.client.hgetall(self.keys.workers).items()}
+
+    # -- producer and console side --------------------------------------------------------
+    def push(self, envelopes: Iterable[bytes]) -> None:
+        self.client.lpush(self.keys.ready, *envelopes)
+
+    def backlog(self) -> int:
+        return int(self.client.llen(self.keys.ready))
+
+    def counts(self) -> dict[str, int]:
+        """backlog, delayed, inflight, dead and the stats counters, in one round trip."""
+        k = self.keys
+        pipe = self.client.pipeline(transaction=False)
+        pipe.llen(k.ready)
+        pipe.zcard(k.delayed)
+        pipe.llen(k.dead)
+        pipe.hgetall(k.stats)
+        pipe.hkeys(k.workers)
+        ready, delayed, dead, stats, workers = pipe.execute()
+        inflight = 0
+        if workers:
+            pipe = self.client.pipeline(transaction=False)
+            for w in workers:
+                pipe.llen(k.inflight(w.decode()))
+            inflight = sum(pipe.execute())
+        out = {"backlog": int(ready), "delayed": int(delayed), "inflight": inflight,
+               "dead": int(dead)}
+        for name in ("processed", "failed", "retried"):
+            out[name] = int(stats.get(name.encode(), 0))
+        out["dead_total"] = int(stats.get(b"dead", 0))
+        return out

@@ -1,0 +1,130 @@
+"""The job envelope: the msgpack structure stored in Redis for every job.
+
+Wire layout (documented in docs/protocol.md): a msgpack array of exactly 7 items
+
+    [version=1, id: str, topic: str, attempts: int, enqueued_at: float, headers: map, payload]
+
+The array header is always the single byte 0x97, and the first five items come before
+``headers`` and ``payload`` so that a Lua script can bump ``attempts`` or add an error to
+``headers`` without touching (and re-encoding) the payload.
+"""
+from __future__ import annotations
+
+import itertools
+import os
+import time
+from typing import Any
+
+import msgpack
+
+from .errors import EnvelopeError
+
+VERSION = 1
+ARRAY_HEADER = b"\x97"  # fixarray of 7 items
+DEFAULT_MAX_PAYLOAD_BYTES = 1024 * 1024
+
+_packb = msgpack.packb
+_unpackb = msgpack.unpackb
+
+
+class Job:
+    """One job as a consumer sees it (SPEC §2)."""
+
+    __slots__ = ("id", "topic", "payload", "attempts", "enqueued_at", "headers")
+
+    def __init__(self, id: str, topic: str, payload: Any, attempts: int = 0,
+                 enqueued_at: float = 0.0, headers: dict | None = None) -> None:
+        self.id = id
+        self.topic = topic
+        self.payload = payload
+        self.attempts = attempts
+        self.enqueued_at = enqueued_at
+        self.headers = headers if headers is not None else {}
+
+    def __repr__(self) -> str:
+        return f"Job(id={self.id!r}, topic={self.topic!r}, attempts={self.attempts})"
+
+
+# Job ids: 12 hex digits of epoch milliseconds (so ids sort by enqueue time), then 10 hex
+# digits of per-process randomness and a 10-hex-digit counter (so ids never collide).
+_counter = itertools.count()
+_node_bits = int.from_bytes(os.urandom(5), "big")
+
+
+def _reseed_after_fork() -> None:
+    global _counter, _node_bits
+    _counter = itertools.count()
+    _node_bits = int.from_bytes(os.urandom(5), "big")
+
+
+os.register_at_fork(after_in_child=_reseed_after_fork)
+
+
+def new_id(now: float | None = None) -> str:
+    """A unique job id that sorts by creation time (32 hex digits)."""
+    ms = int((time.time() if now is None else now) * 1000)
+    return f"{ms:012x}{_node_bits:010x}{next(_counter) & 0xFFFFFFFFFF:010x}"
+
+
+def encode_payload(payload: Any) -> bytes:
+    """msgpack-encode a payload; TypeError names the type msgpack cannot encode."""
+    try:
+        return _packb(payload, use_bin_type=True)
+    except TypeError as exc:
+        raise TypeError(f"payload is not msgpack-serialisable: {exc}") from None
+    except (ValueError, OverflowError) as exc:
+        raise TypeError(f"payload is not msgpack-serialisable: {exc}") from None
+
+
+def build(job_id: str, topic: str, payload_bytes: bytes, attempts: int = 0,
+          enqueued_at: float | None = None, headers: dict | None = None) -> bytes:
+    """Assemble an envelope around an already encoded payload (no re-encoding)."""
+    return b"".join((
+        ARRAY_HEADER,
+        b"\x01",  # version 1 as a positive fixint
+        _packb(job_id),
+        _packb(topic),
+        _packb(attempts),
+        _packb(float(time.time() if enqueued_at is None else enqueued_at)),
+        _packb(headers or {}, use_bin_type=True),
+        payload_bytes,
+    ))
+
+
+def encode(job_id: str, topic: str, payload: Any, attempts: int = 0,
+           enqueued_at: float | None = None, headers: dict | None = None) -> bytes:
+    return build(job_id, topic, encode_payload(payload), attempts, enqueued_at, headers)
+
+
+def encode_job(job: Job) -> bytes:
+    return encode(job.id, job.topic, job.payload, job.attempts, job.enqueued_at, job.headers)
+
+
+def decode(raw: bytes) -> Job:
+    """Decode an envelope strictly; anything else raises EnvelopeError."""
+    try:
+        obj = _unpackb(raw, raw=False)
+    except Exception as exc:  # msgpack raises several unrelated types on garbage
+        raise EnvelopeError(f"not msgpack: {exc.__class__.__name__}: {exc}") from None
+    return _from_list(obj)
+
+
+def _from_list(obj: Any) -> Job:
+    if type(obj) is not list or len(obj) != 7:
+        raise EnvelopeError("not a 7-item envelope array")
+    version, job_id, topic, attempts, enqueued_at, headers, payload = obj
+    if version != VERSION:
+        raise EnvelopeError(f"unsupported envelope version {version!r}")
+    if type(job_id) is not str or type(topic) is not str:
+        raise EnvelopeError("id and topic must be strings")
+    if type(attempts) is not int or attempts < 0:
+        raise EnvelopeError("attempts must be a non-negative integer")
+    if type(enqueued_at) is int:
+        enqueued_at = float(enqueued_at)
+    elif type(enqueued_at) is not float:
+        raise EnvelopeError("enqueued_at must be a number")
+    if type(headers) is list and not headers:
+        headers = {}  # Lua's cmsgpack packs an empty table as an array
+    elif type(headers) is not dict:
+        raise EnvelopeError("headers must be a map")
+    return Job(job_id, topic, payload, attempts, enqueued_at, headers)

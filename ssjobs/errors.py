@@ -1,0 +1,57 @@
+"""One exception tree for ssjobs, rooted at :class:`SsjobsError`."""
+from __future__ import annotations
+
+
+class SsjobsError(Exception):
+    """Raised for any ssjobs failure; the root of every ssjobs exception."""
+
+
+class ConfigError(SsjobsError):
+    """Raised when a config file is missing, unreadable or invalid.
+
+    ``errors`` holds every problem found, one line each (``key.path (line N): message``).
+    """
+
+    def __init__(self, errors: list[str] | str, path: str | None = None) -> None:
+        self.errors = [errors] if isinstance(errors, str) else list(errors)
+        self.path = path
+        where = f"{path}: " if path else ""
+        super().__init__(where + "; ".join(self.errors))
+
+
+class EnvelopeError(SsjobsError):
+    """Raised when bytes taken from Redis are not a valid job envelope."""
+
+
+class BrokerUnavailable(SsjobsError):
+    """Raised when Redis cannot be reached or answers with a connection error."""
+
+
+class ConsumerImportError(SsjobsError):
+    """Raised when a consumer spec cannot be imported or is not callable."""
+
+
+class ControlError(SsjobsError):
+    """Raised when the console cannot act on a master (not running, no permission, timeout)."""
+
+
+class NotifyError(SsjobsError):
+    """Raised when a notifier fails to deliver a message (only to `check --notify`)."""
+
+
+class Retry(Exception):
+    """Raised by a consumer to retry the current job, optionally after ``delay`` seconds."""
+
+    def __init__(self, delay: float | None = None, reason: str = "") -> None:
+        self.delay = delay
+        self.reason = reason
+        super().__init__(reason or (f"retry in {delay}s" if delay is not None else "retry"))
+
+
+class Reject(Exception):
+    """Raised by a consumer to dead-letter the current job at once, without retrying."""
+
+
+class JobTimeout(BaseException):
+    """Raised inside a consumer whose job ran past ``job_timeout`` (BaseException so that
+    a consumer's ``except Exception`` cannot swallow it)."""

@@ -1,0 +1,299 @@
+"""Logging for master and workers: one shared ``ssjobs.log``, text or JSON lines.
+
+Each process appends through its own ``O_APPEND`` descriptor with ONE ``os.write`` per record
+(traceback included), so lines never interleave. Only the master rotates (rotate_if_due); the
+others see the move by comparing inodes of path and descriptor, at most once a second.
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import importlib
+import json
+import logging
+import os
+import re
+import sys
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from .errors import ConfigError, SsjobsError
+
+LOG_FILE_NAME = "ssjobs.log"
+INODE_CHECK_INTERVAL_S = 1.0  # how long a moved file may stay in use: one stat() a second
+_LEVELS = ("debug", "info", "warning", "error", "critical")
+_SIZE_UNITS = {"": 1, "B": 1, "KB": 1024, "MB": 1024**2, "GB": 1024**3}
+_ROTATED_RE = re.compile(re.escape(LOG_FILE_NAME) + r"\.(\d{8}-\d{6})(?:\.(\d+))?$")
+# Attributes every LogRecord has; anything else on a record came from ``extra=``.
+_STANDARD_ATTRS = {*vars(logging.LogRecord("", 0, "", 0, "", None, None)), "message", "asctime"}
+
+ErrorSink = Callable[[dict[str, Any]], None]
+_role = "master"
+_state: dict[str, Any] = {"handlers": [], "targets": [], "file": None, "rotate": None}
+_sinks: list[ErrorSink] = []
+
+
+def set_role(role: str) -> None:
+    """Set the role shown on every line of this process ("worker mail.send #2")."""
+    global _role
+    _role = role
+
+
+def record_dict(record: logging.LogRecord) -> dict[str, Any]:
+    """The fields of one record as JSON-ready values (also what error sinks receive)."""
+    out: dict[str, Any] = {
+        "time": record.created,
+        "ts": _dt.datetime.fromtimestamp(record.created).astimezone()
+        .isoformat(timespec="milliseconds"),
+        "level": record.levelname, "pid": os.getpid(), "role": _role,
+        "logger": record.name, "msg": record.getMessage(),
+    }
+    if record.exc_info and not record.exc_text:
+        record.exc_text = logging.Formatter().formatException(record.exc_info)
+    if exc := "\n".join(p for p in (record.exc_text, record.stack_info) if p):
+        out["exc"] = exc
+    for key, value in vars(record).items():
+        if key not in _STANDARD_ATTRS and key not in out and not key.startswith("_"):
+            out[key] = value
+    return out
+
+
+class TextFormatter(logging.Formatter):
+    """``2026-11-26 17:40:01.123 ERROR [1234] worker mail.send #2: message`` (+ traceback)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        fields = record_dict(record)
+        stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(record.created))
+        line = (f"{stamp}.{int(record.msecs):03d} {record.levelname} [{fields['pid']}] "
+                f"{fields['role']}: {fields['msg']}")
+        return f"{line}\n{fields['exc']}" if "exc" in fields else line
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line; newlines inside the message are escaped by JSON."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return json.dumps(record_dict(record), ensure_ascii=False, default=str)
+
+
+class SharedFileHandler(logging.Handler):
+    """Appends whole records to a file shared by many processes; reopens it when moved."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__()
+        self.path = Path(path)
+        self._fd, self._checked_at = -1, 0.0
+        self._open()
+
+    def _open(self) -> None:
+        flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC
+        old, self._fd = self._fd, os.open(self.path, flags, 0o644)
+        self._checked_at = time.monotonic()
+        if old >= 0:
+            os.close(old)
+
+    def reopen(self) -> None:
+        """Open the path afresh (after logrotate moved the file away)."""
+        with self.lock:  # type: ignore[union-attr]
+            self._open()
+
+    def stat(self) -> os.stat_result:
+        return os.fstat(self._fd)
+
+    def _moved(self) -> bool:
+        try:
+            on_disk, ours = os.stat(self.path), self.stat()
+        except FileNotFoundError:
+            return True
+        return (on_disk.st_ino, on_disk.st_dev) != (ours.st_ino, ours.st_dev)
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            data = (self.format(record) + "\n").encode("utf-8", "backslashreplace")
+            now = time.monotonic()
+            if now - self._checked_at >= INODE_CHECK_INTERVAL_S:
+                self._checked_at = now
+                if self._moved():
+                    self._open()
+            while data:  # one write; a second only after a short write (disk full)
+                data = data[os.write(self._fd, data):]
+        except Exception:  # noqa: BLE001 - a log call must never raise; report on stderr
+            self.handleError(record)
+
+    def close(self) -> None:
+        with self.lock:  # type: ignore[union-attr]
+            fd, self._fd = self._fd, -1
+            if fd >= 0:
+                os.close(fd)
+        super().close()
+
+
+class _SinkHandler(logging.Handler):
+    """Hands every ERROR+ record, as a dict, to the registered sinks."""
+
+    _busy = threading.local()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if getattr(self._busy, "on", False):  # a sink that logs an error must not loop
+            return
+        self._busy.on = True
+        try:
+            fields = record_dict(record)
+            for sink in tuple(_sinks):
+                try:
+                    sink(fields)
+                except Exception:  # noqa: BLE001 - a broken sink must not break logging
+                    self.handleError(record)
+        finally:
+            self._busy.on = False
+
+
+_sink_handler = _SinkHandler(logging.ERROR)
+
+
+def add_error_sink(sink: ErrorSink) -> None:
+    """Call ``sink(record_dict)`` for every ERROR or CRITICAL record of the ssjobs logger."""
+    _sinks.append(sink)
+    logging.getLogger("ssjobs").addHandler(_sink_handler)  # once: addHandler skips repeats
+
+
+def remove_error_sink(sink: ErrorSink) -> None:
+    _sinks[:] = [s for s in _sinks if s is not sink]
+
+
+def parse_rotate(rotate: str) -> str | int | None:
+    """``""`` → None, ``"daily"`` → "daily", ``"100MB"`` → bytes; else ConfigError."""
+    text = rotate.strip().upper()
+    if text in ("", "DAILY"):
+        return text.lower() or None
+    match = re.fullmatch(r"(\d+)\s*([KMG]?B)?", text)
+    if not match or int(match.group(1)) <= 0:
+        raise ConfigError(
+            f'log.rotate: expected "", "daily" or a size like "100MB", got {rotate!r}')
+    return int(match.group(1)) * _SIZE_UNITS[(match.group(2) or "").upper()]
+
+
+def _load_handler(spec: str) -> logging.Handler:
+    module_name, _, attr = spec.partition(":")
+    try:
+        cls = getattr(importlib.import_module(module_name), attr)
+    except (ImportError, AttributeError, ValueError) as e:
+        raise ConfigError(f"log.class: cannot import {spec!r}: {e}") from e
+    if isinstance(cls, type) and issubclass(cls, logging.Handler):
+        return cls()
+    raise ConfigError(f"log.class: {spec!r} is not a logging.Handler subclass")
+
+
+def setup_logging(log_dir: Path | None, *, level: str = "info", fmt: str = "text",
+                  role: str = "master", rotate: str = "", keep: int = 14,
+                  handler_class: str | None = None, stream: Any = None,
+                  capture_root: bool = False) -> None:
+    """Configure the "ssjobs" logger; with ``capture_root`` also the root logger, so the
+    consumers' own loggers land in the same file. Calling it again replaces the setup."""
+    if level.lower() not in _LEVELS:
+        raise ConfigError(f"log.level: expected one of {', '.join(_LEVELS)}, got {level!r}")
+    if fmt not in ("text", "json"):
+        raise ConfigError(f'log.format: expected "text" or "json", got {fmt!r}')
+    rotation = parse_rotate(rotate)
+    extra = [_load_handler(handler_class)] if handler_class else []
+    file_handler = None
+    if log_dir is not None:
+        try:
+            Path(log_dir).mkdir(parents=True, exist_ok=True)
+            file_handler = SharedFileHandler(Path(log_dir) / LOG_FILE_NAME)
+        except OSError as e:
+            raise SsjobsError(f"cannot open the log file in {log_dir}: {e.strerror or e}") from e
+    handlers: list[logging.Handler] = [
+        file_handler or logging.StreamHandler(stream if stream is not None else sys.stderr),
+        *extra]
+    formatter = JsonFormatter() if fmt == "json" else TextFormatter()
+    for handler in handlers:
+        if handler.formatter is None:
+            handler.setFormatter(formatter)
+
+    reset_logging()
+    set_role(role)
+    targets = [logging.getLogger("ssjobs")] + ([logging.getLogger()] if capture_root else [])
+    for logger in targets:
+        logger.setLevel(level.upper())
+        for handler in [*handlers, _sink_handler]:
+            logger.addHandler(handler)
+    targets[0].propagate = not capture_root
+    st = file_handler.stat() if file_handler else None  # a file already there: its day
+    day = _dt.date.fromtimestamp(st.st_mtime) if st and st.st_size else _dt.date.today()
+    _state.update(handlers=handlers, targets=targets, file=file_handler, rotate=rotation,
+                  keep=max(keep, 0), day=day)
+
+
+def reset_logging() -> None:
+    """Undo :func:`setup_logging` (close the handlers, let records propagate again)."""
+    for logger in _state["targets"]:
+        logger.propagate = True
+        logger.setLevel(logging.NOTSET)
+        for handler in [*_state["handlers"], _sink_handler]:
+            logger.removeHandler(handler)
+    for handler in _state["handlers"]:
+        handler.close()
+    _state.update(handlers=[], targets=[], file=None, rotate=None)
+
+
+def reopen_logs() -> None:
+    """Reopen the log file of this process (SIGUSR1, after logrotate moved it)."""
+    if _state["file"] is not None:
+        _state["file"].reopen()
+
+
+def rotate_if_due(now: float | None = None) -> Path | None:
+    """Master only: rotate ``ssjobs.log`` once past its size or day, then prune old files;
+    return the rotated file's new path, or None when nothing was due."""
+    handler: SharedFileHandler | None = _state["file"]
+    if handler is None or (rotation := _state["rotate"]) is None:
+        return None
+    now = time.time() if now is None else now
+    today, size = _dt.date.fromtimestamp(now), handler.stat().st_size
+    if size == 0 or (today == _state["day"] if rotation == "daily" else size < rotation):
+        return None
+    path = handler.path
+    base = f"{path.name}.{time.strftime('%Y%m%d-%H%M%S', time.localtime(now))}"
+    target, serial = path.with_name(base), 0
+    while target.exists():  # several rotations in one second (tiny size limits)
+        serial += 1
+        target = path.with_name(f"{base}.{serial}")
+    try:
+        os.rename(path, target)
+    except FileNotFoundError:  # logrotate moved it first
+        target = None
+    handler.reopen()
+    _state["day"] = today
+    rotated = sorted(((m.group(1), int(m.group(2) or 0)), entry)
+                     for entry in path.parent.iterdir()
+                     if (m := _ROTATED_RE.match(entry.name)))
+    for _, old in rotated[:max(len(rotated) - _state["keep"], 0)]:
+        old.unlink(missing_ok=True)
+    return target
+
+
+class OutageLogger:
+    """Logs an outage once when it begins and once when it ends, not once per retry."""
+
+    def __init__(self, logger: logging.Logger | None = None) -> None:
+        self.log = logger or logging.getLogger("ssjobs.outage")
+        self._outages: dict[str, list[Any]] = {}  # key -> [started_at, failures]
+
+    def note_failure(self, key: str, exc: BaseException) -> bool:
+        """Count one failure; log a WARNING only when it starts an outage (then True)."""
+        outage = self._outages.setdefault(key, [time.monotonic(), 0])  # atomic: one starts it
+        outage[1] += 1
+        if outage[1] == 1:
+            self.log.warning("%r unavailable: %s: %s (not logged again until it recovers)",
+                             key, type(exc).__name__, exc)
+        return outage[1] == 1
+
+    def note_success(self, key: str) -> bool:
+        """End the outage of ``key`` if there is one: log its duration and failure count."""
+        if (outage := self._outages.pop(key, None)) is not None:
+            self.log.info("%r recovered after %.1f s (%d failures)", key,
+                          time.monotonic() - outage[0], outage[1])
+        return outage is not None

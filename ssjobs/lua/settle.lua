@@ -1,0 +1,33 @@
+-- settle: finish a fetched batch in one round trip. The worker's in-flight list holds
+-- exactly the batch, so it is dropped whole; failures and unstarted jobs are re-added.
+-- KEYS[1] ready     LIST
+-- KEYS[2] delayed   ZSET
+-- KEYS[3] inflight  LIST  this worker's in-flight jobs
+-- KEYS[4] dead      LIST  dead-lettered envelopes (error in headers.error), newest left
+-- KEYS[5] stats     HASH  processed, failed, retried, dead
+-- ARGV[1] processed   ARGV[2] failed   ARGV[3] dead cap (max length of dead)
+-- ARGV[4] n_retry     ARGV[5] n_dead   ARGV[6] n_return
+-- then n_retry pairs (due time, envelope), n_dead envelopes, n_return envelopes
+-- (unstarted jobs, oldest first: they go back to the front of ready in order)
+redis.call('DEL', KEYS[3])
+local n_retry, n_dead, n_return = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6])
+local i = 7
+for _ = 1, n_retry do
+  redis.call('ZADD', KEYS[2], ARGV[i], ARGV[i + 1])
+  i = i + 2
+end
+for _ = 1, n_dead do
+  redis.call('LPUSH', KEYS[4], ARGV[i])
+  i = i + 1
+end
+if n_dead > 0 then
+  redis.call('LTRIM', KEYS[4], 0, tonumber(ARGV[3]) - 1)
+end
+for j = i + n_return - 1, i, -1 do
+  redis.call('RPUSH', KEYS[1], ARGV[j])
+end
+if ARGV[1] ~= '0' then redis.call('HINCRBY', KEYS[5], 'processed', ARGV[1]) end
+if ARGV[2] ~= '0' then redis.call('HINCRBY', KEYS[5], 'failed', ARGV[2]) end
+if n_retry > 0 then redis.call('HINCRBY', KEYS[5], 'retried', n_retry) end
+if n_dead > 0 then redis.call('HINCRBY', KEYS[5], 'dead', n_dead) end
+return 1

@@ -1,0 +1,104 @@
+"""Push jobs from application code (SPEC §3).
+
+Imports only the broker, envelope, config and errors layers: an application that pushes
+jobs pulls in no click, no process code and no worker-only dependency.
+"""
+from __future__ import annotations
+
+import os
+import time
+from typing import Any, Iterable
+
+from . import envelope
+from .broker import CONNECTION_ERRORS, TopicKeys, connect
+from .errors import BrokerUnavailable
+
+CHUNK_SIZE = 1_000   # envelopes per LPUSH: big enough to amortise the round trip,
+                     # small enough to keep one command well under Redis' 512 MB limit
+
+
+class Producer:
+    """Thread-safe: every call borrows a connection from one pool."""
+
+    def __init__(self, url: str = "redis://127.0.0.1:6379/0", *, prefix: str = "ssjobs",
+                 max_payload_bytes: int = envelope.DEFAULT_MAX_PAYLOAD_BYTES) -> None:
+        self.prefix = prefix
+        self.max_payload_bytes = max_payload_bytes
+        self._client = connect(url)
+        self._keys: dict[str, TopicKeys] = {}
+
+    @classmethod
+    def from_config(cls, path: str | os.PathLike, **options: Any) -> "Producer":
+        from .config import load_config  # only when asked: keeps `import producer` light
+
+        cfg = load_config(path)
+        return cls(cfg.redis.url, prefix=cfg.redis.prefix, **options)
+
+    def _topic_keys(self, topic: str) -> TopicKeys:
+        keys = self._keys.get(topic)
+        if keys is None:
+            if not isinstance(topic, str) or not topic or "{" in topic or "}" in topic:
+                raise ValueError(f"invalid topic {topic!r}")
+            keys = self._keys[topic] = TopicKeys(self.prefix, topic)
+        return keys
+
+    def _envelope(self, topic: str, payload: Any, now: float) -> tuple[str, bytes]:
+        body = envelope.encode_payload(payload)
+        if len(body) > self.max_payload_bytes:
+            raise ValueError(f"payload is {len(body)} bytes encoded, over max_payload_bytes="
+                             f"{self.max_payload_bytes}")
+        job_id = envelope.new_id(now)
+        return job_id, envelope.build(job_id, topic, body, 0, now, None)
+
+    def push(self, topic: str, payload: Any = None, *, delay: float = 0) -> str:
+        """Enqueue one job; returns its id. ``delay`` seconds: run no earlier than that."""
+        keys = self._topic_keys(topic)
+        now = time.time()
+        job_id, env = self._envelope(topic, payload, now)
+        try:
+            if delay and delay > 0:
+                self._client.zadd(keys.delayed, {env: now + delay})
+            else:
+                self._client.lpush(keys.ready, env)
+        except CONNECTION_ERRORS as exc:
+            raise BrokerUnavailable(f"cannot push to redis: {exc}") from exc
+        return job_id
+
+    def push_many(self, topic: str, payloads: Iterable[Any], *, delay: float = 0) -> list[str]:
+        """Enqueue many jobs, pipelined in chunks; validates all before sending any."""
+        keys = self._topic_keys(topic)
+        now = time.time()
+        pairs = [self._envelope(topic, p, now) for p in payloads]
+        if not pairs:
+            return []
+        ids, envs = map(list, zip(*pairs))
+        try:
+            pipe = self._client.pipeline(transaction=False)
+            for start in range(0, len(envs), CHUNK_SIZE):
+                chunk = envs[start:start + CHUNK_SIZE]
+                if delay and delay > 0:
+                    pipe.zadd(keys.delayed, dict.fromkeys(chunk, now + delay))
+                else:
+                    pipe.lpush(keys.ready, *chunk)
+            pipe.execute()
+        except CONNECTION_ERRORS as exc:
+            raise BrokerUnavailable(f"cannot push to redis: {exc}") from exc
+        return ids
+
+    def queue_size(self, topic: str) -> int:
+        """Jobs waiting in ``ready`` (not delayed, not in flight)."""
+        try:
+            return int(self._client.llen(self._topic_keys(topic).ready))
+        except CONNECTION_ERRORS as exc:
+            raise BrokerUnavailable(f"cannot reach redis: {exc}") from exc
+
+    def close(self) -> None:
+        self._client.close()
+        self._client.connection_pool.disconnect()
+
+    def __enter__(self) -> "Producer":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+

@@ -1,0 +1,68 @@
+import threading
+
+import pytest
+
+from ssjobs import envelope
+from ssjobs.broker import TopicKeys
+from ssjobs.producer import Producer
+
+
+def ready(rclient, topic):
+    return [envelope.decode(r) for r in rclient.lrange(TopicKeys("t", topic).ready, 0, -1)]
+
+
+def test_push_stores_a_decodable_envelope_with_hash_tagged_key(redis_url, rclient):
+    with Producer(redis_url, prefix="t") as p:
+        job_id = p.push("mail.send", {"to": "x"})
+        assert p.queue_size("mail.send") == 1
+    assert rclient.exists("t:{mail.send}:ready")
+    (job,) = ready(rclient, "mail.send")
+    assert (job.id, job.topic, job.payload, job.attempts) == (job_id, "mail.send", {"to": "x"}, 0)
+
+
+def test_delay_goes_to_the_delayed_set(redis_url, rclient):
+    with Producer(redis_url, prefix="t") as p:
+        p.push("t1", 1, delay=60)
+    (member, score), = rclient.zrange("t:{t1}:delayed", 0, -1, withscores=True)
+    assert envelope.decode(member).payload == 1
+    assert score == pytest.approx(envelope.decode(member).enqueued_at + 60, abs=1)
+
+
+def test_push_many_is_fifo_and_returns_ids_in_order(redis_url, rclient):
+    with Producer(redis_url, prefix="t") as p:
+        ids = p.push_many("t1", list(range(2500)))
+    assert len(ids) == len(set(ids)) == 2500
+    # workers take from the right: the rightmost element is the first pushed
+    assert [j.payload for j in reversed(ready(rclient, "t1"))] == list(range(2500))
+    assert [j.id for j in reversed(ready(rclient, "t1"))] == ids
+
+
+def test_push_many_is_all_or_nothing_on_validation(redis_url, rclient):
+    with Producer(redis_url, prefix="t", max_payload_bytes=100) as p:
+        with pytest.raises(TypeError, match="set"):
+            p.push_many("t1", [1, 2, {3}])
+        with pytest.raises(ValueError, match="max_payload_bytes"):
+            p.push_many("t1", [1, "x" * 200])
+        with pytest.raises(ValueError):
+            p.push("t1", "x" * 200)
+        assert p.queue_size("t1") == 0
+    assert rclient.dbsize() == 0
+
+
+def test_thread_safe_pushes(redis_url):
+    with Producer(redis_url, prefix="t") as p:
+        ids: list[str] = []
+        lock = threading.Lock()
+
+        def pusher():
+            mine = [p.push("t1", i) for i in range(200)]
+            with lock:
+                ids.extend(mine)
+
+        threads = [threading.Thread(target=pusher) for _ in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert p.queue_size("t1") == 1600
+        assert len(set(ids)) == 1600
