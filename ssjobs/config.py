@@ -30,14 +30,15 @@ from .errors import ConfigError
 CONFIG_ENV = "SSJOBS_CONFIG"
 DEFAULT_CONFIG_NAME = "ssjobs.toml"
 NOTIFIER_KINDS = ("dingtalk", "webhook", "slack", "feishu", "wecom")
-MAX_TOPIC_BYTES = 64  # topics are embedded in every Redis key name; keep keys short
+MAX_TOPIC_BYTES = 64  # the topic is part of every Redis key name of its queue
+_HINT = "pass -c PATH or set SSJOBS_CONFIG; start from config_example.toml"
 
 
-# -- rules: a hint for the docs and a test returning an error message (None when fine) ------
+# -- rules: a hint for the docs, and a test giving an error message (None when fine) --------
 
 class Rule(NamedTuple):
     hint: str
-    test: Callable[[Any], "str | None"]
+    test: Callable[[Any], str | None]
 
 
 def _num(v: float) -> str:
@@ -48,53 +49,46 @@ def _show(s: str) -> str:
     return json.dumps(s if len(s) <= 60 else s[:57] + "...", ensure_ascii=False)
 
 
-def between(lo: int, hi: int) -> Rule:
+def between(lo: int, hi: int | None = None) -> Rule:
+    if hi is None:
+        return Rule(f">= {lo}", lambda v: None if v >= lo else f"must be >= {lo}, got {_num(v)}")
     return Rule(f"{lo}..{hi}", lambda v: None if lo <= v <= hi
                 else f"must be between {lo} and {hi}, got {_num(v)}")
 
 
-def at_least(lo: int) -> Rule:
-    return Rule(f">= {lo}", lambda v: None if v >= lo else f"must be >= {lo}, got {_num(v)}")
-
-
 def one_of(*choices: str) -> Rule:
-    return Rule(" | ".join(choices), lambda v: None if v in choices else
-                f"must be one of {', '.join(choices)}, got {_show(v)}")
+    return Rule(" | ".join(choices), lambda v: None if v in choices
+                else f"must be one of {', '.join(choices)}, got {_show(v)}")
 
 
-def _is_spec(v: str) -> bool:
+def matches(pattern: str, what: str) -> Rule:
+    return Rule("", lambda v: None if re.fullmatch(pattern, v)
+                else f"must be {what}, got {_show(v)}")
+
+
+def is_spec(v: str) -> bool:
+    """True for "module.path:attr" made of Python identifiers."""
     module, sep, attr = v.partition(":")
-    names = module.split(".") + [attr]
-    return bool(sep) and all(n.isidentifier() and not keyword.iskeyword(n) for n in names)
+    return bool(sep) and all(n.isidentifier() and not keyword.iskeyword(n)
+                             for n in [*module.split("."), attr])
 
 
-def _spec(what: str) -> Rule:
-    return Rule("", lambda v: None if _is_spec(v) else
-                f'must be "module:{what}" (e.g. "mail:send"), got {_show(v)}')
-
-
-def _notifier_kind(v: str) -> str | None:
-    if v in NOTIFIER_KINDS or _is_spec(v):
-        return None
-    return f'must be one of {", ".join(NOTIFIER_KINDS)} or "module:Class", got {_show(v)}'
+def spec_rule(what: str, *names: str) -> Rule:
+    """A "module:attr" spec, or one of ``names``."""
+    return Rule("", lambda v: None if v in names or is_spec(v) else
+                f"must be {what}, got {_show(v)}")
 
 
 def _topic(v: str) -> str | None:
-    if not v or re.search(r"[\s{}]", v):
+    if not re.fullmatch(r"[^\s{}]+", v):
         return f"must be non-empty, without whitespace, '{{' or '}}', got {_show(v)}"
     size = len(v.encode())
     return None if size <= MAX_TOPIC_BYTES else \
         f"must be at most {MAX_TOPIC_BYTES} bytes (UTF-8), got {size}"
 
 
-def _prefix(v: str) -> str | None:
-    if v and len(v) <= 64 and not re.search(r"[\s{}]", v):
-        return None
-    return f"must be 1..64 characters, without whitespace, '{{' or '}}', got {_show(v)}"
-
-
 def _redis_url(v: str) -> str | None:
-    """Check a redis URL without echoing it: it may carry a password."""
+    """Check a Redis URL without echoing it: it may carry a password."""
     try:
         url = urlsplit(v)
         port = url.port
@@ -111,55 +105,26 @@ def _redis_url(v: str) -> str | None:
 
 
 def _listen(v: str) -> str | None:
-    host, sep, port = v.rpartition(":")
-    if not sep or not host or re.search(r"\s", host) or host.startswith("[") != host.endswith("]"):
+    host, _, port = v.rpartition(":")
+    if not re.fullmatch(r"[^\s\[\]:]+|\[[0-9A-Fa-f:.]+\]", host):
         return f'must be "host:port" (e.g. "127.0.0.1:9108"), got {_show(v)}'
     if port.isascii() and port.isdigit() and 1 <= int(port) <= 65535:
         return None
     return f"port must be between 1 and 65535, got {_show(port)}"
 
 
-def _rotate(v: str) -> str | None:
-    if v in ("", "daily"):
-        return None
-    size = re.fullmatch(r"(\d+)\s*([KMG]?B)?", v, re.IGNORECASE)
-    if size and int(size.group(1)) > 0:
-        return None
-    return f'must be "", "daily" or a size like "100MB", got {_show(v)}'
-
-
-def _user(v: str) -> str | None:
-    name = r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,31}"
-    if v == "" or re.fullmatch(f"{name}(:{name})?", v):
-        return None
-    return f'must be "user" or "user:group", got {_show(v)}'
-
-
-def _name(v: str) -> str | None:
-    return None if re.fullmatch(r"[A-Za-z0-9_.-]{1,32}", v) else \
-        f"must be 1..32 letters, digits, '.', '_' or '-', got {_show(v)}"
-
-
-def _syntax(test: Callable[[Any], str | None]) -> Rule:
-    return Rule("", test)
-
-
-# -- declarations ---------------------------------------------------------------------------
+# -- declarations: one dataclass field per key -----------------------------------------------
 
 _NOTHING = object()
+_USER = r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,31}"
 
 
-class Setting(NamedTuple):
-    doc: str
-    rule: Rule | None = None
-    key: str | None = None  # TOML key, when it differs from the attribute name
-    example: Any = _NOTHING  # value shown in config_example.toml, when not the default
-
-
-def setting(default: Any = MISSING, doc: str = "", *, rule: Rule | None = None,
+def setting(default: Any = MISSING, doc: str = "", *, rule: Rule | Callable | None = None,
             key: str | None = None, example: Any = _NOTHING) -> Any:
-    """Declare one config key as a dataclass field (no default = required)."""
-    meta = {"setting": Setting(doc, rule, key, example)}
+    """Declare one key: TOML ``key`` (default: the field name), ``rule``, one-line ``doc``, and
+    the ``example`` value for config_example.toml. No default means the key is required."""
+    meta = {"doc": doc, "rule": Rule("", rule) if callable(rule) else rule, "key": key,
+            "example": example}
     if isinstance(default, dict):
         return field(default_factory=lambda: MappingProxyType(dict(default)), metadata=meta)
     return field(default=default, metadata=meta)
@@ -168,101 +133,93 @@ def setting(default: Any = MISSING, doc: str = "", *, rule: Rule | None = None,
 @dataclass(frozen=True, kw_only=True)
 class ProcessConfig:
     name: str = setting("ssjobs", 'process titles: "<name>: master", "<name>: worker <topic> #<n>"',
-                        rule=_syntax(_name))
+                        rule=matches(r"[A-Za-z0-9_.-]{1,32}", "1..32 of A-Z a-z 0-9 . _ -"))
     data_dir: Path = setting(doc="pid file, lock, shared-memory scoreboard, status snapshot",
                              example="./data/process")
-    user: str = setting("", 'drop privileges after start (root only), "www" or "www:www"',
-                        rule=_syntax(_user))
+    user: str = setting("", 'drop privileges after start (root only): "www" or "www:www"',
+                        rule=matches(f"|{_USER}(:{_USER})?", '"user" or "user:group"'))
     consumer_path: tuple[Path, ...] = setting(
-        (), "dirs put on sys.path before importing consumers (string or array)",
-        example=["./examples/consumers"])
-    stop_timeout: float = setting(
-        30.0, "seconds in-flight jobs may take to finish on stop/restart before SIGKILL",
-        rule=at_least(0))
-    heartbeat_ttl: float = setting(
-        30.0, "a host whose master heartbeat is older than this is dead; others requeue its jobs",
-        rule=at_least(1))
+        (), "dirs put on sys.path before importing consumers", example=["./examples/consumers"])
+    stop_timeout: float = setting(30.0, "seconds jobs may take to finish on stop before SIGKILL",
+                                  rule=between(0))
+    heartbeat_ttl: float = setting(30.0, "seconds; a host whose master heartbeat is older is dead "
+                                   "and its jobs are requeued", rule=between(1))
 
 
 @dataclass(frozen=True)
 class LogConfig:
-    dir: Path = setting(doc="ssjobs.log is written here", example="./data/logs")
+    dir: Path = setting(doc="where ssjobs.log is written", example="./data/logs")
     level: str = setting("info", "log level", rule=one_of("debug", "info", "warning", "error"))
-    format: str = setting("text", "json = one JSON object per line", rule=one_of("text", "json"))
+    format: str = setting("text", "json: one JSON object per line", rule=one_of("text", "json"))
     rotate: str = setting("", '"" (leave it to logrotate + USR1), "daily", or a size like "100MB"',
-                          rule=_syntax(_rotate))
-    keep: int = setting(14, "rotated files to keep", rule=at_least(0))
-    handler_class: str | None = setting(
-        None, "optional custom logging.Handler subclass", key="class",
-        rule=_spec("Class"), example="mypkg.logs:MyLogHandler")
+                          rule=matches(r"|daily|0*[1-9]\d*\s*(?i:[KMG]?B)?",
+                                       '"", "daily" or a size like "100MB"'))
+    keep: int = setting(14, "rotated files to keep", rule=between(0))
+    handler_class: str | None = setting(None, "custom logging.Handler subclass", key="class",
+                                        rule=spec_rule('"module:Class"'),
+                                        example="mypkg.logs:MyLogHandler")
 
 
 @dataclass(frozen=True)
 class RedisConfig:
     url: str = setting("redis://127.0.0.1:6379/0", "redis://, rediss:// (TLS), unix:///path.sock",
-                       rule=_syntax(_redis_url))
-    prefix: str = setting("ssjobs", "key namespace", rule=_syntax(_prefix))
+                       rule=_redis_url)
+    prefix: str = setting("ssjobs", "key namespace",
+                          rule=matches(r"[^\s{}]{1,64}", "1..64 characters, no space, { or }"))
 
 
 @dataclass(frozen=True)
 class NotifierConfig:
-    kind: str = setting(doc=f'{" | ".join(NOTIFIER_KINDS)} | "module:Class"', key="class",
-                        rule=_syntax(_notifier_kind), example="dingtalk")
-    log_notify: bool = setting(True, "send ERROR-level log lines (rate-limited, de-duplicated)")
-    jobs_check_notify: bool = setting(
-        True, "send job-monitoring alerts (backlog, dead letters, crash loops)")
-    alert_after: float = setting(
-        30.0, "seconds a condition (e.g. backlog > queue_health_size) must hold",
-        rule=at_least(0))
-    repeat_interval: float = setting(
-        600.0, "the same message/alert is sent at most once per this many seconds",
-        rule=at_least(0))
+    kind: str = setting(doc=" | ".join([*NOTIFIER_KINDS, '"module:Class"']), key="class",
+                        rule=spec_rule(f'{", ".join(NOTIFIER_KINDS)} or "module:Class"',
+                                       *NOTIFIER_KINDS), example="dingtalk")
+    log_notify: bool = setting(True, "send ERROR log lines (rate-limited, de-duplicated)")
+    jobs_check_notify: bool = setting(True, "send job alerts: backlog, dead letters, crash loops")
+    alert_after: float = setting(30.0, "seconds a condition (e.g. backlog) must hold to alert",
+                                 rule=between(0))
+    repeat_interval: float = setting(600.0, "seconds before the same alert is sent again",
+                                     rule=between(0))
     params: Mapping[str, Any] = setting(
-        {}, "dingtalk: token (or url), secret; webhook/slack/feishu/wecom: url "
-        "(+ secret for feishu); all: prefix",
+        {}, "dingtalk: token (or url), secret; others: url (+ secret for feishu); all: prefix",
         example={"token": "xxxx", "secret": "", "prefix": "[prod]"})
 
 
 @dataclass(frozen=True)
 class MetricsConfig:
     listen: str = setting(doc="Prometheus text format at /metrics, served by the master",
-                          rule=_syntax(_listen), example="127.0.0.1:9108")
+                          rule=_listen, example="127.0.0.1:9108")
 
     @property
-    def host(self) -> str:
-        return self.listen.rpartition(":")[0].strip("[]")
-
-    @property
-    def port(self) -> int:
-        return int(self.listen.rpartition(":")[2])
+    def address(self) -> tuple[str, int]:
+        """``(host, port)``; an IPv6 host loses its brackets."""
+        host, _, port = self.listen.rpartition(":")
+        return host.strip("[]"), int(port)
 
 
 @dataclass(frozen=True)
 class JobConfig:
-    topic: str = setting(doc="unique", rule=_syntax(_topic))
-    consumer: str = setting(doc='"module:function" or "module:Class"', rule=_spec("function"))
+    topic: str = setting(doc="unique", rule=_topic)
+    consumer: str = setting(doc='"module:function" or "module:Class"',
+                            rule=spec_rule('"module:function" or "module:Class"'))
     static_workers: int = setting(1, "always running, restarted if they exit",
                                   rule=between(1, 1024))
-    dynamic_workers: int = setting(0, "started while backlog > queue_health_size",
+    dynamic_workers: int = setting(0, "run while backlog > queue_health_size",
                                    rule=between(0, 1024))
-    queue_health_size: int = setting(100, "backlog above this is unhealthy (0 = never check)",
-                                     rule=at_least(0))
-    max_execute_time: float = setting(
-        0.0, "seconds a worker lives before it is recycled (0 = no limit)", rule=at_least(0))
-    max_consumer_count: int = setting(
-        0, "jobs a worker handles before it is recycled (0 = no limit)", rule=at_least(0))
-    dynamic_idle_time: float = setting(
-        60.0, "seconds a dynamic worker may idle before it exits (0 = never)", rule=at_least(0))
-    job_timeout: float = setting(300.0, "seconds one job may run (0 = no limit)",
-                                 rule=at_least(0))
-    max_retries: int = setting(3, "then the job goes to the dead-letter list",
-                               rule=between(0, 1000))
-    retry_backoff: float = setting(10.0, "seconds; exponential with jitter: ~10, 20, 40 ...",
-                                   rule=at_least(0))
-    max_memory_mb: int = setting(0, "recycle a worker whose RSS passes this (0 = no limit)",
-                                 rule=at_least(0))
-    batch_size: int = setting(100, "jobs a worker may fetch per Redis round trip",
-                              rule=between(1, 1000))
+    queue_health_size: int = setting(100, "backlog above this is unhealthy; 0: never check",
+                                     rule=between(0))
+    max_execute_time: float = setting(0.0, "seconds a worker lives before it is recycled; "
+                                      "0: no limit", rule=between(0))
+    max_consumer_count: int = setting(0, "jobs a worker handles before it is recycled; "
+                                      "0: no limit", rule=between(0))
+    dynamic_idle_time: float = setting(60.0, "seconds a dynamic worker may idle; 0: never exits",
+                                       rule=between(0))
+    job_timeout: float = setting(300.0, "seconds one job may run; 0: no limit", rule=between(0))
+    max_retries: int = setting(3, "retries, then the job is dead-lettered", rule=between(0, 1000))
+    retry_backoff: float = setting(10.0, "seconds; doubles per retry, with jitter",
+                                   rule=between(0))
+    max_memory_mb: int = setting(0, "recycle a worker whose RSS passes this; 0: no limit",
+                                 rule=between(0))
+    batch_size: int = setting(100, "jobs fetched per Redis round trip", rule=between(1, 1000))
     redis: RedisConfig | None = None  # [jobs.redis]: this topic on another Redis
 
 
@@ -290,8 +247,8 @@ class Config:
 class Section(NamedTuple):
     cls: type
     doc: str = ""
-    optional: bool = False  # absent → None (else absent → defaults, or missing-key errors)
-    array: bool = False     # [[name]], a non-empty array of tables
+    optional: bool = False  # absent: None (else absent: defaults, or missing-key errors)
+    array: bool = False  # [[name]]: a non-empty array of tables
 
 
 SECTIONS: dict[str, Section] = {
@@ -302,10 +259,10 @@ SECTIONS: dict[str, Section] = {
     "metrics": Section(MetricsConfig, "optional", optional=True),
     "jobs": Section(JobConfig, "one per topic", array=True),
 }
-JOB_REDIS_DOC = "optional: this topic on another Redis (keys not set come from [redis])"
+JOB_REDIS_DOC = "optional: this topic on another Redis (unset keys come from [redis])"
 
 
-# -- types: the annotation of a field picks its converter -------------------------------------
+# -- types: the annotation of a field picks its converter -----------------------------------
 
 class _Invalid(ValueError):
     def __init__(self, message: str, sub: str = "") -> None:
@@ -318,12 +275,11 @@ def _describe(v: Any) -> str:
         return f"boolean {str(v).lower()}"
     if isinstance(v, (int, float)):
         return f"{'integer' if isinstance(v, int) else 'float'} {v!r}"
-    if isinstance(v, str):
-        return f"string {_show(v)}"
-    return {list: "array", dict: "table"}.get(type(v), type(v).__name__)
+    return f"string {_show(v)}" if isinstance(v, str) else \
+        {list: "array", dict: "table"}.get(type(v), type(v).__name__)
 
 
-def _to(kind: type, what: str) -> Callable[[Any, Path], Any]:
+def _to(kind: type | tuple[type, ...], what: str) -> Callable[[Any, Path], Any]:
     def convert(v: Any, base: Path) -> Any:
         if isinstance(v, kind) and (kind is bool or not isinstance(v, bool)):
             return v
@@ -332,8 +288,7 @@ def _to(kind: type, what: str) -> Callable[[Any, Path], Any]:
 
 
 def _to_float(v: Any, base: Path) -> float:
-    v = _to((int, float), "a number")(v, base)  # type: ignore[arg-type]
-    if not math.isfinite(v):
+    if not math.isfinite(_to((int, float), "a number")(v, base)):
         raise _Invalid(f"must be a finite number, got {v}")
     return float(v)
 
@@ -356,14 +311,11 @@ def _to_paths(v: Any, base: Path) -> tuple[Path, ...]:
     return tuple(out)
 
 
-def _to_table(v: Any, base: Path) -> Mapping[str, Any]:
-    return MappingProxyType(dict(_to(dict, "a table")(v, base)))
-
-
 _KINDS: dict[str, Callable[[Any, Path], Any]] = {
     "str": _to(str, "a string"), "str | None": _to(str, "a string"),
     "int": _to(int, "an integer"), "float": _to_float, "bool": _to(bool, "true or false"),
-    "Path": _to_path, "tuple[Path, ...]": _to_paths, "Mapping[str, Any]": _to_table,
+    "Path": _to_path, "tuple[Path, ...]": _to_paths,
+    "Mapping[str, Any]": lambda v, base: MappingProxyType(dict(_to(dict, "a table")(v, base))),
 }
 
 
@@ -372,27 +324,26 @@ class Spec(NamedTuple):
     key: str
     convert: Callable[[Any, Path], Any]
     default: Any  # MISSING when required
-    setting: Setting
+    rule: Rule | None
+    doc: str
+    example: Any
 
 
 @cache
 def specs(cls: type) -> tuple[Spec, ...]:
     """The declared settings of one section's dataclass, in declaration order."""
-    out = []
-    for f in fields(cls):
-        if "setting" in f.metadata:
-            s = f.metadata["setting"]
-            default = {} if f.default_factory is not MISSING else f.default
-            out.append(Spec(f.name, s.key or f.name, _KINDS[str(f.type)], default, s))
-    return tuple(out)
+    return tuple(Spec(f.name, f.metadata["key"] or f.name, _KINDS[str(f.type)],
+                      {} if f.default_factory is not MISSING else f.default, f.metadata["rule"],
+                      f.metadata["doc"], f.metadata["example"])
+                 for f in fields(cls) if "doc" in f.metadata)
 
 
 # -- loading --------------------------------------------------------------------------------
 
+@dataclass
 class _Ctx:
-    def __init__(self, base: Path) -> None:
-        self.base = base
-        self.errors: list[tuple[str, str]] = []
+    base: Path  # relative paths are relative to the config file's directory
+    errors: list[tuple[str, str]] = field(default_factory=list)
 
     def error(self, path: str, message: str) -> None:
         self.errors.append((path, message))
@@ -402,10 +353,8 @@ def _table(cls: type, raw: Any, path: str, ctx: _Ctx, defaults: Mapping[str, Any
            extra: Mapping[str, Any] | None = None) -> Any:
     """Build ``cls`` from one TOML table; None (and errors in ``ctx``) when it is invalid."""
     if not isinstance(raw, dict):
-        ctx.error(path, f"must be a table, got {_describe(raw)}")
-        return None
-    extra = extra or {}
-    before, values = len(ctx.errors), {**(defaults or {}), **extra}
+        return ctx.error(path, f"must be a table, got {_describe(raw)}")
+    before, values = len(ctx.errors), {**(defaults or {}), **(extra or {})}
     for spec in specs(cls):
         where = f"{path}.{spec.key}"
         if spec.key not in raw:
@@ -417,19 +366,18 @@ def _table(cls: type, raw: Any, path: str, ctx: _Ctx, defaults: Mapping[str, Any
         except _Invalid as e:
             ctx.error(where + e.sub, str(e))
             continue
-        message = spec.setting.rule and spec.setting.rule.test(values[spec.attr])
-        if message:
+        if spec.rule and (message := spec.rule.test(values[spec.attr])):
             ctx.error(where, message)
-    _unknown(raw, [s.key for s in specs(cls)] + list(extra), path, ctx)
+    _unknown(raw, [s.key for s in specs(cls)] + list(extra or ()), path, ctx)
     return cls(**values) if len(ctx.errors) == before else None
 
 
 def _unknown(raw: dict, known: list[str], path: str, ctx: _Ctx) -> None:
     for key in raw:
         if key not in known:
-            what = "table" if isinstance(raw[key], dict) else "key"
             close = difflib.get_close_matches(key, known, n=1)
             hint = f" (did you mean {_show(close[0])}?)" if close else ""
+            what = "table" if isinstance(raw[key], dict) else "key"
             ctx.error(f"{path}.{key}" if path else key, f"unknown {what}{hint}")
 
 
@@ -446,9 +394,9 @@ def _jobs(raw: Any, ctx: _Ctx, redis: RedisConfig | None) -> tuple[JobConfig, ..
         jobs.append(_table(JobConfig, item, path, ctx, extra={"redis": job_redis}))
         topic = item.get("topic") if isinstance(item, dict) else None
         if isinstance(topic, str) and topic in seen:
-            ctx.error(f"{path}.topic", f"duplicate topic {_show(topic)} (also {seen[topic]})")
+            ctx.error(f"{path}.topic", f"duplicate topic {_show(topic)} (also in {seen[topic]})")
         elif isinstance(topic, str):
-            seen[topic] = f"jobs[{i}]"
+            seen[topic] = path
     return tuple(jobs)
 
 
@@ -457,7 +405,7 @@ def _build(doc: dict, ctx: _Ctx, file: Path) -> Config | None:
     parts: dict[str, Any] = {}
     for name, section in SECTIONS.items():
         if section.array:
-            parts[name] = _jobs(doc.get(name), ctx, parts.get("redis"))
+            parts[name] = _jobs(doc.get(name), ctx, parts["redis"])
         elif name in doc or not section.optional:
             parts[name] = _table(section.cls, doc.get(name, {}), name, ctx)
         else:
@@ -467,27 +415,21 @@ def _build(doc: dict, ctx: _Ctx, file: Path) -> Config | None:
 
 def _read(file: Path) -> tuple[dict, str]:
     """Parse the file; ConfigError with a hint when it is missing, unreadable or not TOML."""
-    hint = "pass -c PATH or set SSJOBS_CONFIG; start from config_example.toml"
     try:
         text = file.read_bytes().decode("utf-8")
         return tomllib.loads(text), text
     except FileNotFoundError as e:
-        raise ConfigError(f"config file not found (hint: {hint})", str(file)) from e
-    except IsADirectoryError as e:
-        raise ConfigError(f"is a directory, not a config file (hint: {hint})", str(file)) from e
-    except OSError as e:
-        raise ConfigError(f"cannot read config file: {e.strerror} (hint: check the file's "
-                          "owner and mode)", str(file)) from e
-    except UnicodeDecodeError as e:
-        raise ConfigError(f"not UTF-8 text (byte {e.start})", str(file)) from e
-    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"config file not found (hint: {_HINT})", str(file)) from e
+    except OSError as e:  # a directory, no permission, an I/O error
+        raise ConfigError(f"cannot read the config file: {e.strerror} (hint: {_HINT})",
+                          str(file)) from e
+    except ValueError as e:  # not UTF-8, or not TOML
         raise ConfigError(f"invalid TOML: {e}", str(file)) from e
 
 
 def _fail(ctx: _Ctx, text: str, file: Path) -> ConfigError:
     lines = key_lines(text)
-    rows = [(line_of(path, lines), path, message) for path, message in ctx.errors]
-    rows.sort(key=lambda row: row[0] or math.inf)
+    rows = sorted(((line_of(p, lines), p, m) for p, m in ctx.errors), key=lambda r: r[0] or 1e9)
     return ConfigError([f"{p} (line {n}): {m}" if n else f"{p}: {m}" for n, p, m in rows],
                        str(file))
 
@@ -508,11 +450,10 @@ def load_config(path: str | os.PathLike) -> Config:
 
 
 def load_data_dir(path: str | os.PathLike) -> Path:
-    """Only ``process.data_dir``, ignoring the rest (for stop/status/revive)."""
+    """Only ``process.data_dir``, whatever the rest holds (for stop, status and revive)."""
     file = _abspath(path)
     doc, text = _read(file)
-    ctx = _Ctx(file.parent)
-    process = doc.get("process")
+    ctx, process = _Ctx(file.parent), doc.get("process")
     if not isinstance(process, dict) or "data_dir" not in process:
         ctx.error("process.data_dir", "required key is missing")
     else:
@@ -524,22 +465,23 @@ def load_data_dir(path: str | os.PathLike) -> Path:
 
 
 def find_config_path(cli_value: str | None = None) -> Path:
-    """The ``-c`` value, else $SSJOBS_CONFIG, else ./ssjobs.toml (made absolute)."""
+    """The ``-c`` value, else $SSJOBS_CONFIG, else ./ssjobs.toml; made absolute."""
     return _abspath(cli_value or os.environ.get(CONFIG_ENV) or DEFAULT_CONFIG_NAME)
 
 
-# -- line numbers: a light scan of the source, best effort --------------------------------
+# -- line numbers: a light scan of the source text, best effort -----------------------------
 
-_KEY_PART = r"""(?:"[^"]*"|'[^']*'|[A-Za-z0-9_-]+)"""
-_HEADER = re.compile(rf"\s*(\[\[?)\s*({_KEY_PART}(?:\s*\.\s*{_KEY_PART})*)\s*\]")
-_ASSIGN = re.compile(rf"\s*({_KEY_PART}(?:\s*\.\s*{_KEY_PART})*)\s*=")
+_PART = r"""(?:"[^"]*"|'[^']*'|[A-Za-z0-9_-]+)"""
+_HEADER = re.compile(rf"\s*(\[\[?)\s*({_PART}(?:\s*\.\s*{_PART})*)\s*\]")
+_ASSIGN = re.compile(rf"\s*({_PART}(?:\s*\.\s*{_PART})*)\s*=")
 
 
 def _parts(dotted: str) -> list[str]:
-    return [p.strip("\"'") for p in re.findall(_KEY_PART, dotted)]
+    return [p.strip("\"'") for p in re.findall(_PART, dotted)]
 
 
 def _header_path(parts: list[str], array: bool, counts: dict[str, int]) -> str:
+    """``[[jobs]]`` → ``jobs[<n>]``; ``[jobs.redis]`` → ``jobs[<last n>].redis``."""
     path = ""
     for i, part in enumerate(parts):
         path = f"{path}.{part}" if path else part
@@ -551,25 +493,22 @@ def _header_path(parts: list[str], array: bool, counts: dict[str, int]) -> str:
 
 
 def key_lines(text: str) -> dict[str, int]:
-    """Map key paths (``jobs[1].topic``, and table paths like ``jobs[1]``) to line numbers."""
+    """Map key paths (``jobs[1].topic``) and table paths (``jobs[1]``) to line numbers."""
     lines: dict[str, int] = {}
     counts: dict[str, int] = {}
     table, in_multiline = "", False
     try:
         for number, line in enumerate(text.splitlines(), 1):
-            quotes = line.count('"""') + line.count("'''")
-            if not in_multiline:
-                header, assign = _HEADER.match(line), _ASSIGN.match(line)
-                if header:
-                    table = _header_path(_parts(header[2]), header[1] == "[[", counts)
-                    lines.setdefault(table, number)
-                elif assign:
-                    key = table
-                    for part in _parts(assign[1]):  # a.b = 1 also locates table "a"
-                        key = f"{key}.{part}" if key else part
-                        lines.setdefault(key, number)
-            in_multiline ^= quotes % 2 == 1
-    except Exception:  # never let a best-effort scan hide the real errors
+            if not in_multiline and (header := _HEADER.match(line)):
+                table = _header_path(_parts(header[2]), header[1] == "[[", counts)
+                lines.setdefault(table, number)
+            elif not in_multiline and (assign := _ASSIGN.match(line)):
+                key = table
+                for part in _parts(assign[1]):  # `a.b = 1` also locates `a`
+                    key = f"{key}.{part}" if key else part
+                    lines.setdefault(key, number)
+            in_multiline ^= (line.count('"""') + line.count("'''")) % 2 == 1
+    except Exception:  # a best-effort scan must never hide the real errors
         pass
     return lines
 
@@ -584,11 +523,11 @@ def line_of(path: str, lines: Mapping[str, int]) -> int | None:
     return None
 
 
-# -- config_example.toml ------------------------------------------------------------------
+# -- config_example.toml --------------------------------------------------------------------
 
-EXAMPLE_JOBS: tuple[dict[str, Any], ...] = (
+EXAMPLE_JOBS: tuple[dict[str, Any], ...] = (  # the first shows every key, the others a few
     {"topic": "demo.echo", "consumer": "demo:echo", "static_workers": 2, "dynamic_workers": 2,
-     "max_consumer_count": 1000, "max_execute_time": 3600},
+     "max_execute_time": 3600, "max_consumer_count": 1000},
     {"topic": "demo.report", "consumer": "demo:Report", "max_retries": 2, "retry_backoff": 1},
 )
 _EXAMPLE_HEAD = """\
@@ -599,42 +538,40 @@ _EXAMPLE_HEAD = """\
 
 
 def _toml(v: Any) -> str:
-    if isinstance(v, bool):
-        return str(v).lower()
-    if isinstance(v, (int, float)):
-        return _num(v)
-    if isinstance(v, (list, tuple)):
-        return "[" + ", ".join(_toml(x) for x in v) + "]"
-    return json.dumps(str(v))
+    """JSON spells these values (strings, numbers, booleans, arrays) as TOML does."""
+    return json.dumps(int(v) if isinstance(v, float) and v.is_integer() else v)
 
 
-def _line(key: str, value: Any, comment: str, commented: bool = False) -> str:
-    text = f"{'# ' if commented else ''}{key} = {_toml(value)}" if key else value
-    return f"{text:<36} # {comment}" if comment else text
+def _line(text: str, comment: str, commented: bool) -> str:
+    text = f"# {text}" if commented else text
+    return f"{text:<40} # {comment}" if comment else text
+
+
+def _key_doc(spec: Spec, value: Any) -> str:
+    notes = [spec.rule.hint] if spec.rule and spec.rule.hint else []
+    if spec.default not in (MISSING, None, {}) and value != spec.default:
+        notes.append(f"default {_toml(spec.default)}")
+    doc = ("REQUIRED. " if spec.default is MISSING else "") + spec.doc
+    return f"{doc} ({', '.join(notes)})" if notes else doc
 
 
 def _render_table(cls: type, header: str, doc: str, commented: bool,
-                  overrides: Mapping[str, Any] | None = None) -> list[str]:
-    out = [_line("", header, doc)]
-    tables = []
+                  values: Mapping[str, Any] | None = None) -> list[str]:
+    """One table; with ``values``, only those keys (else every key, with its example)."""
+    out, subtables = [_line(header, doc, commented)], []
     for spec in specs(cls):
-        s, default = spec.setting, spec.default
-        value = s.example if s.example is not _NOTHING else default
-        value = value if overrides is None else overrides.get(spec.key, value)
-        if overrides is not None and overrides.get("_only") and spec.key not in overrides:
+        if values is not None and spec.key not in values:
             continue
-        notes = [s.rule.hint] if s.rule and s.rule.hint else []
-        if default is not MISSING and value != default and not isinstance(default, dict):
-            notes.append(f"default {_toml(default)}")
-        doc_line = ("REQUIRED. " if default is MISSING else "") + s.doc
-        doc_line += f" ({', '.join(notes)})" if notes else ""
-        if isinstance(default, dict):
-            tables += ["", _line("", f"[{header.strip('[]')}.{spec.key}]", doc_line)]
-            tables += [_line(k, v, "") for k, v in value.items()]
+        example = spec.example
+        value = values[spec.key] if values else spec.default if example is _NOTHING else example
+        if isinstance(spec.default, dict):  # a sub-table, after the plain keys
+            subtables += ["", _line(f"[{header.strip('[]')}.{spec.key}]",
+                                    _key_doc(spec, value), commented)]
+            subtables += [_line(f"{k} = {_toml(v)}", "", commented) for k, v in value.items()]
         else:
-            out.append(_line(spec.key, value, doc_line, default is None))
-    out += tables
-    return [f"# {x}" if commented and not x.startswith("#") and x else x for x in out]
+            out.append(_line(f"{spec.key} = {_toml(value)}", _key_doc(spec, value),
+                             commented or spec.default is None))
+    return out + subtables + [""]
 
 
 def render_example() -> str:
@@ -642,14 +579,13 @@ def render_example() -> str:
     out = [_EXAMPLE_HEAD]
     for name, section in SECTIONS.items():
         if not section.array:
-            out += _render_table(section.cls, f"[{name}]", section.doc, section.optional) + [""]
+            out += _render_table(section.cls, f"[{name}]", section.doc, section.optional)
             continue
-        for i, job in enumerate(EXAMPLE_JOBS):
-            overrides = {**job, "_only": i > 0}  # the first job shows every key
-            out += _render_table(section.cls, f"[[{name}]]", section.doc, False, overrides)
-            if i == 0:
-                out += [""] + _render_table(RedisConfig, f"[{name}.redis]", JOB_REDIS_DOC, True)
-            out.append("")
+        first = {**{s.key: s.default for s in specs(section.cls)}, **EXAMPLE_JOBS[0]}
+        out += _render_table(section.cls, f"[[{name}]]", section.doc, False, first)
+        out += _render_table(RedisConfig, f"[{name}.redis]", JOB_REDIS_DOC, True)
+        for job in EXAMPLE_JOBS[1:]:
+            out += _render_table(section.cls, f"[[{name}]]", section.doc, False, job)
     return "\n".join(out).rstrip("\n") + "\n"
 
 

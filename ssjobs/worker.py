@@ -286,6 +286,7 @@ class Worker:
             return result
 
     def _note_down(self, exc: BaseException) -> None:
+        self.slot.beat(time.time())  # waiting out an outage is not hanging
         if self._down_since is None:
             self._down_since = time.time()
             self._failures_while_down = 0
@@ -321,3 +322,52 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     raise SystemExit(main())
+
+
+def run_forked(job_cfg: JobConfig, redis_url: str, prefix: str, slot: Slot,
+               ident: WorkerIdentity, title: str, close_fds: tuple[int, ...] = ()) -> int:
+    """Entry point of a worker right after the master forked it (child side).
+
+    Starts clean: default signal handlers, no inherited wake-up fd or lock fd, a fresh
+    random seed, its own Redis connection, and it dies with the master (PDEATHSIG)."""
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1,
+                signal.SIGCHLD, signal.SIGALRM):
+        signal.signal(sig, signal.SIG_DFL)
+    signal.set_wakeup_fd(-1)
+    for fd in close_fds:
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+    _die_with_parent()
+    signal.pthread_sigmask(signal.SIG_SETMASK, set())
+    if ident.master_pid is not None and os.getppid() != ident.master_pid:
+        return EXIT_ORPHANED  # the master died before we could ask to be told
+    random.seed()
+    _set_title(title)
+    try:
+        from . import logs
+        logs.set_role(title.removeprefix("ssjobs: ").split(": ", 1)[-1])
+    except ImportError:
+        pass
+    return Worker(job_cfg, redis_url, prefix, slot, ident).run()
+
+
+def _die_with_parent() -> None:
+    """Ask Linux to SIGTERM us when the master (the thread that forked us) exits."""
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        PR_SET_PDEATHSIG = 1
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+    except (OSError, AttributeError):  # not Linux: the getppid() check in the tick remains
+        pass
+
+
+def _set_title(title: str) -> None:
+    try:
+        import setproctitle
+    except ImportError:
+        return
+    setproctitle.setproctitle(title)

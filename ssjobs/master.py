@@ -1,0 +1,581 @@
+"""The master: a pre-fork arbiter that keeps the right workers alive for every topic.
+
+Its loop is a few named steps: wait for a signal (bounded), handle it, reap children,
+kill workers past their job timeout or heartbeat, spawn what is missing, and once a second
+do the Redis housekeeping (node heartbeat, delayed-job promotion, dynamic scaling, dead-host
+recovery, status snapshot). Signal handlers only record the signal number.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import queue
+import select
+import signal
+import socket
+import sys
+import time
+from dataclasses import dataclass, field
+
+from . import __version__, logs, scaling, worker
+from .broker import CONNECTION_ERRORS, Broker, connect, nodes_key
+from .config import Config, ConfigError, JobConfig, load_config
+from .loader import add_consumer_path
+from .runtime import ReadyPipe, RuntimeFiles, pid_alive, wait_pids_gone
+from .scoreboard import BUSY, HEARTBEAT, IDLE, JOB_STARTED_AT, PID, STATE, Scoreboard
+
+log = logging.getLogger("ssjobs.master")
+
+LOOP_WAIT_S = 0.25           # longest the loop sleeps; bounds reaction to slot changes
+HOUSEKEEPING_EVERY_S = 1.0   # Redis heartbeat, promotion, scaling
+JANITOR_EVERY_S = 5.0        # dead-host recovery and status snapshot
+TIMEOUT_GRACE_S = 5.0        # hard kill this long after job_timeout (the soft timeout fires first)
+HUNG_AFTER_S = 60.0          # an idle worker whose heartbeat is this old is hung
+READY_TIMEOUT_S = 30.0       # start-up waits this long for the first workers to go idle
+CRASH_LOOP_ALERT_AT = 3      # quick crashes in a row before a topic is reported crash-looping
+MIN_SLOTS = 256
+HANDLED_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1,
+                   signal.SIGCHLD, signal.SIGQUIT)
+CLEAN_EXITS = {worker.EXIT_OK: "stopped", worker.EXIT_RECYCLE_COUNT: "recycle-count",
+               worker.EXIT_RECYCLE_TIME: "recycle-time",
+               worker.EXIT_RECYCLE_MEMORY: "recycle-memory", worker.EXIT_IDLE: "idle",
+               worker.EXIT_ORPHANED: "orphaned"}
+
+
+@dataclass
+class WorkerProc:
+    pid: int
+    topic: str
+    kind: int                 # 0 static, 1 dynamic
+    index: int
+    slot: int
+    name: str
+    broker: Broker
+    job: JobConfig
+    started: float = field(default_factory=time.monotonic)
+    generation: int = 0
+    term_sent_at: float | None = None
+    kill_reason: str = ""
+
+
+@dataclass
+class TopicState:
+    job: JobConfig
+    broker: Broker
+    crashes: int = 0          # quick crashes in a row
+    next_spawn_at: float = 0.0
+    dynamic_want: int = 0
+    backlog: int = 0
+
+
+class Master:
+    def __init__(self, cfg: Config, ready_fd: int | None = None) -> None:
+        self.cfg = cfg
+        self.files = RuntimeFiles(cfg.process.data_dir)
+        self.ready = ReadyPipe.__new__(ReadyPipe)
+        self.ready.read_fd, self.ready.write_fd = -1, (ready_fd if ready_fd is not None else -1)
+        self.pid = os.getpid()
+        self.node = f"{socket.gethostname()}:{self.pid}"
+        self.started_at = time.time()
+        self.workers: dict[int, WorkerProc] = {}
+        self.topics: dict[str, TopicState] = {}
+        self.clients: dict[str, object] = {}
+        self.signals: queue.SimpleQueue[int] = queue.SimpleQueue()
+        self.stopping = False
+        self.generation = 0
+        self.retire: list[int] = []
+        self.pending_recovery: list[tuple[WorkerProc, str]] = []
+        self.restarts: dict[str, int] = {}
+        self.outage = logs.OutageLogger(log)
+        self._wake_r = self._wake_w = -1
+        self._last_housekeeping = self._last_janitor = 0.0
+        self.board: Scoreboard | None = None
+
+    # -- start-up ------------------------------------------------------------------------
+    def serve(self) -> int:
+        try:
+            self.files.ensure_dir()
+        except Exception as exc:
+            self.ready.report(False, str(exc))
+            return 1
+        if not self.files.acquire_lock():
+            pid = self.files.read_pid()
+            self.ready.report(False, f"already running (pid {pid})")
+            return 1
+        try:
+            self._start()
+        except Exception as exc:
+            log.exception("master failed to start")
+            self.ready.report(False, str(exc))
+            self._cleanup_files()
+            return 1
+        try:
+            self._loop()
+        finally:
+            self._shutdown()
+        return 0
+
+    def _start(self) -> None:
+        cfg = self.cfg
+        logs.setup_logging(cfg.log.dir, level=cfg.log.level, fmt=cfg.log.format, role="master",
+                           rotate=cfg.log.rotate, keep=cfg.log.keep,
+                           handler_class=cfg.log.handler_class, capture_root=True)
+        old_pid = self.files.read_pid()
+        leftovers = self.files.leftover_worker_pids()
+        for fixed in self.files.repair():
+            log.warning("data_dir repaired: %s", fixed)
+        self.files.write_pid(self.pid)
+        _set_title(f"{cfg.process.name}: master")
+        self._drop_privileges()
+        add_consumer_path(cfg.process.consumer_path)
+        self.board = Scoreboard.create(self.files.scoreboard_path, self._slots_needed(cfg))
+        for job in cfg.jobs:
+            self.topics[job.topic] = TopicState(job, self._broker(job))
+        self._install_signals()
+        if old_pid and old_pid != self.pid:
+            self._recover_previous_master(old_pid, leftovers)
+        log.info("master started (pid %d, %d topics, node %s)", self.pid, len(self.topics),
+                 self.node)
+        self._manage_workers()
+        self._wait_ready()
+
+    def _slots_needed(self, cfg: Config) -> int:
+        # Room for every worker twice over, so a reload can overlap old and new workers.
+        return max(MIN_SLOTS, 2 * sum(j.static_workers + j.dynamic_workers for j in cfg.jobs))
+
+    def _broker(self, job: JobConfig) -> Broker:
+        rcfg = self.cfg.redis_for(job)
+        client = self.clients.get(rcfg.url)
+        if client is None:
+            client = self.clients[rcfg.url] = connect(rcfg.url, socket_timeout=5.0)
+        return Broker(client, rcfg.prefix, job.topic)
+
+    def _install_signals(self) -> None:
+        self._wake_r, self._wake_w = os.pipe()
+        os.set_blocking(self._wake_r, False)
+        os.set_blocking(self._wake_w, False)
+        signal.set_wakeup_fd(self._wake_w, warn_on_full_buffer=False)
+        for sig in HANDLED_SIGNALS:
+            signal.signal(sig, lambda signum, _frame: self.signals.put_nowait(signum))
+
+    def _wait_ready(self) -> None:
+        """Report ready once every static worker is idle (or the wait timed out)."""
+        deadline = time.monotonic() + READY_TIMEOUT_S
+        while time.monotonic() < deadline and not self.stopping:
+            self._reap_workers()
+            failed = [t for t, ts in self.topics.items() if ts.crashes]
+            if failed:
+                msg = f"workers of {', '.join(map(repr, failed))} exit at start-up (see log)"
+                self.ready.report(False, msg)
+                raise RuntimeError(msg)
+            states = [self.board.slot(w.slot)._get(STATE) for w in self.workers.values()]
+            if all(s == IDLE for s in states):
+                break
+            self._wait(0.05)
+        self._write_snapshot()
+        self.ready.report(True, str(self.pid))
+
+    def _recover_previous_master(self, old_pid: int, leftovers: list[int]) -> None:
+        """A SIGKILLed master's workers finish their job and exit; then requeue what they held."""
+        alive = wait_pids_gone(leftovers, self.cfg.process.stop_timeout)
+        for pid in alive:
+            log.warning("leftover worker %d of the previous master still alive: killing", pid)
+            _kill(pid, signal.SIGKILL)
+        old_node = f"{socket.gethostname()}:{old_pid}"
+        for ts in self.topics.values():
+            try:
+                for name, node in ts.broker.workers().items():
+                    if node == old_node:
+                        requeued, dead = ts.broker.recover(name, max_retries=ts.job.max_retries)
+                        log.info("recovered %d jobs of %s (previous master)", requeued, name)
+            except CONNECTION_ERRORS as exc:
+                self.outage.note_failure("redis", exc)
+
+    # -- the loop ------------------------------------------------------------------------
+    def _loop(self) -> None:
+        while not self.stopping:
+            self._wait(LOOP_WAIT_S)
+            self._handle_signals()
+            self._reap_workers()
+            self._murder_workers()
+            self._manage_workers()
+            self._housekeeping()
+
+    def _wait(self, timeout: float) -> None:
+        try:
+            select.select([self._wake_r], [], [], timeout)
+        except InterruptedError:
+            pass
+        try:
+            while os.read(self._wake_r, 4096):
+                pass
+        except (BlockingIOError, OSError):
+            pass
+
+    def _handle_signals(self) -> None:
+        while True:
+            try:
+                signum = self.signals.get_nowait()
+            except queue.Empty:
+                return
+            if signum in (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT):
+                log.info("received %s: stopping gracefully", signal.Signals(signum).name)
+                self.stopping = True
+            elif signum == signal.SIGHUP:
+                self._reload()
+            elif signum == signal.SIGUSR1:
+                logs.reopen_logs()
+                self._signal_all(signal.SIGUSR1)
+
+    def _reap_workers(self) -> None:
+        while True:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            if pid == 0:
+                return
+            proc = self.workers.pop(pid, None)
+            if proc is not None:
+                self._on_worker_exit(proc, status)
+
+    def _on_worker_exit(self, proc: WorkerProc, status: int) -> None:
+        slot = self.board.slot(proc.slot)
+        info = slot.read()
+        charged = info["job_id"] if info["state"] == "busy" and info["job_started_at"] else ""
+        slot.release()
+        lifetime = time.monotonic() - proc.started
+        code = os.waitstatus_to_exitcode(status)
+        clean = code in CLEAN_EXITS
+        reason = proc.kill_reason or CLEAN_EXITS.get(code) or (
+            f"killed by {signal.Signals(-code).name}" if code < 0 else f"exit status {code}")
+        restart_kind = proc.kill_reason or (CLEAN_EXITS.get(code) if clean else "crash")
+        self.restarts[restart_kind] = self.restarts.get(restart_kind, 0) + 1
+        level = logging.INFO if clean else logging.ERROR
+        log.log(level, "worker %s #%d (pid %d) exited: %s%s", proc.topic, proc.index, proc.pid,
+                reason, f"; job {charged} charged one attempt" if charged else "")
+        self._recover(proc, charged)
+        ts = self.topics.get(proc.topic)
+        if ts is None or self.stopping:
+            return
+        if code == worker.EXIT_CONSUMER_IMPORT or scaling.is_quick_crash(lifetime, clean):
+            ts.crashes += 1
+            delay = scaling.crash_backoff(ts.crashes)
+            ts.next_spawn_at = time.monotonic() + delay
+            if ts.crashes >= CRASH_LOOP_ALERT_AT:
+                log.error("topic %r is crash-looping (%d quick exits in a row, last: %s); "
+                          "next restart in %.1fs", proc.topic, ts.crashes, reason, delay)
+        elif clean or lifetime >= scaling.HEALTHY_LIFETIME_S:
+            ts.crashes = 0
+
+    def _recover(self, proc: WorkerProc, charged: str) -> None:
+        try:
+            requeued, dead = proc.broker.recover(proc.name, charged_id=charged,
+                                                 max_retries=proc.job.max_retries)
+        except CONNECTION_ERRORS as exc:
+            self.outage.note_failure("redis", exc)
+            self.pending_recovery.append((proc, charged))
+            return
+        if requeued or dead:
+            log.warning("requeued %d in-flight jobs of worker %s #%d; %d dead-lettered as "
+                        "poison", requeued, proc.topic, proc.index, dead)
+
+    def _murder_workers(self) -> None:
+        now, mono = time.time(), time.monotonic()
+        for proc in list(self.workers.values()):
+            slot = self.board.slot(proc.slot)
+            state = slot._get(STATE)
+            if proc.term_sent_at is not None:
+                if mono - proc.term_sent_at > self.cfg.process.stop_timeout:
+                    self._kill(proc, "stop-timeout")
+                continue
+            timeout = proc.job.job_timeout
+            started = slot._get(JOB_STARTED_AT)
+            if timeout and state == BUSY and started and now - started > timeout + TIMEOUT_GRACE_S:
+                log.error("worker %s #%d (pid %d): job ran past job_timeout=%ss; killing it",
+                          proc.topic, proc.index, proc.pid, timeout)
+                self._kill(proc, "timeout")
+            elif state == IDLE and now - slot._get(HEARTBEAT) > HUNG_AFTER_S:
+                log.error("worker %s #%d (pid %d) is hung (no heartbeat for %ds); killing it",
+                          proc.topic, proc.index, proc.pid, HUNG_AFTER_S)
+                self._kill(proc, "hung")
+
+    def _kill(self, proc: WorkerProc, reason: str) -> None:
+        proc.kill_reason = proc.kill_reason or reason
+        _kill(proc.pid, signal.SIGKILL)
+
+    def _terminate(self, proc: WorkerProc) -> None:
+        if proc.term_sent_at is None:
+            proc.term_sent_at = time.monotonic()
+            _kill(proc.pid, signal.SIGTERM)
+
+    def _manage_workers(self) -> None:
+        if self.stopping:
+            return
+        self._retire_next()
+        now = time.monotonic()
+        for topic, ts in self.topics.items():
+            mine = [w for w in self.workers.values() if w.topic == topic]
+            if now < ts.next_spawn_at:
+                continue
+            taken = {w.index for w in mine if w.kind == 0}
+            missing = [i for i in range(1, ts.job.static_workers + 1) if i not in taken]
+            if ts.crashes and missing:
+                missing = missing[:1]  # while crash-looping, one at a time
+            for index in missing:
+                self._spawn(ts, 0, index)
+            dynamic = [w for w in mine if w.kind == 1 and w.term_sent_at is None]
+            used = {w.index for w in mine if w.kind == 1}
+            for _ in range(ts.dynamic_want - len(dynamic)):
+                index = next(i for i in range(ts.job.static_workers + 1, 10_000)
+                             if i not in used)
+                used.add(index)
+                self._spawn(ts, 1, index)
+
+    def _retire_next(self) -> None:
+        """After a reload, replace old workers one at a time."""
+        while self.retire:
+            proc = self.workers.get(self.retire[0])
+            if proc is None:
+                self.retire.pop(0)
+                continue
+            self._terminate(proc)
+            return
+
+    def _spawn(self, ts: TopicState, kind: int, index: int) -> None:
+        slot_index = self._free_slot()
+        if slot_index is None:
+            log.error("scoreboard full: cannot start another worker for %r", ts.job.topic)
+            return
+        job = ts.job
+        slot = self.board.slot(slot_index)
+        slot.claim(0, job.topic, kind, index, time.time())
+        ident = worker.WorkerIdentity(self.node, kind, index, self.pid)
+        title = f"{self.cfg.process.name}: worker {job.topic} #{index}"
+        rcfg = self.cfg.redis_for(job)
+        blocked = signal.pthread_sigmask(signal.SIG_BLOCK, HANDLED_SIGNALS)
+        pid = os.fork()
+        if pid == 0:
+            code = 70
+            try:
+                code = worker.run_forked(job, rcfg.url, rcfg.prefix, slot, ident, title,
+                                         close_fds=self._inherited_fds())
+            except BaseException:
+                log.exception("worker crashed")
+            finally:
+                logging.shutdown()
+                os._exit(code)
+        signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
+        slot._put(PID, pid)
+        self.workers[pid] = WorkerProc(pid, job.topic, kind, index, slot_index,
+                                       f"{self.node}:{pid}", ts.broker, job,
+                                       generation=self.generation)
+        log.debug("spawned %s worker %s #%d (pid %d)", ("static", "dynamic")[kind], job.topic,
+                  index, pid)
+
+    def _inherited_fds(self) -> tuple[int, ...]:
+        fds = [self._wake_r, self._wake_w, self.ready.write_fd]
+        if self.files.lock_fd is not None:
+            fds.append(self.files.lock_fd)
+        return tuple(fd for fd in fds if fd >= 0)
+
+    def _free_slot(self) -> int | None:
+        used = {w.slot for w in self.workers.values()}
+        for i in range(self.board.nslots):
+            if i not in used:
+                return i
+        return None
+
+    # -- once a second -------------------------------------------------------------------
+    def _housekeeping(self) -> None:
+        mono = time.monotonic()
+        if mono - self._last_housekeeping < HOUSEKEEPING_EVERY_S:
+            return
+        self._last_housekeeping = mono
+        now = time.time()
+        self.board.master_beat(now)
+        try:
+            self._redis_housekeeping(now)
+            if mono - self._last_janitor >= JANITOR_EVERY_S:
+                self._last_janitor = mono
+                self._recover_dead_hosts(now)
+            self.outage.note_success("redis")
+        except CONNECTION_ERRORS as exc:
+            self.outage.note_failure("redis", exc)
+        if mono - self._last_janitor < HOUSEKEEPING_EVERY_S:
+            self._write_snapshot()
+        if logs.rotate_if_due() is not None:
+            self._signal_all(signal.SIGUSR1)
+
+    def _redis_housekeeping(self, now: float) -> None:
+        for client in self.clients.values():
+            client.zadd(nodes_key(self.cfg.redis.prefix), {self.node: now})
+        while self.pending_recovery:
+            proc, charged = self.pending_recovery[0]
+            proc.broker.recover(proc.name, charged_id=charged, max_retries=proc.job.max_retries)
+            self.pending_recovery.pop(0)
+        for ts in self.topics.values():
+            ts.broker.promote(now)
+            ts.backlog = ts.broker.backlog()
+            dynamic = sum(1 for w in self.workers.values()
+                          if w.topic == ts.job.topic and w.kind == 1 and w.term_sent_at is None)
+            ts.dynamic_want = scaling.dynamic_target(ts.backlog, ts.job.queue_health_size,
+                                                     dynamic, ts.job.dynamic_workers)
+
+    def _recover_dead_hosts(self, now: float) -> None:
+        """Requeue the in-flight jobs of every master whose heartbeat expired."""
+        ttl = self.cfg.process.heartbeat_ttl
+        key = nodes_key(self.cfg.redis.prefix)
+        for client in self.clients.values():
+            dead_nodes = {n.decode() for n in client.zrangebyscore(key, "-inf", now - ttl)}
+            dead_nodes.discard(self.node)
+            if not dead_nodes:
+                continue
+            for ts in self.topics.values():
+                if ts.broker.client is not client:
+                    continue
+                for name, node in ts.broker.workers().items():
+                    if node in dead_nodes:
+                        requeued, _ = ts.broker.recover(name, max_retries=ts.job.max_retries)
+                        log.warning("host %s is gone: requeued %d in-flight jobs of %s",
+                                    node, requeued, name)
+            client.zrem(key, *dead_nodes)
+
+    def _write_snapshot(self, running: bool = True) -> None:
+        try:
+            from .status import collect_status
+            snap = collect_status(self.cfg, self.files, running_pid=self.pid if running else None,
+                                  master_info=self.master_info())
+            snap["running"] = running
+            self.files.write_snapshot(snap)
+        except Exception as exc:  # a snapshot must never take the master down
+            log.debug("status snapshot failed: %s", exc)
+
+    def master_info(self) -> dict:
+        return {"pid": self.pid, "started_at": self.started_at, "node": self.node,
+                "version": __version__, "restarts": dict(self.restarts)}
+
+    # -- reload and stop -----------------------------------------------------------------
+    def _reload(self) -> None:
+        try:
+            new = load_config(self.cfg.path)
+        except ConfigError as exc:
+            log.error("reload refused, keeping the running config: %s", exc)
+            return
+        if self._slots_needed(new) > self.board.nslots:
+            log.error("reload refused: it needs more worker slots than this master has (%d); "
+                      "restart instead", self.board.nslots)
+            return
+        self.cfg = new
+        self.generation += 1
+        add_consumer_path(new.process.consumer_path)
+        old_topics = self.topics
+        self.topics = {}
+        for job in new.jobs:
+            ts = old_topics.get(job.topic)
+            if ts is not None and self.cfg.redis_for(job).url in self.clients:
+                ts.job = job
+                ts.broker = self._broker(job)
+                ts.crashes = 0
+                self.topics[job.topic] = ts
+            else:
+                self.topics[job.topic] = TopicState(job, self._broker(job))
+        removed = [p for p in self.workers.values() if p.topic not in self.topics]
+        for proc in removed:
+            self._terminate(proc)
+        self.retire = [p.pid for p in self.workers.values()
+                       if p.topic in self.topics and p.term_sent_at is None]
+        log.info("reloaded config: %d topics, replacing %d workers one by one, stopping %d",
+                 len(self.topics), len(self.retire), len(removed))
+
+    def _signal_all(self, sig: int) -> None:
+        for pid in list(self.workers):
+            _kill(pid, sig)
+
+    def _shutdown(self) -> None:
+        self.stopping = True
+        for proc in self.workers.values():
+            self._terminate(proc)
+        deadline = time.monotonic() + self.cfg.process.stop_timeout
+        while self.workers and time.monotonic() < deadline:
+            self._wait(0.05)
+            self._reap_workers()
+        for proc in list(self.workers.values()):
+            log.warning("worker %s #%d (pid %d) did not stop within %ss: killing it",
+                        proc.topic, proc.index, proc.pid, self.cfg.process.stop_timeout)
+            self._kill(proc, "stop-timeout")
+        while self.workers:
+            pid, status = os.waitpid(-1, 0)
+            proc = self.workers.pop(pid, None)
+            if proc is not None:
+                self._on_worker_exit(proc, status)
+        self._flush_recoveries()
+        try:
+            for client in self.clients.values():
+                client.zrem(nodes_key(self.cfg.redis.prefix), self.node)
+        except CONNECTION_ERRORS:
+            pass
+        self._write_snapshot(running=False)
+        log.info("master stopped")
+        self._cleanup_files()
+
+    def _flush_recoveries(self) -> None:
+        deadline = time.monotonic() + 10
+        while self.pending_recovery and time.monotonic() < deadline:
+            proc, charged = self.pending_recovery[0]
+            try:
+                proc.broker.recover(proc.name, charged_id=charged,
+                                    max_retries=proc.job.max_retries)
+                self.pending_recovery.pop(0)
+            except CONNECTION_ERRORS:
+                time.sleep(0.5)
+        for proc, _ in self.pending_recovery:
+            log.error("could not requeue the in-flight jobs of %s (redis down); another "
+                      "master will after heartbeat_ttl", proc.name)
+
+    def _cleanup_files(self) -> None:
+        if self.board is not None:
+            self.board.close()
+            self.files.remove(self.files.scoreboard_path)
+        self.files.remove(self.files.pid_path)
+        self.files.release_lock()
+
+    def _drop_privileges(self) -> None:
+        user = self.cfg.process.user
+        if not user or os.getuid() != 0:
+            return
+        import grp
+        import pwd
+
+        name, _, group = user.partition(":")
+        pw = pwd.getpwnam(name)
+        gid = grp.getgrnam(group).gr_gid if group else pw.pw_gid
+        for path in (self.files.dir, self.cfg.log.dir, *self.files.dir.iterdir(),
+                     *self.cfg.log.dir.iterdir()):
+            os.chown(path, pw.pw_uid, gid)
+        os.setgid(gid)
+        os.initgroups(name, gid)
+        os.setuid(pw.pw_uid)
+
+
+def _kill(pid: int, sig: int) -> None:
+    try:
+        os.kill(pid, sig)
+    except ProcessLookupError:
+        pass
+
+
+def _set_title(title: str) -> None:
+    try:
+        import setproctitle
+    except ImportError:
+        return
+    setproctitle.setproctitle(title)
+
+
+def serve(cfg: Config, *, ready_fd: int | None = None) -> int:
+    """Run the master in this process until it is stopped (see module docstring)."""
+    return Master(cfg, ready_fd).serve()
+
+
+__all__ = ["Master", "serve"]

@@ -1,0 +1,232 @@
+"""Files in data_dir: the flock (the authority on "running"), pid file, scoreboard and
+status snapshot; their repair after a crash; the readiness pipe of a starting master."""
+from __future__ import annotations
+
+import errno
+import fcntl
+import json
+import os
+import time
+from pathlib import Path
+
+from .errors import ControlError
+
+LOCK_NAME = "ssjobs.lock"
+PID_NAME = "ssjobs.pid"
+SCOREBOARD_NAME = "scoreboard.shm"
+SNAPSHOT_NAME = "status.json"
+
+
+def write_atomic(path: Path, data: bytes, mode: int = 0o600) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    try:
+        os.write(fd, data)
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
+
+
+class RuntimeFiles:
+    def __init__(self, data_dir: Path) -> None:
+        self.dir = Path(data_dir)
+        self.lock_path = self.dir / LOCK_NAME
+        self.pid_path = self.dir / PID_NAME
+        self.scoreboard_path = self.dir / SCOREBOARD_NAME
+        self.snapshot_path = self.dir / SNAPSHOT_NAME
+        self._lock_fd: int | None = None
+
+    def ensure_dir(self) -> None:
+        try:
+            self.dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        except OSError as exc:
+            raise ControlError(f"cannot create data_dir {self.dir}: {exc.strerror}") from None
+        if not os.access(self.dir, os.W_OK | os.X_OK):
+            raise ControlError(f"no permission to write in data_dir {self.dir}")
+
+    # -- the lock ------------------------------------------------------------------------
+    def acquire_lock(self) -> bool:
+        """Take the exclusive lock (kept until release or exit); False if another holds it."""
+        fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            os.close(fd)
+            if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
+                return False
+            raise
+        self._lock_fd = fd
+        return True
+
+    @property
+    def lock_fd(self) -> int | None:
+        return self._lock_fd
+
+    def release_lock(self) -> None:
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
+
+    def forget_lock(self) -> None:
+        """In a forked worker: close the inherited lock fd so that it never keeps the lock
+        alive after the master has died."""
+        self.release_lock()
+
+    def is_locked(self) -> bool:
+        """True if some process (a running master) holds the lock."""
+        try:
+            fd = os.open(self.lock_path, os.O_RDONLY)
+        except FileNotFoundError:
+            return False
+        except PermissionError:
+            raise ControlError(f"no permission to read {self.lock_path}") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except OSError:
+            return True
+        finally:
+            os.close(fd)
+        return False
+
+    # -- pid file ------------------------------------------------------------------------
+    def write_pid(self, pid: int) -> None:
+        write_atomic(self.pid_path, f"{pid}\n".encode())
+
+    def read_pid(self) -> int | None:
+        try:
+            text = self.pid_path.read_text().strip()
+        except (FileNotFoundError, PermissionError, UnicodeDecodeError):
+            return None
+        return int(text) if text.isdigit() and int(text) > 0 else None
+
+    def running_pid(self) -> int | None:
+        """The master's pid if one runs on this data_dir (the lock says so), else None."""
+        if not self.is_locked():
+            return None
+        for _ in range(50):  # a starting master takes the lock before it writes its pid
+            pid = self.read_pid()
+            if pid:
+                return pid
+            time.sleep(0.02)
+        return None
+
+    def remove(self, path: Path) -> None:
+        try:
+            path.unlink()
+        except FileNotFoundError:
+            pass
+
+    # -- snapshot ------------------------------------------------------------------------
+    def write_snapshot(self, status: dict) -> None:
+        write_atomic(self.snapshot_path, json.dumps(status, indent=1).encode())
+
+    def read_snapshot(self) -> dict | None:
+        try:
+            data = json.loads(self.snapshot_path.read_text())
+        except (OSError, ValueError):
+            return None
+        return data if isinstance(data, dict) else None
+
+    # -- repair --------------------------------------------------------------------------
+    def leftover_worker_pids(self) -> list[int]:
+        """Pids of workers a SIGKILLed master left in its scoreboard that are still alive."""
+        from .scoreboard import Scoreboard
+
+        if not self.scoreboard_path.exists():
+            return []
+        try:
+            board = Scoreboard.open(self.scoreboard_path)
+        except (OSError, ValueError):
+            return []
+        try:
+            return [w["pid"] for w in board.workers() if pid_alive(w["pid"])]
+        finally:
+            board.close()
+
+    def repair(self) -> list[str]:
+        """With the lock held: remove what a crashed master left. Returns what was fixed."""
+        fixed = []
+        pid = self.read_pid()
+        if self.pid_path.exists():
+            fixed.append(f"stale pid file ({pid or 'corrupt'}) removed")
+            self.remove(self.pid_path)
+        if self.scoreboard_path.exists():
+            fixed.append("leftover scoreboard removed")
+            self.remove(self.scoreboard_path)
+        for tmp in self.dir.glob(".*.tmp"):
+            self.remove(tmp)
+        return fixed
+
+
+def pid_alive(pid: int) -> bool:
+    """Alive and not a zombie."""
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            return f.read().rsplit(b")", 1)[1].split()[0] != b"Z"
+    except (FileNotFoundError, IndexError):
+        return False
+
+
+def wait_pids_gone(pids: list[int], timeout: float) -> list[int]:
+    """Wait until none of ``pids`` is alive; returns those still alive at the deadline."""
+    deadline = time.monotonic() + timeout
+    alive = [p for p in pids if pid_alive(p)]
+    while alive and time.monotonic() < deadline:
+        time.sleep(0.05)
+        alive = [p for p in alive if pid_alive(p)]
+    return alive
+
+
+class ReadyPipe:
+    """Readiness channel from the daemonized master back to the `start` command."""
+
+    def __init__(self) -> None:
+        self.read_fd, self.write_fd = os.pipe()
+
+    def report(self, ok: bool, message: str = "") -> None:
+        """In the master: say whether start-up succeeded (once)."""
+        if self.write_fd < 0:
+            return
+        try:
+            os.write(self.write_fd, (("ok " if ok else "error ") + message + "\n").encode())
+        except OSError:
+            pass
+        os.close(self.write_fd)
+        self.write_fd = -1
+
+    def wait(self, timeout: float) -> tuple[bool, str]:
+        """In the `start` process: block until the master reports or the pipe closes."""
+        import select
+
+        os.close(self.write_fd)
+        self.write_fd = -1
+        chunks = []
+        deadline = time.monotonic() + timeout
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return False, f"master did not report ready within {timeout:.0f}s"
+            ready, _, _ = select.select([self.read_fd], [], [], left)
+            if not ready:
+                continue
+            data = os.read(self.read_fd, 4096)
+            if not data:
+                break
+            chunks.append(data)
+            if b"\n" in data:
+                break
+        os.close(self.read_fd)
+        line = b"".join(chunks).decode(errors="replace").strip()
+        if not line:
+            return False, "master exited during start-up (see the log)"
+        status, _, message = line.partition(" ")
+        return status == "ok", message
+
