@@ -67,10 +67,13 @@ class Broker:
         self._promote = client.register_script(_script_source("promote"))
 
     # -- worker side -----------------------------------------------------------------
-    def fetch(self, worker: str, count: int) -> list[bytes]:
+    def fetch(self, worker: str, count: int) -> tuple[list[bytes], float | None]:
+        """Take up to ``count`` jobs. Returns (jobs, None), or ([], due time of the next
+        delayed job or None) when there is nothing to take."""
         k = self.keys
-        return self._fetch(keys=[k.ready, k.delayed, k.inflight(worker)],
-                           args=[count, time.time(), PROMOTE_LIMIT])
+        items, due = self._fetch(keys=[k.ready, k.delayed, k.inflight(worker)],
+                                 args=[count, time.time(), PROMOTE_LIMIT])
+        return items, (float(due) if due else None)
 
     def wait_one(self, worker: str, timeout: float) -> bytes | None:
         """Block up to ``timeout`` seconds for one job, moved straight into in-flight."""

@@ -29,10 +29,9 @@ _ROTATED_RE = re.compile(re.escape(LOG_FILE_NAME) + r"\.(\d{8}-\d{6})(?:\.(\d+))
 # Attributes every LogRecord has; anything else on a record came from ``extra=``.
 _STANDARD_ATTRS = {*vars(logging.LogRecord("", 0, "", 0, "", None, None)), "message", "asctime"}
 
-ErrorSink = Callable[[dict[str, Any]], None]
 _role = "master"
 _state: dict[str, Any] = {"handlers": [], "targets": [], "file": None, "rotate": None}
-_sinks: list[ErrorSink] = []
+_sinks: list[tuple[int, Callable[[dict[str, Any]], None]]] = []  # (pid that added it, sink)
 
 
 def set_role(role: str) -> None:
@@ -84,13 +83,13 @@ class SharedFileHandler(logging.Handler):
     def __init__(self, path: Path) -> None:
         super().__init__()
         self.path = Path(path)
-        self._fd, self._checked_at = -1, 0.0
+        self._fd, self._checked_at, self.reopen_requested = -1, 0.0, False
         self._open()
 
     def _open(self) -> None:
         flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC
         old, self._fd = self._fd, os.open(self.path, flags, 0o644)
-        self._checked_at = time.monotonic()
+        self._checked_at, self.reopen_requested = time.monotonic(), False
         if old >= 0:
             os.close(old)
 
@@ -113,9 +112,9 @@ class SharedFileHandler(logging.Handler):
         try:
             data = (self.format(record) + "\n").encode("utf-8", "backslashreplace")
             now = time.monotonic()
-            if now - self._checked_at >= INODE_CHECK_INTERVAL_S:
+            if self.reopen_requested or now - self._checked_at >= INODE_CHECK_INTERVAL_S:
                 self._checked_at = now
-                if self._moved():
+                if self.reopen_requested or self._moved():
                     self._open()
             while data:  # one write; a second only after a short write (disk full)
                 data = data[os.write(self._fd, data):]
@@ -141,7 +140,7 @@ class _SinkHandler(logging.Handler):
         self._busy.on = True
         try:
             fields = record_dict(record)
-            for sink in tuple(_sinks):
+            for sink in [sink for pid, sink in _sinks if pid == os.getpid()]:
                 try:
                     sink(fields)
                 except Exception:  # noqa: BLE001 - a broken sink must not break logging
@@ -153,14 +152,15 @@ class _SinkHandler(logging.Handler):
 _sink_handler = _SinkHandler(logging.ERROR)
 
 
-def add_error_sink(sink: ErrorSink) -> None:
-    """Call ``sink(record_dict)`` for every ERROR or CRITICAL record of the ssjobs logger."""
-    _sinks.append(sink)
+def add_error_sink(sink: Callable[[dict[str, Any]], None]) -> None:
+    """Call ``sink(record_dict)`` for every ERROR+ record logged by this process (a forked
+    child does not call its parent's sinks)."""
+    _sinks.append((os.getpid(), sink))
     logging.getLogger("ssjobs").addHandler(_sink_handler)  # once: addHandler skips repeats
 
 
-def remove_error_sink(sink: ErrorSink) -> None:
-    _sinks[:] = [s for s in _sinks if s is not sink]
+def remove_error_sink(sink: Callable[[dict[str, Any]], None]) -> None:
+    _sinks[:] = [entry for entry in _sinks if entry[1] is not sink]
 
 
 def parse_rotate(rotate: str) -> str | int | None:
@@ -240,9 +240,9 @@ def reset_logging() -> None:
 
 
 def reopen_logs() -> None:
-    """Reopen the log file of this process (SIGUSR1, after logrotate moved it)."""
+    """Reopen the log file at the next record (SIGUSR1): sets a flag, safe in a signal handler."""
     if _state["file"] is not None:
-        _state["file"].reopen()
+        _state["file"].reopen_requested = True
 
 
 def rotate_if_due(now: float | None = None) -> Path | None:
@@ -256,23 +256,23 @@ def rotate_if_due(now: float | None = None) -> Path | None:
     if size == 0 or (today == _state["day"] if rotation == "daily" else size < rotation):
         return None
     path = handler.path
-    base = f"{path.name}.{time.strftime('%Y%m%d-%H%M%S', time.localtime(now))}"
-    target, serial = path.with_name(base), 0
-    while target.exists():  # several rotations in one second (tiny size limits)
-        serial += 1
-        target = path.with_name(f"{base}.{serial}")
+    rotated = [((m.group(1), int(m.group(2) or 0)), entry) for entry in path.parent.iterdir()
+               if (m := _ROTATED_RE.match(entry.name))]
+    stamp = time.strftime("%Y%m%d-%H%M%S", time.localtime(now))
+    serial = max((key[1] + 1 for key, _ in rotated if key[0] == stamp), default=0)
+    target = path.with_name(f"{path.name}.{stamp}" + (f".{serial}" if serial else ""))
+    moved = True
     try:
         os.rename(path, target)
+        rotated.append(((stamp, serial), target))
     except FileNotFoundError:  # logrotate moved it first
-        target = None
+        moved = False
     handler.reopen()
     _state["day"] = today
-    rotated = sorted(((m.group(1), int(m.group(2) or 0)), entry)
-                     for entry in path.parent.iterdir()
-                     if (m := _ROTATED_RE.match(entry.name)))
+    rotated.sort()
     for _, old in rotated[:max(len(rotated) - _state["keep"], 0)]:
         old.unlink(missing_ok=True)
-    return target
+    return target if moved else None
 
 
 class OutageLogger:

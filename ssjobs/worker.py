@@ -157,7 +157,7 @@ class Worker:
     # -- the loop ------------------------------------------------------------------------
     def _loop(self, consumer: Consumer) -> None:
         cfg, ctl, slot = self.cfg, self.ctl, self.slot
-        last_fetch = 0.0
+        next_fetch = 0.0  # when to look at ready + delayed again while idle
         while not ctl.stopping:
             now = time.time()
             slot.beat(now)
@@ -167,28 +167,30 @@ class Worker:
                 if want <= 0:
                     ctl.stop(EXIT_RECYCLE_COUNT)
                     break
-            batch = None
-            if now - last_fetch >= IDLE_PROMOTE_EVERY_S or self.last_job_at >= last_fetch:
-                batch = self._redis(self.broker.fetch, self.name, want)
-                last_fetch = now
+            batch: list[bytes] = []
+            if now >= next_fetch:
+                fetched = self._redis(self.broker.fetch, self.name, want)
+                batch, due = fetched if fetched else ([], None)
+                if not batch:
+                    next_fetch = now + IDLE_PROMOTE_EVERY_S
+                    if due is not None:
+                        next_fetch = min(next_fetch, due)
             if not batch:
-                batch = self._wait(want)
+                batch = self._wait(want, max(0.01, min(IDLE_WAIT_S, next_fetch - now)))
                 if not batch:
                     self._idle_check(now)
                     continue
             self._run(consumer, batch)
-        if ctl.exit_code == EXIT_OK and self.cfg.max_consumer_count and \
-                self.handled >= self.cfg.max_consumer_count:
-            ctl.exit_code = EXIT_RECYCLE_COUNT
+            next_fetch = 0.0  # busy: fetch straight away next round
 
-    def _wait(self, want: int) -> list[bytes]:
-        first = self._redis(self.broker.wait_one, self.name, IDLE_WAIT_S)
+    def _wait(self, want: int, timeout: float) -> list[bytes]:
+        first = self._redis(self.broker.wait_one, self.name, timeout)
         if first is None or self.ctl.stopping:
             if first is not None:  # a stop arrived while we waited: hand the job back
                 self._redis(self.broker.settle, self.name, 0, 0, (), (), [first])
             return []
-        more = self._redis(self.broker.fetch, self.name, want - 1) if want > 1 else []
-        return [first] + list(more or [])
+        more = self._redis(self.broker.fetch, self.name, want - 1) if want > 1 else None
+        return [first] + (more[0] if more else [])
 
     def _idle_check(self, now: float) -> None:
         idle_limit = self.cfg.dynamic_idle_time

@@ -22,14 +22,14 @@ def push(redis_url, payloads):
 
 def test_fetch_moves_a_batch_into_the_workers_inflight_list_in_fifo_order(broker, redis_url):
     ids = push(redis_url, list(range(10)))
-    got = broker.fetch("w1", 4)
+    got = broker.fetch("w1", 4)[0]
     assert [envelope.decode(r).id for r in got] == ids[:4]
     assert broker.client.llen(broker.keys.inflight("w1")) == 4
     assert broker.backlog() == 6
 
 
 def test_fetch_on_empty_returns_nothing(broker):
-    assert broker.fetch("w1", 10) == []
+    assert broker.fetch("w1", 10) == ([], None)
 
 
 def test_wait_one_wakes_within_milliseconds_of_a_push(broker, redis_url):
@@ -52,7 +52,7 @@ def test_wait_one_wakes_within_milliseconds_of_a_push(broker, redis_url):
 
 def test_settle_acks_retries_deadletters_and_returns_unstarted_to_the_front(broker, redis_url):
     push(redis_url, list(range(6)))
-    batch = broker.fetch("w1", 5)
+    batch = broker.fetch("w1", 5)[0]
     jobs = [envelope.decode(r) for r in batch]
     retry_env = envelope.encode(jobs[1].id, "q", jobs[1].payload, attempts=1)
     dead_env = envelope.encode(jobs[2].id, "q", jobs[2].payload, attempts=4)
@@ -63,8 +63,13 @@ def test_settle_acks_retries_deadletters_and_returns_unstarted_to_the_front(brok
     assert counts["processed"] == 1 and counts["failed"] == 2 and counts["retried"] == 1
     assert counts["dead"] == 1 and counts["delayed"] == 1
     # unstarted jobs 3, 4 are next in line, then 5; the due retry is promoted behind them
-    order = [envelope.decode(r).payload for r in broker.fetch("w2", 10)]
+    order = [envelope.decode(r).payload for r in broker.fetch("w2", 10)[0]]
     assert order == [3, 4, 5, 1]
+
+
+def test_fetch_on_empty_tells_when_the_next_delayed_job_is_due(broker):
+    broker.client.zadd(broker.keys.delayed, {envelope.encode("a", "q", 1): 2e9})
+    assert broker.fetch("w1", 10) == ([], 2e9)
 
 
 def test_promote_moves_only_due_jobs(broker):
@@ -81,7 +86,7 @@ def test_recover_requeues_in_order_and_charges_only_the_running_job(broker, redi
     broker.fetch("w1", 3)
     requeued, dead = broker.recover("w1", charged_id=ids[1], max_retries=3)
     assert (requeued, dead) == (3, 0)
-    jobs = [envelope.decode(r) for r in broker.fetch("w2", 10)]
+    jobs = [envelope.decode(r) for r in broker.fetch("w2", 10)[0]]
     assert [j.id for j in jobs] == ids
     assert [j.attempts for j in jobs] == [0, 1, 0, 0, 0]
     assert jobs[1].payload == 1  # payload bytes untouched by the Lua rewrite

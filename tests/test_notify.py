@@ -280,6 +280,8 @@ def test_make_notifier_refuses_unknown_kinds_and_params() -> None:
         make_notifier("telegram", {})
     with pytest.raises(NotifyError, match="bad params"):
         make_notifier("slack", {"url": "http://127.0.0.1:1/", "colour": "red"})
+    with pytest.raises(NotifyError, match="params.url must be an http"):
+        make_notifier("webhook", {"url": "file:///etc/passwd"})
     with pytest.raises(NotifyError, match="cannot be imported"):
         make_notifier("no_such_module_xyz:Thing", {})
     assert issubclass(NotifyError, SsjobsError)

@@ -6,7 +6,9 @@
 -- ARGV[1] max jobs to take (>= 1)
 -- ARGV[2] now (epoch seconds)
 -- ARGV[3] max delayed jobs to promote in this call
--- returns the jobs taken, oldest first
+-- returns {jobs taken (oldest first), next_due}: next_due is '' unless no job was taken,
+-- then the due time of the next delayed job ('' if none), so an idle worker knows when to
+-- look again
 local due = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', ARGV[2], 'LIMIT', 0, ARGV[3])
 if #due > 0 then
   redis.call('ZREM', KEYS[2], unpack(due))
@@ -14,7 +16,8 @@ if #due > 0 then
 end
 local items = redis.call('RPOP', KEYS[1], ARGV[1])
 if not items then
-  return {}
+  local nxt = redis.call('ZRANGE', KEYS[2], 0, 0, 'WITHSCORES')
+  return {{}, nxt[2] or ''}
 end
 redis.call('LPUSH', KEYS[3], unpack(items))
-return items
+return {items, ''}

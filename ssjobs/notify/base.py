@@ -50,6 +50,14 @@ def redact(url: str) -> str:
     return f"{parts.scheme}://{parts.netloc}"
 
 
+def check_url(url: str, what: str = "notifier url") -> str:
+    """Return ``url`` if it is an http(s) URL with a host, else raise NotifyError."""
+    parts = urllib.parse.urlsplit(str(url))
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise NotifyError(f"{what} must be an http:// or https:// URL, got {redact(str(url))!r}")
+    return str(url)
+
+
 def clip(text: str, max_bytes: int) -> str:
     """Cut ``text`` to at most ``max_bytes`` of UTF-8, marking the cut."""
     data = text.encode("utf-8")
@@ -63,8 +71,7 @@ def clip(text: str, max_bytes: int) -> str:
 def post_json(url: str, body: Any, *, timeout: float = DEFAULT_TIMEOUT_S,
               headers: dict[str, str] | None = None) -> bytes:
     """POST ``body`` as JSON; return the answer body or raise a :class:`NotifyError`."""
-    if urllib.parse.urlsplit(url).scheme not in ("http", "https"):
-        raise NotifyError(f"notifier url must start with http:// or https://, got {redact(url)!r}")
+    check_url(url)
     request = urllib.request.Request(
         url, data=json.dumps(body, ensure_ascii=False).encode("utf-8"), method="POST",
         headers={"Content-Type": "application/json; charset=utf-8", "User-Agent": USER_AGENT,

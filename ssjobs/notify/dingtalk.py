@@ -9,7 +9,7 @@ import urllib.parse
 from typing import Any
 
 from ..errors import NotifyError
-from .base import DEFAULT_TIMEOUT_S, Notifier, check_code, clip
+from .base import DEFAULT_TIMEOUT_S, Notifier, check_code, check_url, clip
 
 API_URL = "https://oapi.dingtalk.com/robot/send"
 MAX_TEXT_BYTES = 18_000  # the robot refuses messages over 20,000 bytes; keep room for JSON
@@ -30,7 +30,8 @@ class DingTalkNotifier(Notifier):
         super().__init__(prefix=prefix, timeout=timeout)
         if bool(token) == bool(url):
             raise NotifyError("dingtalk notifier: give params.token or params.url (one of them)")
-        self.url = url or f"{API_URL}?access_token={urllib.parse.quote(token, safe='')}"
+        token_url = f"{API_URL}?access_token={urllib.parse.quote(token, safe='')}"
+        self.url = check_url(url, "dingtalk notifier: params.url") if url else token_url
         self.secret = secret
 
     def signed_url(self, timestamp_ms: int | None = None) -> str:

@@ -7,7 +7,7 @@ import hmac
 import time
 from typing import Any
 
-from .base import DEFAULT_TIMEOUT_S, Notifier, check_code, clip
+from .base import DEFAULT_TIMEOUT_S, Notifier, check_code, check_url, clip
 
 MAX_TEXT_BYTES = 18_000  # the bot refuses request bodies over 20 KB; keep room for JSON
 
@@ -24,7 +24,7 @@ class FeishuNotifier(Notifier):
     def __init__(self, *, url: str, secret: str = "", prefix: str = "",
                  timeout: float = DEFAULT_TIMEOUT_S) -> None:
         super().__init__(prefix=prefix, timeout=timeout)
-        self.url = url
+        self.url = check_url(url, "feishu notifier: params.url")
         self.secret = secret
 
     def send(self, title: str, text: str, level: str = "error", **fields: Any) -> None:

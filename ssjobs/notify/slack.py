@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .base import DEFAULT_TIMEOUT_S, Notifier, clip
+from .base import DEFAULT_TIMEOUT_S, Notifier, check_url, clip
 
 MAX_TEXT_BYTES = 39_000  # Slack truncates text past 40,000 characters
 
@@ -18,7 +18,7 @@ class SlackNotifier(Notifier):
 
     def __init__(self, *, url: str, prefix: str = "", timeout: float = DEFAULT_TIMEOUT_S) -> None:
         super().__init__(prefix=prefix, timeout=timeout)
-        self.url = url
+        self.url = check_url(url, "slack notifier: params.url")
 
     def send(self, title: str, text: str, level: str = "error", **fields: Any) -> None:
         message = f"*{escape(self.title(title))}*\n{escape(text)}"

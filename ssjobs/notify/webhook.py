@@ -5,7 +5,7 @@ import socket
 import time
 from typing import Any
 
-from .base import DEFAULT_TIMEOUT_S, Notifier
+from .base import DEFAULT_TIMEOUT_S, Notifier, check_url
 
 
 class WebhookNotifier(Notifier):
@@ -17,7 +17,7 @@ class WebhookNotifier(Notifier):
     def __init__(self, *, url: str, headers: dict[str, str] | None = None, prefix: str = "",
                  timeout: float = DEFAULT_TIMEOUT_S) -> None:
         super().__init__(prefix=prefix, timeout=timeout)
-        self.url = url
+        self.url = check_url(url, "webhook notifier: params.url")
         self.headers = {str(k): str(v) for k, v in (headers or {}).items()}
 
     def send(self, title: str, text: str, level: str = "error", **fields: Any) -> None:

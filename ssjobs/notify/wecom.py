@@ -5,7 +5,7 @@ import urllib.parse
 from typing import Any
 
 from ..errors import NotifyError
-from .base import DEFAULT_TIMEOUT_S, Notifier, check_code, clip
+from .base import DEFAULT_TIMEOUT_S, Notifier, check_code, check_url, clip
 
 API_URL = "https://qyapi.weixin.qq.com/cgi-bin/webhook/send"
 MAX_CONTENT_BYTES = 4_000  # the robot refuses markdown content over 4,096 bytes
@@ -20,7 +20,8 @@ class WeComNotifier(Notifier):
         super().__init__(prefix=prefix, timeout=timeout)
         if bool(key) == bool(url):
             raise NotifyError("wecom notifier: give params.key or params.url (one of them)")
-        self.url = url or f"{API_URL}?key={urllib.parse.quote(key, safe='')}"
+        key_url = f"{API_URL}?key={urllib.parse.quote(key, safe='')}"
+        self.url = check_url(url, "wecom notifier: params.url") if url else key_url
 
     def send(self, title: str, text: str, level: str = "error", **fields: Any) -> None:
         color = COLORS.get(level.lower(), "info")

@@ -1,0 +1,342 @@
+"""The status model (SPEC §5): workers from the shared-memory scoreboard, topic counters from
+Redis, the master from its pid/scoreboard header; rendered as tables for humans.
+
+``collect_status`` is called both by ``ssjobs status`` and by the master (which stores the
+result as the status snapshot, ``status.json``, shown when the master is not running).
+
+``rate_1m`` (jobs/s over the last minute, fleet-wide like the ``processed`` counter it comes
+from): the master may pass its own figures as ``master_info["rates"]`` ({topic: float});
+otherwise every call records the topics' ``processed`` counters in ``rates.json`` in data_dir
+(a few samples, at most one per ``RATE_SAMPLE_EVERY_S``, kept ``RATE_KEEP_S``) and the rate is
+the counter's growth since the sample closest to one minute ago. The master refreshes the
+snapshot periodically, so the samples are there whenever a master runs.
+"""
+from __future__ import annotations
+
+import json
+import os
+import socket
+import time
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+from . import __version__
+from .config import Config
+from .runtime import RuntimeFiles, write_atomic
+
+RATES_NAME = "rates.json"
+RATE_WINDOW_S = 60.0         # rate_1m: the window the rate is measured over
+RATE_SAMPLE_EVERY_S = 2.0    # fewer samples than this apart add nothing but file writes
+RATE_KEEP_S = 180.0          # samples older than this cannot serve a one-minute window
+WORKER_FIELDS = ("pid", "topic", "kind", "state", "processed", "failed", "started_at",
+                 "rss_bytes", "job_started_at")
+COUNTER_FIELDS = ("backlog", "delayed", "inflight", "dead", "processed", "failed")
+
+_clients: dict[tuple[str, float, int], Any] = {}  # (url, timeout, pid) -> redis client
+
+
+# -- collecting ------------------------------------------------------------------------------
+
+def collect_status(cfg: Config | None, files: RuntimeFiles, *, running_pid: int | None = None,
+                   master_info: dict | None = None, redis_timeout: float = 2.0) -> dict:
+    """The SPEC §5 status object.
+
+    ``cfg`` None (the config file became invalid) still gives master and workers; topic
+    counters then come from the last snapshot. When no master runs: the last snapshot, with
+    ``running`` false (and ``snapshot_at``, the snapshot file's mtime).
+    """
+    info = dict(master_info or {})
+    pid = running_pid or info.get("pid") or files.running_pid()
+    if not pid:
+        return last_snapshot(files)
+    workers, header = read_scoreboard(files)
+    master = {
+        "pid": pid,
+        "started_at": info.get("started_at") or _started_at(pid, header),
+        "node": info.get("node") or f"{socket.gethostname()}:{pid}",
+        "version": info.get("version") or __version__,
+    }
+    status: dict[str, Any] = {"running": True, "master": master, "topics": {},
+                              "workers": workers}
+    if cfg is None:
+        snapshot = files.read_snapshot() or {}
+        topics = {t: dict(v) for t, v in (snapshot.get("topics") or {}).items()
+                  if isinstance(v, dict)}
+    else:
+        topics, error = topic_counters(cfg, [w["topic"] for w in workers], redis_timeout)
+        if error:
+            status["redis_error"] = error
+        rates = info.get("rates")
+        if not isinstance(rates, dict):
+            rates = update_rates(files, {t: c["processed"] for t, c in topics.items()
+                                         if c.get("processed") is not None})
+        for topic, counters in topics.items():
+            counters["rate_1m"] = rates.get(topic, 0.0) if "redis_error" not in counters \
+                else None
+    for topic, counters in topics.items():
+        counters["workers"] = {kind: sum(1 for w in workers
+                                         if w["topic"] == topic and w["kind"] == kind)
+                               for kind in ("static", "dynamic")}
+    status["topics"] = topics
+    return status
+
+
+def last_snapshot(files: RuntimeFiles) -> dict:
+    """What the master wrote last, marked not running."""
+    snapshot = files.read_snapshot() or {}
+    status: dict[str, Any] = {"running": False, "master": snapshot.get("master"),
+                              "topics": snapshot.get("topics") or {},
+                              "workers": snapshot.get("workers") or []}
+    for key, value in snapshot.items():
+        status.setdefault(key, value)
+    try:
+        status["snapshot_at"] = files.snapshot_path.stat().st_mtime
+    except OSError:
+        status["snapshot_at"] = None
+    return status
+
+
+def read_scoreboard(files: RuntimeFiles) -> tuple[list[dict], dict | None]:
+    """This host's workers (SPEC fields only) and the scoreboard header; ([], None) when the
+    scoreboard is missing or not (yet) valid."""
+    from .scoreboard import Scoreboard
+
+    try:
+        board = Scoreboard.open(files.scoreboard_path)
+    except (OSError, ValueError):
+        return [], None
+    try:
+        slots = board.workers()
+        header = board.header()
+    finally:
+        board.close()
+    workers = [{k: slot[k] for k in WORKER_FIELDS} for slot in slots]
+    workers.sort(key=lambda w: (w["topic"], w["kind"] != "static", w["started_at"]))
+    return workers, header
+
+
+def topic_counters(cfg: Config, extra_topics: list[str],
+                   timeout: float) -> tuple[dict[str, dict], str | None]:
+    """Redis counters of every configured topic (then of ``extra_topics``, e.g. a topic a
+    not-yet-reloaded master still runs). A Redis that fails is asked once: its topics get
+    ``"redis_error"`` and None counters; the first error is returned too."""
+    from .broker import Broker
+
+    jobs = {job.topic: cfg.redis_for(job) for job in cfg.jobs}
+    for topic in extra_topics:
+        jobs.setdefault(topic, cfg.redis)
+    failed: dict[str, str] = {}
+    topics: dict[str, dict] = {}
+    first_error = None
+    for topic, rcfg in jobs.items():
+        error = failed.get(rcfg.url)
+        if error is None:
+            try:
+                counts = Broker(_client(rcfg.url, timeout), rcfg.prefix, topic).counts()
+                topics[topic] = {k: counts[k] for k in COUNTER_FIELDS}
+                continue
+            except Exception as exc:  # noqa: BLE001 - any Redis failure: report and go on
+                error = failed[rcfg.url] = f"redis {redact_url(rcfg.url)}: {_describe(exc)}"
+        first_error = first_error or error
+        topics[topic] = {**dict.fromkeys(COUNTER_FIELDS), "redis_error": error}
+    return topics, first_error
+
+
+def _client(url: str, timeout: float) -> Any:
+    """One cached client per URL and process (a forked child makes its own)."""
+    import redis
+
+    key = (url, timeout, os.getpid())
+    client = _clients.get(key)
+    if client is None:
+        client = _clients[key] = redis.Redis.from_url(
+            url, socket_timeout=timeout, socket_connect_timeout=timeout, health_check_interval=0)
+    return client
+
+
+def _describe(exc: BaseException) -> str:
+    text = str(exc).strip() or type(exc).__name__
+    return text if type(exc).__name__ in text else f"{type(exc).__name__}: {text}"
+
+
+def redact_url(url: str) -> str:
+    """The URL without its password (Redis URLs may carry one)."""
+    try:
+        parts = urlsplit(url)
+        if parts.password is None:
+            return url
+        user = parts.username or ""
+        host = parts.hostname or ""
+        netloc = f"{user}:***@{host}" + (f":{parts.port}" if parts.port else "")
+        return urlunsplit(parts._replace(netloc=netloc))
+    except ValueError:
+        return "<invalid url>"
+
+
+def _started_at(pid: int, header: dict | None) -> float | None:
+    if header and header.get("master_pid") == pid and header.get("started_at"):
+        return float(header["started_at"])
+    return process_start_time(pid)
+
+
+def process_start_time(pid: int) -> float | None:
+    """Epoch seconds when ``pid`` started (from /proc), or None."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            ticks = int(f.read().rsplit(b")", 1)[1].split()[19])
+        with open("/proc/stat", "rb") as f:
+            btime = next(int(line.split()[1]) for line in f if line.startswith(b"btime"))
+        return btime + ticks / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError, StopIteration):
+        return None
+
+
+# -- rate_1m ---------------------------------------------------------------------------------
+
+def update_rates(files: RuntimeFiles, processed: dict[str, int],
+                 now: float | None = None) -> dict[str, float]:
+    """Record ``processed`` in rates.json and return jobs/s per topic over ~the last minute."""
+    now = time.time() if now is None else now
+    path = files.dir / RATES_NAME
+    samples = _read_samples(path)
+    rates = compute_rates(samples, processed, now)
+    samples = [s for s in samples if now - RATE_KEEP_S <= s[0] <= now]
+    if not samples or now - samples[-1][0] >= RATE_SAMPLE_EVERY_S:
+        samples.append((now, dict(processed)))
+        try:
+            write_atomic(path, json.dumps({"samples": samples}).encode(), mode=0o644)
+        except OSError:
+            pass  # a read-only data_dir (status run as another user): rates just stay 0
+    return rates
+
+
+def compute_rates(samples: list[tuple[float, dict[str, int]]], processed: dict[str, int],
+                  now: float) -> dict[str, float]:
+    """Pure: per topic, growth of ``processed`` since the sample nearest to RATE_WINDOW_S ago
+    (at least RATE_SAMPLE_EVERY_S old), per second. 0.0 without such a sample or when the
+    counter went down (Redis flushed)."""
+    rates = {}
+    for topic, count in processed.items():
+        best = None
+        for t, counts in samples:
+            age = now - t
+            if RATE_SAMPLE_EVERY_S <= age <= RATE_KEEP_S and topic in counts:
+                if best is None or abs(age - RATE_WINDOW_S) < abs(now - best[0] - RATE_WINDOW_S):
+                    best = (t, counts[topic])
+        if best is None or count < best[1]:
+            rates[topic] = 0.0
+        else:
+            rates[topic] = round((count - best[1]) / (now - best[0]), 2)
+    return rates
+
+
+def _read_samples(path: os.PathLike) -> list[tuple[float, dict[str, int]]]:
+    try:
+        with open(path, "rb") as f:
+            raw = json.load(f).get("samples", [])
+        return [(float(t), {str(k): int(v) for k, v in counts.items()}) for t, counts in raw]
+    except (OSError, ValueError, TypeError, AttributeError):
+        return []
+
+
+# -- rendering -------------------------------------------------------------------------------
+
+def render_status(status: dict, *, now: float | None = None) -> Any:
+    """Tables for humans: a rich renderable when rich is installed, else plain text."""
+    now = time.time() if now is None else now
+    title = _headline(status, now)
+    topic_rows = [[topic, *(_num(c.get(k)) for k in ("backlog", "delayed", "inflight", "dead",
+                                                       "processed", "failed")),
+                   _rate(c.get("rate_1m")), _workers(c.get("workers"))]
+                  for topic, c in (status.get("topics") or {}).items()]
+    topic_head = ["topic", "backlog", "delayed", "inflight", "dead", "processed", "failed",
+                  "rate/s (1m)", "workers s+d"]
+    worker_rows = [[str(w.get("pid")), str(w.get("topic")), str(w.get("kind")),
+                    str(w.get("state")), _num(w.get("processed")), _num(w.get("failed")),
+                    _age(w.get("started_at"), now), _bytes(w.get("rss_bytes")),
+                    _age(w.get("job_started_at"), now)]
+                   for w in status.get("workers") or []]
+    worker_head = ["pid", "topic", "kind", "state", "processed", "failed", "up", "rss",
+                   "current job"]
+    notes = sorted({c["redis_error"] for c in (status.get("topics") or {}).values()
+                    if isinstance(c, dict) and c.get("redis_error")})
+    try:
+        from rich.console import Group
+        from rich.table import Table
+        from rich.text import Text
+    except ImportError:
+        parts = [title, "", _plain_table(topic_head, topic_rows) if topic_rows else "no topics"]
+        parts += ["", _plain_table(worker_head, worker_rows) if worker_rows else "no workers"]
+        return "\n".join(parts + [f"! {n}" for n in notes])
+
+    def table(head: list[str], rows: list[list[str]], caption: str) -> Table:
+        t = Table(title=caption, title_justify="left", expand=False, pad_edge=False)
+        for i, name in enumerate(head):
+            t.add_column(name, justify="left" if i == 0 or name in ("topic", "kind", "state")
+                         else "right", no_wrap=True)
+        for row in rows:
+            t.add_row(*row)
+        return t
+
+    style = "bold green" if status.get("running") else "bold red"
+    items: list[Any] = [Text(title, style=style)]
+    items.append(table(topic_head, topic_rows, "topics") if topic_rows else Text("no topics"))
+    items.append(table(worker_head, worker_rows, "workers (this host)") if worker_rows
+                 else Text("no workers"))
+    items += [Text(n, style="yellow") for n in notes]
+    return Group(*items)
+
+
+def _headline(status: dict, now: float) -> str:
+    master = status.get("master") or {}
+    if status.get("running"):
+        return (f"ssjobs running: master pid {master.get('pid')} on {master.get('node')}, "
+                f"up {_age(master.get('started_at'), now)}, version {master.get('version')}")
+    if not master:
+        return "ssjobs is not running (no snapshot yet)"
+    when = status.get("snapshot_at")
+    ago = f" from {_age(when, now)} ago" if when else ""
+    return f"ssjobs is not running; last snapshot{ago} (master pid {master.get('pid')}):"
+
+
+def _plain_table(head: list[str], rows: list[list[str]]) -> str:
+    widths = [max(len(r[i]) for r in [head, *rows]) for i in range(len(head))]
+    return "\n".join("  ".join(cell.ljust(w) if i == 0 else cell.rjust(w)
+                               for i, (cell, w) in enumerate(zip(row, widths))).rstrip()
+                     for row in [head, *rows])
+
+
+def _num(v: Any) -> str:
+    return "-" if v is None else str(v)
+
+
+def _rate(v: Any) -> str:
+    return "-" if v is None else f"{float(v):.2f}"
+
+
+def _workers(v: Any) -> str:
+    return f"{v.get('static', 0)}+{v.get('dynamic', 0)}" if isinstance(v, dict) else "-"
+
+
+def _age(since: Any, now: float) -> str:
+    if not since:
+        return "-"
+    s = max(0, int(now - float(since)))
+    if s < 60:
+        return f"{s}s"
+    if s < 3600:
+        return f"{s // 60}m{s % 60:02d}s"
+    if s < 86400:
+        return f"{s // 3600}h{s % 3600 // 60:02d}m"
+    return f"{s // 86400}d{s % 86400 // 3600:02d}h"
+
+
+def _bytes(v: Any) -> str:
+    if not v:
+        return "-"
+    n = float(v)
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1024 or unit == "GB":
+            return f"{n:.0f}{unit}" if unit == "B" else f"{n:.1f}{unit}"
+        n /= 1024
+    return str(v)
