@@ -30,7 +30,7 @@ _ROTATED_RE = re.compile(re.escape(LOG_FILE_NAME) + r"\.(\d{8}-\d{6})(?:\.(\d+))
 _STANDARD_ATTRS = {*vars(logging.LogRecord("", 0, "", 0, "", None, None)), "message", "asctime"}
 
 _role = "master"
-_state: dict[str, Any] = {"handlers": [], "targets": [], "file": None, "rotate": None}
+_state: dict[str, Any] = {"handlers": [], "saved": [], "file": None, "rotate": None}
 _sinks: list[tuple[int, Callable[[dict[str, Any]], None]]] = []  # (pid that added it, sink)
 
 
@@ -170,8 +170,7 @@ def parse_rotate(rotate: str) -> str | int | None:
         return text.lower() or None
     match = re.fullmatch(r"(\d+)\s*([KMG]?B)?", text)
     if not match or int(match.group(1)) <= 0:
-        raise ConfigError(
-            f'log.rotate: expected "", "daily" or a size like "100MB", got {rotate!r}')
+        raise ConfigError(f'log.rotate: must be "", "daily" or a size like "100MB", got {rotate!r}')
     return int(match.group(1)) * _SIZE_UNITS[(match.group(2) or "").upper()]
 
 
@@ -216,6 +215,7 @@ def setup_logging(log_dir: Path | None, *, level: str = "info", fmt: str = "text
     reset_logging()
     set_role(role)
     targets = [logging.getLogger("ssjobs")] + ([logging.getLogger()] if capture_root else [])
+    _state["saved"] = [(logger, logger.level, logger.propagate) for logger in targets]
     for logger in targets:
         logger.setLevel(level.upper())
         for handler in [*handlers, _sink_handler]:
@@ -223,20 +223,20 @@ def setup_logging(log_dir: Path | None, *, level: str = "info", fmt: str = "text
     targets[0].propagate = not capture_root
     st = file_handler.stat() if file_handler else None  # a file already there: its day
     day = _dt.date.fromtimestamp(st.st_mtime) if st and st.st_size else _dt.date.today()
-    _state.update(handlers=handlers, targets=targets, file=file_handler, rotate=rotation,
-                  keep=max(keep, 0), day=day)
+    _state.update(handlers=handlers, file=file_handler, rotate=rotation, keep=max(keep, 0),
+                  day=day)
 
 
 def reset_logging() -> None:
-    """Undo :func:`setup_logging` (close the handlers, let records propagate again)."""
-    for logger in _state["targets"]:
-        logger.propagate = True
-        logger.setLevel(logging.NOTSET)
+    """Undo :func:`setup_logging`: close its handlers, restore the loggers it changed."""
+    for logger, level, propagate in _state["saved"]:
+        logger.setLevel(level)
+        logger.propagate = propagate
         for handler in [*_state["handlers"], _sink_handler]:
             logger.removeHandler(handler)
     for handler in _state["handlers"]:
         handler.close()
-    _state.update(handlers=[], targets=[], file=None, rotate=None)
+    _state.update(handlers=[], saved=[], file=None, rotate=None)
 
 
 def reopen_logs() -> None:
@@ -280,7 +280,7 @@ class OutageLogger:
 
     def __init__(self, logger: logging.Logger | None = None) -> None:
         self.log = logger or logging.getLogger("ssjobs.outage")
-        self._outages: dict[str, list[Any]] = {}  # key -> [started_at, failures]
+        self._outages: dict[str, list[float]] = {}  # key -> [started_at, failures]
 
     def note_failure(self, key: str, exc: BaseException) -> bool:
         """Count one failure; log a WARNING only when it starts an outage (then True)."""

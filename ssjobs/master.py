@@ -66,6 +66,7 @@ class TopicState:
     next_spawn_at: float = 0.0
     dynamic_want: int = 0
     backlog: int = 0
+    startup_failures: int = 0  # workers that exited before their consumer was ready
 
 
 class Master:
@@ -120,6 +121,7 @@ class Master:
         logs.setup_logging(cfg.log.dir, level=cfg.log.level, fmt=cfg.log.format, role="master",
                            rotate=cfg.log.rotate, keep=cfg.log.keep,
                            handler_class=cfg.log.handler_class, capture_root=True)
+        logging.getLogger("redis").setLevel(logging.WARNING)  # its debug chatter is not ours
         old_pid = self.files.read_pid()
         leftovers = self.files.leftover_worker_pids()
         for fixed in self.files.repair():
@@ -159,17 +161,17 @@ class Master:
             signal.signal(sig, lambda signum, _frame: self.signals.put_nowait(signum))
 
     def _wait_ready(self) -> None:
-        """Report ready once every static worker is idle (or the wait timed out)."""
+        """Report ready once every worker has imported its consumer (or the wait timed out)."""
         deadline = time.monotonic() + READY_TIMEOUT_S
         while time.monotonic() < deadline and not self.stopping:
             self._reap_workers()
-            failed = [t for t, ts in self.topics.items() if ts.crashes]
+            failed = [t for t, ts in self.topics.items() if ts.startup_failures]
             if failed:
                 msg = f"workers of {', '.join(map(repr, failed))} exit at start-up (see log)"
                 self.ready.report(False, msg)
                 raise RuntimeError(msg)
             states = [self.board.slot(w.slot)._get(STATE) for w in self.workers.values()]
-            if all(s == IDLE for s in states):
+            if all(s in (IDLE, BUSY) for s in states):
                 break
             self._wait(0.05)
         self._write_snapshot()
@@ -258,6 +260,8 @@ class Master:
         ts = self.topics.get(proc.topic)
         if ts is None or self.stopping:
             return
+        if info["state"] == "starting" and not clean:
+            ts.startup_failures += 1
         if code == worker.EXIT_CONSUMER_IMPORT or scaling.is_quick_crash(lifetime, clean):
             ts.crashes += 1
             delay = scaling.crash_backoff(ts.crashes)

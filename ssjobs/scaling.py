@@ -7,14 +7,15 @@ HEALTHY_LIFETIME_S = 10.0    # a worker that lived this long resets its topic's 
 
 
 def dynamic_target(backlog: int, health: int, current: int, maximum: int) -> int:
-    """How many dynamic workers a topic should have now.
+    """How many dynamic workers a topic wants started now (the master never adds more
+    than this, and never stops running ones for it).
 
     Above ``health`` the pool ramps up one worker per check, or straight to the maximum
-    when the backlog is over 10× healthy; at or below it, no new ones are added (idle
-    dynamic workers retire themselves after dynamic_idle_time).
+    when the backlog is over 10× healthy; at or below it, 0: none are added or replaced,
+    and the running ones retire themselves after dynamic_idle_time.
     """
     if maximum <= 0 or health <= 0 or backlog <= health:
-        return min(current, maximum)
+        return 0
     if backlog > 10 * health:
         return maximum
     return min(maximum, current + 1)

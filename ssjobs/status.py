@@ -250,17 +250,18 @@ def render_status(status: dict, *, now: float | None = None) -> Any:
                    _rate(c.get("rate_1m")), _workers(c.get("workers"))]
                   for topic, c in (status.get("topics") or {}).items()]
     topic_head = ["topic", "backlog", "delayed", "inflight", "dead", "processed", "failed",
-                  "rate/s (1m)", "workers s+d"]
+                  "rate/s", "workers"]
     worker_rows = [[str(w.get("pid")), str(w.get("topic")), str(w.get("kind")),
                     str(w.get("state")), _num(w.get("processed")), _num(w.get("failed")),
                     _age(w.get("started_at"), now), _bytes(w.get("rss_bytes")),
                     _age(w.get("job_started_at"), now)]
                    for w in status.get("workers") or []]
     worker_head = ["pid", "topic", "kind", "state", "processed", "failed", "up", "rss",
-                   "current job"]
+                   "job for"]
     notes = sorted({c["redis_error"] for c in (status.get("topics") or {}).values()
                     if isinstance(c, dict) and c.get("redis_error")})
     try:
+        from rich import box
         from rich.console import Group
         from rich.table import Table
         from rich.text import Text
@@ -270,10 +271,13 @@ def render_status(status: dict, *, now: float | None = None) -> Any:
         return "\n".join(parts + [f"! {n}" for n in notes])
 
     def table(head: list[str], rows: list[list[str]], caption: str) -> Table:
-        t = Table(title=caption, title_justify="left", expand=False, pad_edge=False)
+        t = Table(title=caption, title_justify="left", title_style="bold", box=box.SIMPLE_HEAD,
+                  pad_edge=False)
         for i, name in enumerate(head):
-            t.add_column(name, justify="left" if i == 0 or name in ("topic", "kind", "state")
-                         else "right", no_wrap=True)
+            widest = max((len(row[i]) for row in rows), default=0)
+            left = name in ("topic", "kind", "state")
+            t.add_column(name, justify="left" if left else "right", no_wrap=True,
+                         min_width=min(widest, 24) if name in ("topic", "pid") else None)
         for row in rows:
             t.add_row(*row)
         return t
@@ -301,9 +305,12 @@ def _headline(status: dict, now: float) -> str:
 
 def _plain_table(head: list[str], rows: list[list[str]]) -> str:
     widths = [max(len(r[i]) for r in [head, *rows]) for i in range(len(head))]
-    return "\n".join("  ".join(cell.ljust(w) if i == 0 else cell.rjust(w)
-                               for i, (cell, w) in enumerate(zip(row, widths))).rstrip()
-                     for row in [head, *rows])
+    def line(row: list[str]) -> str:
+        cells = [cell.ljust(w) if i == 0 else cell.rjust(w)
+                 for i, (cell, w) in enumerate(zip(row, widths, strict=True))]
+        return "  ".join(cells).rstrip()
+
+    return "\n".join(line(row) for row in [head, *rows])
 
 
 def _num(v: Any) -> str:

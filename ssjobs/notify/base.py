@@ -78,7 +78,8 @@ def post_json(url: str, body: Any, *, timeout: float = DEFAULT_TIMEOUT_S,
                  **(headers or {})})
     try:
         with urllib.request.urlopen(request, timeout=timeout) as answer:  # noqa: S310 - http(s) only
-            return answer.read(MAX_ANSWER_BYTES)
+            data: bytes = answer.read(MAX_ANSWER_BYTES)
+            return data
     except urllib.error.HTTPError as e:
         raise NotifyHTTPError(e.code, str(e.reason), _detail(e)) from e
     except urllib.error.URLError as e:

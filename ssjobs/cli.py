@@ -1,0 +1,248 @@
+"""The ``ssjobs`` command line (SPEC §4): click commands only; what they do lives in
+``ssjobs.control`` and ``ssjobs.status``.
+
+Adding a command (``push``, ``dead``, ``top`` ...): decorate it with ``@cli.command(...)`` or
+build it elsewhere and ``cli.add_command(cmd)``; give it ``@config_option`` and get the file
+with ``config_path(ctx, config)``; return the exit status. Errors: raise a ``SsjobsError``
+(printed as one line by :func:`main`, exit 1) or print with ``control.fail`` and return 1.
+"""
+from __future__ import annotations
+
+import os
+import platform
+import sys
+from pathlib import Path
+from typing import Any, Callable, NoReturn
+
+import click
+
+from . import __version__
+from .config import CONFIG_ENV, DEFAULT_CONFIG_NAME, find_config_path
+from .errors import ConfigError, SsjobsError
+
+CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
+CONFIG_HELP = f"Config file [default: ${CONFIG_ENV}, else ./{DEFAULT_CONFIG_NAME}]."
+EXIT_USAGE = 2      # click's convention for a bad command line
+EXIT_INTERRUPTED = 130
+
+
+class OrderedGroup(click.Group):
+    """Lists commands in the order they were added (lifecycle first), not alphabetically."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return list(self.commands)
+
+
+def version_line() -> str:
+    from .fastloop import IMPLEMENTATION
+
+    return f"ssjobs {__version__} (Python {platform.python_version()}, fastloop: {IMPLEMENTATION})"
+
+
+def _print_version(ctx: click.Context, _param: click.Parameter, value: bool) -> None:
+    if value and not ctx.resilient_parsing:
+        click.echo(version_line())
+        ctx.exit(0)
+
+
+def config_option(f: Callable[..., Any]) -> Callable[..., Any]:
+    """``-c/--config`` on a command (it may also come before the command)."""
+    return click.option("-c", "--config", "config", metavar="PATH", default=None,
+                        help=CONFIG_HELP)(f)
+
+
+def config_path(ctx: click.Context, value: str | None) -> Path:
+    """The command's ``-c``, else the group's ``-c``, else $SSJOBS_CONFIG, else ./ssjobs.toml."""
+    root = ctx.find_root()
+    return find_config_path(value or (root.obj or {}).get("config"))
+
+
+@click.group(cls=OrderedGroup, context_settings=CONTEXT, invoke_without_command=True,
+             epilog="Exit status: 0 ok; 1 failed; 2 invalid config or usage (check); "
+                    "3 not running (status).")
+@click.option("-c", "--config", "config", metavar="PATH", default=None, help=CONFIG_HELP)
+@click.option("--version", is_flag=True, expose_value=False, is_eager=True,
+              callback=_print_version, help="Print the version and exit.")
+@click.pass_context
+def cli(ctx: click.Context, config: str | None) -> int:
+    """ssjobs: background jobs on Linux servers, driven by Redis.
+
+    One master per host forks and supervises the workers of every topic in the config.
+    """
+    ctx.ensure_object(dict)["config"] = config
+    if ctx.invoked_subcommand is None:
+        click.echo(ctx.get_help())
+    return 0
+
+
+@cli.command("help", short_help="Show this help, or the help of one command.")
+@click.argument("command", required=False)
+@click.pass_context
+def help_cmd(ctx: click.Context, command: str | None) -> int:
+    """Show the usage and every command, or the help of COMMAND."""
+    parent = ctx.parent or ctx
+    if command is None:
+        click.echo(parent.get_help())
+        return 0
+    cmd = cli.get_command(parent, command)
+    if cmd is None:
+        raise click.UsageError(f"no such command {command!r}", ctx)
+    with click.Context(cmd, info_name=command, parent=parent) as sub:
+        click.echo(cmd.get_help(sub))
+    return 0
+
+
+@cli.command(short_help="Check the config and start the master (daemon unless --foreground).")
+@click.option("--foreground", is_flag=True,
+              help="Stay attached (systemd, docker, supervisord); logs still go to log.dir.")
+@click.option("--ready-fd", type=int, default=None, hidden=True)
+@config_option
+@click.pass_context
+def start(ctx: click.Context, foreground: bool, ready_fd: int | None, config: str | None) -> int:
+    """Check the config, then start the master. It daemonizes and returns once the master
+    reports ready; exit 1 if it failed or is already running (the running pid is printed)."""
+    from . import control
+
+    return control.start(config_path(ctx, config), foreground=foreground, ready_fd=ready_fd)
+
+
+@cli.command(short_help="Graceful stop: in-flight jobs finish; SIGKILL after --timeout.")
+@click.option("--timeout", type=click.FloatRange(min=0), default=None, metavar="S",
+              help="Seconds before SIGKILL [default: process.stop_timeout + 15].")
+@config_option
+@click.pass_context
+def stop(ctx: click.Context, timeout: float | None, config: str | None) -> int:
+    """Stop the master gracefully and wait until it is gone (exit 0 also when not running).
+    Needs only process.data_dir from the config."""
+    from . import control
+    from .config import load_data_dir
+
+    path = config_path(ctx, config)
+    data_dir = load_data_dir(path)
+    return control.stop(data_dir, control.stop_timeout_for(path) if timeout is None else timeout)
+
+
+@cli.command(short_help="Stop (if running), then start.")
+@config_option
+@click.pass_context
+def restart(ctx: click.Context, config: str | None) -> int:
+    """Stop the master (if running), then start it again; an invalid config is refused
+    before anything is stopped."""
+    from . import control
+
+    return control.restart(config_path(ctx, config))
+
+
+@cli.command(short_help="Start if not running, else do nothing (for crontab).")
+@config_option
+@click.pass_context
+def revive(ctx: click.Context, config: str | None) -> int:
+    """Start the master if it is not running; silently do nothing if it is."""
+    from . import control
+
+    return control.revive(config_path(ctx, config))
+
+
+@cli.command(short_help="Re-read the config and replace workers one by one (SIGHUP).")
+@config_option
+@click.pass_context
+def reload(ctx: click.Context, config: str | None) -> int:
+    """Validate the config, then tell the master to reload it; a bad config is refused and
+    the running master keeps its old one."""
+    from . import control
+
+    return control.reload(config_path(ctx, config))
+
+
+@cli.command(short_help="Master, topics and workers; exit 3 when not running.")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object (SPEC §5).")
+@click.option("--watch", is_flag=True, help="Refresh every second until Ctrl-C.")
+@config_option
+@click.pass_context
+def status(ctx: click.Context, as_json: bool, watch: bool, config: str | None) -> int:
+    """Show the master, topic counters (from Redis) and this host's workers (from the
+    scoreboard). Exit 0 when running; 3 when not (the last snapshot is shown)."""
+    from . import control
+
+    return control.status(config_path(ctx, config), as_json=as_json, watch=watch)
+
+
+@cli.command(short_help="Validate the config, import consumers, ping Redis.")
+@click.option("--notify", is_flag=True, help="Also send a test message through [notifier].")
+@config_option
+@click.pass_context
+def check(ctx: click.Context, notify: bool, config: str | None) -> int:
+    """Validate every key of the config, import every consumer in a child process and ping
+    every Redis. Exit 0 ok, 2 invalid, 1 the test message (--notify) failed."""
+    from . import control
+
+    return control.check(config_path(ctx, config), notify=notify)
+
+
+# -- entry point -----------------------------------------------------------------------------
+
+def _error(message: str, hint: str | None = None) -> None:
+    click.echo(f"ssjobs: {message}", err=True)
+    if hint:
+        click.echo(f"hint: {hint}", err=True)
+
+
+def run(argv: list[str] | None = None) -> int:
+    """Run the command line; returns the exit status. User mistakes become one line on
+    stderr (plus a hint), never a traceback."""
+    try:
+        rv = cli.main(args=argv, prog_name="ssjobs", standalone_mode=False)
+    except click.UsageError as exc:
+        _error(exc.format_message(), hint=f"see `{_command_path(exc)} --help`")
+        return EXIT_USAGE
+    except click.Abort:
+        _error("aborted")
+        return EXIT_INTERRUPTED
+    except click.ClickException as exc:
+        _error(exc.format_message())
+        return exc.exit_code
+    except ConfigError as exc:
+        from .control import config_error_lines
+
+        for line in config_error_lines(exc):
+            _error(line)
+        return 1
+    except SsjobsError as exc:
+        _error(str(exc))
+        return 1
+    except KeyboardInterrupt:
+        return EXIT_INTERRUPTED
+    except BrokenPipeError:
+        _silence_stdout()
+        return 1
+    except PermissionError as exc:
+        _error(f"permission denied: {exc.filename or exc}",
+               hint="run as the user that owns process.data_dir")
+        return 1
+    except OSError as exc:
+        _error(f"{exc.strerror or exc}" + (f": {exc.filename}" if exc.filename else ""))
+        return 1
+    return rv if isinstance(rv, int) else 0
+
+
+def _command_path(exc: click.UsageError) -> str:
+    return exc.ctx.command_path if exc.ctx is not None else "ssjobs"
+
+
+def _silence_stdout() -> None:
+    """After EPIPE (``ssjobs status | head``), keep the exit-time flush from failing too."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):
+        pass
+
+
+def main(argv: list[str] | None = None) -> NoReturn:
+    """The ``ssjobs`` console script and ``python -m ssjobs``."""
+    code = run(argv)
+    try:
+        sys.stdout.flush()
+    except BrokenPipeError:
+        _silence_stdout()
+    sys.exit(code)

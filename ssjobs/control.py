@@ -1,0 +1,560 @@
+"""What the console does to a master: start (daemon or foreground), stop, restart, revive,
+reload, status and check. Each command is one function that prints its own messages and
+returns the exit status (SPEC §4); ``ssjobs.cli`` only parses arguments and calls these.
+
+User mistakes are reported as one line on stderr (``ssjobs: ...``, maybe a ``hint:`` line);
+a :class:`~ssjobs.errors.SsjobsError` that escapes is printed the same way by ``cli.main``.
+"""
+from __future__ import annotations
+
+import json
+import os
+import select
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from .config import Config, load_config, load_data_dir
+from .errors import ConfigError, ControlError
+from .runtime import ReadyPipe, RuntimeFiles, pid_alive
+
+# Exit statuses (SPEC §4).
+EXIT_OK = 0
+EXIT_FAILED = 1          # failed, refused, or already running
+EXIT_INVALID = 2         # `check`: the config, a consumer or Redis is not usable
+EXIT_NOT_RUNNING = 3     # `status`: no master runs on this data_dir
+
+READY_TIMEOUT_S = 60.0          # a master reports ready once its first workers are up
+                                # (plus stop_timeout: it may wait for a predecessor's workers)
+STOP_MARGIN_S = 15.0            # stop waits stop_timeout + this before it SIGKILLs the master
+DEFAULT_STOP_TIMEOUT_S = 30.0   # process.stop_timeout's default, when the config is unreadable
+ORPHAN_WAIT_S = 5.0             # workers of a SIGKILLed master exit on their own within this
+CHECK_IMPORT_TIMEOUT_S = 60.0   # importing every consumer must not take longer
+REDIS_CHECK_TIMEOUT_S = 3.0     # a healthy Redis answers PING at once
+MIN_REDIS_VERSION = (6, 2)      # LMOVE / LPOP count (SPEC §7)
+WATCH_INTERVAL_S = 1.0          # `status --watch` refresh period
+DAEMON_OUTPUT_NAME = "ssjobs.stderr"  # in log.dir: what the daemon writes to stderr
+DAEMON_OUTPUT_TAIL_BYTES = 65536      # read back on a failed start to quote its last line
+PIPE_WIDTH = 160                # columns of `status` tables written to a pipe or file
+
+
+# -- output ----------------------------------------------------------------------------------
+
+def say(message: str) -> None:
+    print(message, flush=True)
+
+
+def fail(message: str, hint: str | None = None) -> None:
+    """One error line on stderr (and an optional hint line)."""
+    print(f"ssjobs: {message}", file=sys.stderr, flush=True)
+    if hint:
+        print(f"hint: {hint}", file=sys.stderr, flush=True)
+
+
+def config_error_lines(exc: ConfigError) -> list[str]:
+    """One line per problem, each naming the file: ``/etc/jobs.toml: jobs[0].topic: ...``."""
+    where = f"{exc.path}: " if exc.path else ""
+    return [f"{where}{e}" for e in exc.errors]
+
+
+def report_config_error(exc: ConfigError) -> None:
+    for line in config_error_lines(exc):
+        fail(line)
+
+
+def _load(cfg_path: str | os.PathLike) -> Config | None:
+    """The full config, or None after printing every error."""
+    try:
+        return load_config(cfg_path)
+    except ConfigError as exc:
+        report_config_error(exc)
+        return None
+
+
+# -- start -----------------------------------------------------------------------------------
+
+def start(cfg_path: str | os.PathLike, *, foreground: bool, ready_fd: int | None = None) -> int:
+    """Start the master: in this process (``foreground``), else as a detached daemon; the
+    command returns once the daemon reports ready. ``ready_fd``: the daemon's report pipe."""
+    cfg = _load(cfg_path)
+    if cfg is None:
+        _report_ready(ready_fd, "error invalid config")
+        return EXIT_FAILED
+    files = RuntimeFiles(cfg.process.data_dir)
+    try:
+        files.ensure_dir()
+        pid = files.running_pid()
+    except ControlError as exc:
+        _report_ready(ready_fd, f"error {exc}")
+        raise
+    if pid:
+        _report_ready(ready_fd, f"error already running (pid {pid})")
+        print(f"ssjobs already running (pid {pid})", file=sys.stderr, flush=True)
+        return EXIT_FAILED
+    if foreground:
+        from . import master  # the master and its worker-only dependencies, only here
+
+        return master.serve(cfg, ready_fd=ready_fd)
+    return _spawn_daemon(cfg)
+
+
+def _report_ready(ready_fd: int | None, line: str) -> None:
+    """Tell the `start` process that spawned us why we give up before the master runs."""
+    if ready_fd is None:
+        return
+    try:
+        os.write(ready_fd, (line + "\n").encode())
+        os.close(ready_fd)
+    except OSError:
+        pass
+
+
+def self_command(*args: str) -> list[str]:
+    """argv that runs this ssjobs again: the frozen binary itself, else ``python -m ssjobs``."""
+    if getattr(sys, "frozen", False):
+        return [sys.executable, *args]
+    return [sys.executable, "-m", "ssjobs", *args]
+
+
+def _spawn_daemon(cfg: Config) -> int:
+    """Run ``start --foreground`` detached (new session; stdin and stdout on /dev/null,
+    stderr appended to log.dir/ssjobs.stderr for what escapes the log: a crash before the
+    log is set up, a fatal error) and wait for its ready line. No double fork: a PyInstaller
+    one-file binary would lose its unpacked files when the intermediate process exits."""
+    out_path = Path(cfg.log.dir) / DAEMON_OUTPUT_NAME
+    out_fd, out_size = _open_daemon_output(out_path)
+    ready = ReadyPipe()
+    argv = self_command("start", "--foreground", "--ready-fd", str(ready.write_fd),
+                        "-c", str(cfg.path))
+    try:
+        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                stderr=out_fd, start_new_session=True,
+                                pass_fds=[ready.write_fd], close_fds=True)
+    except OSError as exc:
+        os.close(ready.read_fd)
+        os.close(ready.write_fd)
+        fail(f"cannot start the master: {exc}")
+        return EXIT_FAILED
+    finally:
+        if out_fd != subprocess.DEVNULL:
+            os.close(out_fd)
+    # A master first waits up to stop_timeout for the workers a killed predecessor left.
+    ok, message = ready.wait(timeout=READY_TIMEOUT_S + cfg.process.stop_timeout)
+    # Reap the child if it already exited; a running daemon is never waited on: it is
+    # re-parented to init when this short-lived process exits.
+    if not ok and proc.poll() is None:
+        message += f" (pid {proc.pid} is still running: see `ssjobs status`)"
+    if ok:
+        say(f"ssjobs started (pid {message.strip() or proc.pid})")
+        return EXIT_OK
+    said = _last_line(out_path, out_size)
+    fail(f"failed to start: {message}" + (f": {said}" if said and said not in message else ""),
+         hint=f"see {Path(cfg.log.dir) / 'ssjobs.log'} and {out_path}, or run "
+              "`ssjobs start --foreground`")
+    return EXIT_FAILED
+
+
+def _open_daemon_output(path: Path) -> tuple[int, int]:
+    """(fd, size before) of the daemon's output file; /dev/null when it cannot be opened."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o640)
+        return fd, os.fstat(fd).st_size
+    except OSError:
+        return subprocess.DEVNULL, 0
+
+
+def _last_line(path: Path, since: int) -> str:
+    """The last non-empty line written to ``path`` after offset ``since`` (a traceback's
+    last line names the error)."""
+    try:
+        with open(path, "rb") as f:
+            f.seek(max(since, f.seek(0, os.SEEK_END) - DAEMON_OUTPUT_TAIL_BYTES))
+            text = f.read(DAEMON_OUTPUT_TAIL_BYTES).decode(errors="replace")
+    except OSError:
+        return ""
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    return lines[-1] if lines else ""
+
+
+# -- stop ------------------------------------------------------------------------------------
+
+def stop_timeout_for(cfg_path: str | os.PathLike) -> float:
+    """The default `stop --timeout`: the master's own stop_timeout plus a margin (the
+    config's rest may be invalid: then process.stop_timeout's default)."""
+    try:
+        return load_config(cfg_path).process.stop_timeout + STOP_MARGIN_S
+    except ConfigError:
+        return DEFAULT_STOP_TIMEOUT_S + STOP_MARGIN_S
+
+
+def stop(data_dir: str | os.PathLike, timeout: float, *, quiet: bool = False) -> int:
+    """SIGTERM the master and wait until it, its workers and the lock are gone; SIGKILL the
+    master after ``timeout``. 0 when stopped or not running."""
+    files = RuntimeFiles(Path(data_dir))
+    pid = files.running_pid()
+    if pid is None:
+        if files.is_locked():
+            fail(f"{files.lock_path} is locked but {files.pid_path} names no process",
+                 hint="a master may be starting; try again in a moment")
+            return EXIT_FAILED
+        if not quiet:
+            say("ssjobs is not running")
+        return EXIT_OK
+    workers = worker_pids(files, pid)
+    _signal(pid, signal.SIGTERM)
+    alive = _wait_gone(files, [pid, *workers], timeout)
+    if not alive:
+        if not quiet:
+            say(f"ssjobs stopped (pid {pid})")
+        return EXIT_OK
+    if pid in alive:
+        fail(f"master pid {pid} still running after {timeout:.0f}s: sending SIGKILL")
+        workers = sorted(set(workers) | set(worker_pids(files, pid)))
+        _signal(pid, signal.SIGKILL)
+    alive = _wait_gone(files, [pid, *workers], ORPHAN_WAIT_S)
+    for worker in alive:
+        if worker != pid:
+            _signal(worker, signal.SIGKILL)
+    alive = _wait_gone(files, alive, ORPHAN_WAIT_S)
+    if alive:
+        fail(f"processes still alive after SIGKILL: {', '.join(map(str, alive))}")
+        return EXIT_FAILED
+    if not quiet:
+        say(f"ssjobs stopped (pid {pid}, killed)")
+    return EXIT_OK
+
+
+def worker_pids(files: RuntimeFiles, master_pid: int) -> list[int]:
+    """Live workers of ``master_pid`` (scoreboard pids whose parent is that master)."""
+    from .status import read_scoreboard
+
+    workers, _ = read_scoreboard(files)
+    return [w["pid"] for w in workers if _parent_of(w["pid"]) == master_pid]
+
+
+def _parent_of(pid: int) -> int | None:
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            return int(f.read().rsplit(b")", 1)[1].split()[1])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def _signal(pid: int, sig: int) -> None:
+    try:
+        os.kill(pid, sig)
+    except ProcessLookupError:
+        pass
+    except PermissionError:
+        raise ControlError(f"no permission to signal pid {pid} "
+                           "(run as the user that started ssjobs, or root)") from None
+
+
+def _wait_gone(files: RuntimeFiles, pids: list[int], timeout: float) -> list[int]:
+    """Wait until ``pids`` are gone and the lock is free; returns what is left (a held lock
+    counts as the master, ``pids[0]``, still being there)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        alive = [p for p in pids if pid_alive(p)]
+        if pids and pids[0] not in alive and files.is_locked():
+            alive.insert(0, pids[0])
+        if not alive or time.monotonic() >= deadline:
+            return alive
+        time.sleep(0.05)
+
+
+# -- restart, revive, reload ----------------------------------------------------------------
+
+def restart(cfg_path: str | os.PathLike, *, stop_timeout: float | None = None) -> int:
+    """Stop (if running) then start; an invalid config is refused before anything stops."""
+    cfg = _load(cfg_path)
+    if cfg is None:
+        return EXIT_FAILED
+    timeout = cfg.process.stop_timeout + STOP_MARGIN_S if stop_timeout is None else stop_timeout
+    if stop(cfg.process.data_dir, timeout) != EXIT_OK:
+        return EXIT_FAILED
+    return start(cfg_path, foreground=False)
+
+
+def revive(cfg_path: str | os.PathLike) -> int:
+    """Start if not running, else nothing (crontab); needs only data_dir when running."""
+    if RuntimeFiles(load_data_dir(cfg_path)).running_pid():
+        return EXIT_OK
+    return start(cfg_path, foreground=False)
+
+
+def reload(cfg_path: str | os.PathLike) -> int:
+    """Validate the config, then SIGHUP the master; a bad config is refused, nothing sent."""
+    try:
+        cfg = load_config(cfg_path)
+    except ConfigError as exc:
+        report_config_error(exc)
+        fail("config refused: the running master keeps its current config")
+        return EXIT_FAILED
+    pid = RuntimeFiles(cfg.process.data_dir).running_pid()
+    if pid is None:
+        fail("ssjobs is not running", hint="start it with `ssjobs start`")
+        return EXIT_FAILED
+    _signal(pid, signal.SIGHUP)
+    say(f"ssjobs reloading (pid {pid})")
+    return EXIT_OK
+
+
+# -- status ----------------------------------------------------------------------------------
+
+def load_for_status(cfg_path: str | os.PathLike) -> tuple[Config | None, Path]:
+    """The config when valid (for Redis counters), else None with only process.data_dir
+    (and a warning): status must work when the rest of the file has since become invalid."""
+    try:
+        cfg = load_config(cfg_path)
+        return cfg, cfg.process.data_dir
+    except ConfigError as exc:
+        data_dir = load_data_dir(cfg_path)  # raises when even data_dir is unusable
+        first = config_error_lines(exc)[0]
+        more = f" (and {len(exc.errors) - 1} more)" if len(exc.errors) > 1 else ""
+        fail(f"warning: config invalid, showing what needs only process.data_dir: "
+             f"{first}{more}")
+        return None, data_dir
+
+
+def status(cfg_path: str | os.PathLike, *, as_json: bool = False, watch: bool = False) -> int:
+    """Print the status; 0 when a master runs, 3 when not (then the last snapshot)."""
+    from .status import collect_status
+
+    cfg, data_dir = load_for_status(cfg_path)
+    files = RuntimeFiles(data_dir)
+
+    def collect() -> dict:
+        return collect_status(cfg, files)
+
+    if watch:
+        return _watch(collect, as_json)
+    current = collect()
+    _print_status(current, as_json)
+    return EXIT_OK if current["running"] else EXIT_NOT_RUNNING
+
+
+def _print_status(current: dict, as_json: bool) -> None:
+    if as_json:
+        say(json.dumps(current, indent=2))
+        return
+    from .status import render_status
+
+    rendered = render_status(current)
+    if isinstance(rendered, str):
+        say(rendered)
+    else:
+        from rich.console import Console
+
+        # Piped: no terminal width to fit, so do not squeeze the tables into 80 columns.
+        width = None if sys.stdout.isatty() else PIPE_WIDTH
+        Console(highlight=False, width=width).print(rendered)
+
+
+def _watch(collect: Callable[[], dict], as_json: bool) -> int:
+    """Refresh every WATCH_INTERVAL_S until Ctrl-C; the exit status of the last view."""
+    current = collect()
+    try:
+        if not as_json and sys.stdout.isatty():
+            try:
+                from rich.live import Live
+
+                from .status import render_status
+            except ImportError:
+                pass
+            else:
+                with Live(render_status(current), auto_refresh=False, screen=False) as live:
+                    while True:
+                        time.sleep(WATCH_INTERVAL_S)
+                        current = collect()
+                        live.update(render_status(current), refresh=True)
+        while True:
+            _print_status(current, as_json)
+            if not as_json:
+                say("")
+            time.sleep(WATCH_INTERVAL_S)
+            current = collect()
+    except KeyboardInterrupt:
+        pass
+    return EXIT_OK if current["running"] else EXIT_NOT_RUNNING
+
+
+# -- check -----------------------------------------------------------------------------------
+
+def check(cfg_path: str | os.PathLike, notify: bool = False) -> int:
+    """Validate the config, import every consumer in a child process, ping every Redis;
+    with ``notify`` send a test message. 0 ok, 2 invalid, 1 the test message failed."""
+    try:
+        cfg = load_config(cfg_path)
+    except ConfigError as exc:
+        report_config_error(exc)
+        return EXIT_INVALID
+    say(f"config ok: {cfg.path} ({len(cfg.jobs)} topic{'s' if len(cfg.jobs) != 1 else ''})")
+    problems = check_consumers(cfg) + check_redis(cfg)
+    for line in problems:
+        fail(line)
+    code = EXIT_INVALID if problems else EXIT_OK
+    if notify:
+        error = check_notifier(cfg)
+        if error:
+            fail(error)
+            code = code or EXIT_FAILED
+    return code
+
+
+def check_consumers(cfg: Config, timeout: float = CHECK_IMPORT_TIMEOUT_S) -> list[str]:
+    """Import (and instantiate, for classes) every consumer in a forked child, as a worker
+    would; the console process itself never runs consumer code. Returns error lines."""
+    topics: dict[str, list[str]] = {}
+    for job in cfg.jobs:
+        topics.setdefault(job.consumer, []).append(job.topic)
+    for path in cfg.process.consumer_path:
+        if not path.is_dir():
+            fail(f"warning: process.consumer_path: {path} is not a directory")
+    results = _import_in_child(cfg, list(topics), timeout)
+    lines = []
+    for spec, names in topics.items():
+        where = f"topic{'s' if len(names) > 1 else ''} {', '.join(names)}"
+        error = results.get(spec, "was not checked (the check process ended early)")
+        if error:
+            lines.append(f"{where}: {error}")
+        else:
+            say(f"consumer ok: {spec} ({where})")
+    return lines
+
+
+def _import_in_child(cfg: Config, specs: list[str], timeout: float) -> dict[str, str | None]:
+    """spec -> None (imported) or the error, from a forked child reporting line by line."""
+    read_fd, write_fd = os.pipe()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    pid = os.fork()
+    if pid == 0:  # the child: never returns
+        os.close(read_fd)
+        _import_child(cfg, specs, write_fd)
+    os.close(write_fd)
+    results: dict[str, str | None] = {}
+    current = None
+    timed_out = False
+    with os.fdopen(read_fd, "rb") as pipe:
+        deadline = time.monotonic() + timeout
+        buf = b""
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                timed_out = True
+                break
+            if not select.select([pipe], [], [], left)[0]:
+                continue
+            chunk = os.read(pipe.fileno(), 65536)
+            if not chunk:
+                break
+            buf += chunk
+            *lines, buf = buf.split(b"\n")
+            for line in lines:
+                event = json.loads(line)
+                if event[0] == "begin":
+                    current = event[1]
+                else:
+                    results[event[1]] = event[2]
+                    current = None
+    if timed_out:
+        os.kill(pid, signal.SIGKILL)
+    _, wstatus = os.waitpid(pid, 0)
+    if current is not None:
+        if timed_out:
+            results[current] = f"consumer {current!r}: import did not finish within {timeout:.0f}s"
+        elif os.WIFSIGNALED(wstatus):
+            name = signal.Signals(os.WTERMSIG(wstatus)).name
+            results[current] = f"consumer {current!r}: importing it killed the process ({name})"
+        else:
+            results[current] = (f"consumer {current!r}: importing it ended the process "
+                                f"(exit status {os.waitstatus_to_exitcode(wstatus)})")
+    return results
+
+
+def _import_child(cfg: Config, specs: list[str], write_fd: int) -> None:
+    """In the forked child: report each import as JSON lines, then leave with os._exit."""
+    try:
+        from .loader import add_consumer_path, load_consumer
+
+        devnull = os.open(os.devnull, os.O_RDWR)
+        for fd in (0, 1, 2):  # consumer modules may print; keep check's output clean
+            os.dup2(devnull, fd)
+        add_consumer_path(cfg.process.consumer_path)
+        for spec in specs:
+            _emit(write_fd, ["begin", spec])
+            try:
+                load_consumer(spec)
+                error = None
+            except BaseException as exc:  # noqa: BLE001 - SystemExit in a module included
+                error = str(exc) if exc.__class__.__name__ == "ConsumerImportError" else \
+                    f"consumer {spec!r}: importing it raised {type(exc).__name__}: {exc}"
+            _emit(write_fd, ["done", spec, error])
+    finally:
+        os._exit(0)
+
+
+def _emit(fd: int, event: list[Any]) -> None:
+    data = (json.dumps(event) + "\n").encode()
+    while data:
+        data = data[os.write(fd, data):]
+
+
+def check_redis(cfg: Config, timeout: float = REDIS_CHECK_TIMEOUT_S) -> list[str]:
+    """PING every Redis the config names, and check its version; returns error lines."""
+    import redis
+
+    from .status import redact_url
+
+    users: dict[str, list[str]] = {}
+    for job in cfg.jobs:
+        users.setdefault(cfg.redis_for(job).url, []).append(job.topic)
+    users.setdefault(cfg.redis.url, [])
+    lines = []
+    for url, topics in users.items():
+        shown = redact_url(url)
+        used = f" (topics {', '.join(topics)})" if topics else ""
+        client = redis.Redis.from_url(url, socket_timeout=timeout,
+                                      socket_connect_timeout=timeout)
+        try:
+            client.ping()
+            version = str(client.info("server").get("redis_version", "0"))
+        except redis.AuthenticationError as exc:
+            lines.append(f"redis {shown}{used}: authentication failed: {exc}")
+            continue
+        except (redis.RedisError, OSError) as exc:
+            lines.append(f"redis {shown}{used}: unreachable: {exc}")
+            continue
+        finally:
+            client.close()
+        numbers = tuple(int(p) if p.isdigit() else 0 for p in version.split(".")[:2])
+        if numbers < MIN_REDIS_VERSION:
+            lines.append(f"redis {shown}{used}: version {version} is too old "
+                         f"(ssjobs needs {'.'.join(map(str, MIN_REDIS_VERSION))} or newer)")
+        else:
+            say(f"redis ok: {shown} (version {version}){used}")
+    return lines
+
+
+def check_notifier(cfg: Config) -> str | None:
+    """Send one test message through [notifier]; None, or the error line."""
+    from .errors import NotifyError
+    from .notify import make_notifier, send_test_message
+
+    if cfg.notifier is None:
+        return "check --notify: no [notifier] section in the config"
+    try:
+        notifier = make_notifier(cfg.notifier.kind, cfg.notifier.params)
+    except NotifyError as exc:
+        return f"notifier: {exc}"
+    error = send_test_message(notifier)
+    if error:
+        return f"notifier {cfg.notifier.kind}: test message failed: {error}"
+    say(f"notifier ok: test message sent via {cfg.notifier.kind}")
+    return None

@@ -1,0 +1,99 @@
+"""Start a real master (foreground, as a subprocess) and look at it from outside."""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from redis_server import pid_alive
+
+from ssjobs.runtime import ReadyPipe, RuntimeFiles
+from ssjobs.scoreboard import Scoreboard
+
+SERVE = ("import sys; from ssjobs.config import load_config; from ssjobs.master import serve; "
+         "sys.exit(serve(load_config(sys.argv[1]), ready_fd=int(sys.argv[2])))")
+
+
+class MasterProc:
+    def __init__(self, config: Path, data_dir: Path) -> None:
+        self.config = config
+        self.files = RuntimeFiles(data_dir)
+        self.proc: subprocess.Popen | None = None
+        self.seen_pids: set[int] = set()
+
+    def start(self, expect_ok: bool = True, timeout: float = 30) -> tuple[bool, str]:
+        ready = ReadyPipe()
+        self.proc = subprocess.Popen([sys.executable, "-c", SERVE, str(self.config),
+                                      str(ready.write_fd)], pass_fds=[ready.write_fd],
+                                     cwd=self.config.parent)
+        ok, message = ready.wait(timeout)
+        if expect_ok:
+            assert ok, f"master failed to start: {message}"
+            self.workers()
+        return ok, message
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def workers(self) -> list[dict]:
+        try:
+            board = Scoreboard.open(self.files.scoreboard_path)
+        except (OSError, ValueError):
+            return []
+        try:
+            found = board.workers()
+        finally:
+            board.close()
+        self.seen_pids.update(w["pid"] for w in found)
+        return found
+
+    def signal(self, sig: int) -> None:
+        os.kill(self.pid, sig)
+
+    def stop(self, timeout: float = 30) -> int:
+        if self.proc.poll() is None:
+            self.signal(signal.SIGTERM)
+        return self.proc.wait(timeout)
+
+    def children(self) -> list[int]:
+        """Direct children of the master, zombies included, from /proc."""
+        out = []
+        for entry in os.listdir("/proc"):
+            if entry.isdigit():
+                try:
+                    with open(f"/proc/{entry}/stat") as f:
+                        fields = f.read().rsplit(")", 1)[1].split()
+                except OSError:
+                    continue
+                if int(fields[1]) == self.pid:
+                    out.append((int(entry), fields[0]))
+        return out
+
+    def zombies(self) -> list[int]:
+        return [pid for pid, state in self.children() if state == "Z"]
+
+    def kill_all(self) -> None:
+        """Test clean-up: SIGKILL the master and every worker pid it was seen with."""
+        if self.proc and self.proc.poll() is None:
+            self.workers()
+            self.proc.kill()
+            self.proc.wait(10)
+        for pid in self.seen_pids:
+            if pid_alive(pid):
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+
+
+def wait_gone(pids, timeout: float) -> list[int]:
+    deadline = time.time() + timeout
+    alive = [p for p in pids if pid_alive(p)]
+    while alive and time.time() < deadline:
+        time.sleep(0.05)
+        alive = [p for p in alive if pid_alive(p)]
+    return alive
