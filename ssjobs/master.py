@@ -91,6 +91,7 @@ class Master:
         self._wake_r = self._wake_w = -1
         self._last_housekeeping = self._last_janitor = 0.0
         self.board: Scoreboard | None = None
+        self.extensions: list = []
 
     # -- start-up ------------------------------------------------------------------------
     def serve(self) -> int:
@@ -140,6 +141,25 @@ class Master:
                  self.node)
         self._manage_workers()
         self._wait_ready()
+        self._start_extensions()
+
+    # -- extensions: metrics, alerts ... (each optional, none may take the master down) ----
+    def _start_extensions(self) -> None:
+        self.extensions = []
+        for factory in _extension_factories(self.cfg):
+            try:
+                ext = factory(self)
+                ext.start(self)
+                self.extensions.append(ext)
+            except Exception:
+                log.exception("could not start %s", getattr(factory, "__name__", factory))
+
+    def _call_extensions(self, method: str, *args: object) -> None:
+        for ext in list(self.extensions):
+            try:
+                getattr(ext, method)(self, *args)
+            except Exception:
+                log.exception("%s.%s failed", type(ext).__name__, method)
 
     def _slots_needed(self, cfg: Config) -> int:
         # Room for every worker twice over, so a reload can overlap old and new workers.
@@ -262,7 +282,7 @@ class Master:
             return
         if info["state"] == "starting" and not clean:
             ts.startup_failures += 1
-        if code == worker.EXIT_CONSUMER_IMPORT or scaling.is_quick_crash(lifetime, clean):
+        if code == worker.EXIT_CONSUMER_IMPORT or scaling.is_quick_crash(lifetime, clean, info["processed"]):
             ts.crashes += 1
             delay = scaling.crash_backoff(ts.crashes)
             ts.next_spawn_at = time.monotonic() + delay
@@ -410,6 +430,7 @@ class Master:
             self._write_snapshot()
         if logs.rotate_if_due() is not None:
             self._signal_all(signal.SIGUSR1)
+        self._call_extensions("tick", now)
 
     def _redis_housekeeping(self, now: float) -> None:
         for client in self.clients.values():
@@ -491,6 +512,8 @@ class Master:
                        if p.topic in self.topics and p.term_sent_at is None]
         log.info("reloaded config: %d topics, replacing %d workers one by one, stopping %d",
                  len(self.topics), len(self.retire), len(removed))
+        self._call_extensions("stop")
+        self._start_extensions()
 
     def _signal_all(self, sig: int) -> None:
         for pid in list(self.workers):
@@ -514,6 +537,8 @@ class Master:
             if proc is not None:
                 self._on_worker_exit(proc, status)
         self._flush_recoveries()
+        self._call_extensions("stop")
+        self.extensions = []
         try:
             for client in self.clients.values():
                 client.zrem(nodes_key(self.cfg.redis.prefix), self.node)
@@ -560,6 +585,20 @@ class Master:
         os.setgid(gid)
         os.initgroups(name, gid)
         os.setuid(pw.pw_uid)
+
+
+def _extension_factories(cfg: Config) -> list:
+    """Master extensions for this config. Each is built with the master and has
+    ``start(master)``, ``tick(master, now)`` (once a second, must not block) and
+    ``stop(master)``; reload stops them and starts them again."""
+    factories = []
+    if cfg.metrics is not None:
+        from .metrics import MetricsExtension
+        factories.append(MetricsExtension)
+    if cfg.notifier is not None:
+        from .alerts import AlertsExtension
+        factories.append(AlertsExtension)
+    return factories
 
 
 def _kill(pid: int, sig: int) -> None:

@@ -28,5 +28,7 @@ def crash_backoff(consecutive_crashes: int) -> float:
     return min(CRASH_BACKOFF_MAX_S, CRASH_BACKOFF_BASE_S * 2 ** (consecutive_crashes - 1))
 
 
-def is_quick_crash(lifetime_s: float, clean_exit: bool) -> bool:
-    return not clean_exit and lifetime_s < HEALTHY_LIFETIME_S
+def is_quick_crash(lifetime_s: float, clean_exit: bool, jobs_done: int) -> bool:
+    """A crash that counts towards a crash loop: soon after start, before any job succeeded.
+    (A job that crashes its worker again and again is caught by poison-job charging.)"""
+    return not clean_exit and lifetime_s < HEALTHY_LIFETIME_S and jobs_done == 0

@@ -108,13 +108,15 @@ def test_double_start_is_refused_naming_the_running_pid(env):
 
 def test_sigkill_random_workers_during_a_drain_loses_nothing(env, rclient):
     project, out, make = env
-    m = make([{"topic": "q", "consumer": "rec:run", "static_workers": 4, "batch_size": 20}])
+    # max_retries is high: a job whose worker is shot under it 4 times is otherwise poison
+    m = make([{"topic": "q", "consumer": "rec:run", "static_workers": 4, "batch_size": 20,
+               "max_retries": 100}])
     ids = Producer(project.redis_url, prefix="t").push_many("q", [{"sleep": 0.003}] * 5000)
     m.start()
     rng = random.Random(7)
     kills = 0
     while len(ids_done(out)) < 4000 and kills < 12:
-        time.sleep(0.15)
+        time.sleep(0.25)
         workers = m.workers()
         if workers:
             os.kill(rng.choice(workers)["pid"], signal.SIGKILL)
