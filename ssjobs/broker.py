@@ -145,3 +145,23 @@ class Broker:
             out[name] = int(stats.get(name.encode(), 0))
         out["dead_total"] = int(stats.get(b"dead", 0))
         return out
+
+    # -- dead letters, for the console (`ssjobs dead ...`) ---------------------------------
+    def dead_range(self, start: int, stop: int) -> list[bytes]:
+        """Dead-lettered envelopes ``start..stop`` (inclusive, LRANGE indexes; 0 = newest)."""
+        return self.client.lrange(self.keys.dead, start, stop)
+
+    def dead_requeue(self, entry: bytes, envelope: bytes) -> bool:
+        """Replace the dead ``entry`` by ``envelope`` in ready, atomically; False when the
+        entry was gone (retried or purged meanwhile)."""
+        script = self.client.register_script(_script_source("requeue_dead"))
+        return bool(script(keys=[self.keys.dead, self.keys.ready], args=[entry, envelope]))
+
+    def dead_drop_oldest(self, count: int) -> int:
+        """Delete the ``count`` oldest dead-lettered jobs; returns how many were deleted."""
+        pipe = self.client.pipeline(transaction=True)
+        pipe.llen(self.keys.dead)
+        pipe.ltrim(self.keys.dead, 0, -count - 1)
+        pipe.llen(self.keys.dead)
+        before, _, after = pipe.execute()
+        return int(before) - int(after)

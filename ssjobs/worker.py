@@ -34,6 +34,8 @@ IDLE_PROMOTE_EVERY_S = 5.0 # an idle worker still promotes due delayed jobs this
 TICK_S = 1.0               # timer period for job timeouts, lifetime and memory checks
 BACKOFF_MAX_S = 5.0        # cap of the reconnect back-off while Redis is down
 STOPPING_RETRY_S = 30.0    # how long a stopping worker keeps trying to settle its batch
+BATCH_WORK_S = 0.02        # fetch about this much work at once: slow jobs are then shared
+                           # fairly between workers, fast ones still come 100s per trip
 _PAGE = os.sysconf("SC_PAGE_SIZE")
 
 
@@ -88,6 +90,7 @@ class Worker:
         self.handled = 0
         self.started = time.time()
         self.last_job_at = self.started
+        self.job_time: float | None = None  # moving average of seconds per job
         self._down_since: float | None = None
         self._failures_while_down = 0
 
@@ -161,7 +164,7 @@ class Worker:
         while not ctl.stopping:
             now = time.time()
             slot.beat(now)
-            want = cfg.batch_size
+            want = self._batch_limit()
             if cfg.max_consumer_count:
                 want = min(want, cfg.max_consumer_count - self.handled)
                 if want <= 0:
@@ -176,21 +179,30 @@ class Worker:
                     if due is not None:
                         next_fetch = min(next_fetch, due)
             if not batch:
-                batch = self._wait(want, max(0.01, min(IDLE_WAIT_S, next_fetch - now)))
+                batch = self._wait(max(0.01, min(IDLE_WAIT_S, next_fetch - now)))
                 if not batch:
                     self._idle_check(now)
                     continue
             self._run(consumer, batch)
             next_fetch = 0.0  # busy: fetch straight away next round
 
-    def _wait(self, want: int, timeout: float) -> list[bytes]:
+    def _wait(self, timeout: float) -> list[bytes]:
+        """Block for one job. It runs at once, without first fetching more: the first job
+        after an idle spell waits for no second round trip (pickup latency)."""
         first = self._redis(self.broker.wait_one, self.name, timeout)
-        if first is None or self.ctl.stopping:
-            if first is not None:  # a stop arrived while we waited: hand the job back
-                self._redis(self.broker.settle, self.name, 0, 0, (), (), [first])
+        if first is not None and self.ctl.stopping:  # a stop came while we waited: hand back
+            self._redis(self.broker.settle, self.name, 0, 0, (), (), [first])
             return []
-        more = self._redis(self.broker.fetch, self.name, want - 1) if want > 1 else None
-        return [first] + (more[0] if more else [])
+        return [first] if first is not None else []
+
+    def _batch_limit(self) -> int:
+        """How many jobs to fetch: ~BATCH_WORK_S of work at the recent job time, at most
+        batch_size; a single job until the job time is known."""
+        if self.job_time is None:
+            return 1
+        if self.job_time <= 0:
+            return self.cfg.batch_size
+        return max(1, min(self.cfg.batch_size, int(BATCH_WORK_S / self.job_time)))
 
     def _idle_check(self, now: float) -> None:
         idle_limit = self.cfg.dynamic_idle_time
@@ -199,11 +211,17 @@ class Worker:
 
     def _run(self, consumer: Consumer, batch: list[bytes]) -> None:
         slot = self.slot
+        started = time.perf_counter()
         processed, failures, unstarted = fastloop.run_batch(
             batch, consumer.call, slot.buf, slot.offset, self.ctl)
+        ran = len(batch) - len(unstarted)
+        if ran:
+            per_job = (time.perf_counter() - started) / ran
+            self.job_time = per_job if self.job_time is None else (
+                0.7 * self.job_time + 0.3 * per_job)
         slot._put(JOB_STARTED_AT, 0.0)
         slot.set_state(IDLE)
-        self.handled += len(batch) - len(unstarted)
+        self.handled += ran
         self.last_job_at = time.time()
         retries, dead = self._classify(failures)
         ran_and_failed = sum(1 for f in failures if f[1] is not None)

@@ -1,0 +1,329 @@
+"""Job-time figures from the scoreboard, and the Prometheus endpoint of the master.
+
+The pure part (no I/O): :func:`quantile` interpolates a percentile inside the scoreboard's
+fixed job-time buckets (``HIST_BOUNDS_S``), :func:`percentiles_ms` gives ``p50_ms``/``p95_ms``
+for ``status`` and ``top``, and :class:`JobTimes` keeps per-topic totals that survive workers
+exiting (a worker's histogram lives in its slot, which a new worker zeroes when it reuses it).
+
+:class:`MetricsExtension` is the master extension built when ``[metrics] listen`` is set. Its
+``tick`` (master loop, once a second) only reads the scoreboard and the master's own state;
+Redis counters are read by a refresher thread with its own short-timeout connections; the
+HTTP server runs on its own thread and a scrape only formats cached values. So neither a slow
+Redis nor a slow scraper ever holds up supervision. prometheus-client is imported only here,
+when the extension starts, so ``status`` does not need it.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from .scoreboard import HIST_BOUNDS_S, HIST_BUCKETS, KINDS, STARTED_AT, STATE, STATES
+
+log = logging.getLogger("ssjobs.metrics")
+
+REFRESH_EVERY_S = 1.0        # Redis counters are at most this stale in a scrape
+REDIS_TIMEOUT_S = 2.0        # the refresher's socket timeout: an outage shows within seconds
+SHUTDOWN_JOIN_S = 3.0        # stop() waits this long for the refresher thread
+RESTART_REASONS = ("crash", "recycle-count", "recycle-time", "recycle-memory", "timeout")
+WORKER_STATES = tuple(s for s in STATES if s != "free")
+# (key of Broker.counts(), metric name, help); counters are exposed with a _total suffix.
+COUNTERS = (("processed", "ssjobs_jobs_processed", "Jobs that ran to completion."),
+            ("failed", "ssjobs_jobs_failed", "Job runs that failed (each attempt counts)."),
+            ("retried", "ssjobs_jobs_retried", "Failed runs scheduled for another attempt."),
+            ("dead_total", "ssjobs_jobs_dead", "Jobs moved to the dead-letter list."))
+GAUGES = (("backlog", "ssjobs_backlog", "Jobs waiting in the ready list."),
+          ("delayed", "ssjobs_delayed", "Jobs scheduled for later (retries, delayed pushes)."),
+          ("inflight", "ssjobs_inflight", "Jobs taken by workers, not yet settled (fleet)."),
+          ("dead", "ssjobs_dead_letters", "Jobs in the dead-letter list now."))
+
+
+# -- job-time percentiles from histogram buckets ---------------------------------------------
+
+def quantile(hist: Sequence[int], q: float) -> float | None:
+    """The ``q`` quantile (0..1) in seconds of a scoreboard histogram, interpolated linearly
+    inside its bucket; None without any job. Like Prometheus' ``histogram_quantile``, a rank
+    in the overflow bucket gives the highest finite bound."""
+    total = sum(hist)
+    if not total:
+        return None
+    rank = q * total
+    seen = 0
+    for i, count in enumerate(hist):
+        if count and seen + count >= rank:
+            low = HIST_BOUNDS_S[i - 1] if i else 0.0
+            high = HIST_BOUNDS_S[i]
+            if high == float("inf"):
+                return low
+            return low + (high - low) * (rank - seen) / count
+        seen += count
+    return HIST_BOUNDS_S[-2]
+
+
+def percentiles_ms(hist: Sequence[int] | None) -> dict[str, float | None]:
+    """``{"p50_ms", "p95_ms"}`` of a histogram (None when it counts no job)."""
+    out: dict[str, float | None] = {}
+    for name, q in (("p50_ms", 0.50), ("p95_ms", 0.95)):
+        value = quantile(hist, q) if hist else None
+        out[name] = None if value is None else round(value * 1000, 3)
+    return out
+
+
+def merge(into: list[int], hist: Sequence[int]) -> list[int]:
+    for i, count in enumerate(hist):
+        into[i] += count
+    return into
+
+
+def topic_histograms(slots: list[dict]) -> dict[str, list[int]]:
+    """Per topic, the sum of the ``histogram`` of the given scoreboard slots."""
+    out: dict[str, list[int]] = {}
+    for slot in slots:
+        merge(out.setdefault(slot["topic"], [0] * HIST_BUCKETS), slot["histogram"])
+    return out
+
+
+@dataclass
+class _Seen:
+    started_at: float         # with the slot index, tells one worker from the next
+    topic: str
+    histogram: list[int]
+    busy_seconds: float
+
+
+@dataclass
+class JobTimes:
+    """Per-topic job-time totals over the life of the master, from the scoreboard.
+
+    A slot keeps its counts after its worker exits (release only clears pid and state) until
+    the next worker claims and zeroes it; :meth:`update` then moves the last counts it saw
+    into ``retired``. Jobs a worker finished after the last update before its slot was reused
+    are lost: at most one tick's worth."""
+
+    retired: dict[str, tuple[list[int], float]] = field(default_factory=dict)
+    seen: dict[int, _Seen] = field(default_factory=dict)
+
+    def update(self, board: Any) -> None:
+        """Read every slot that was ever claimed (``board``: a Scoreboard)."""
+        for index in range(board.nslots):
+            slot = board.slot(index)
+            info = slot.read() if slot._get(STARTED_AT) else None   # 0: never claimed
+            prev = self.seen.get(index)
+            if prev is not None and (info is None or info["started_at"] != prev.started_at):
+                self._retire(prev)
+                del self.seen[index]
+            if info is not None and info["topic"]:
+                self.seen[index] = _Seen(info["started_at"], info["topic"],
+                                         info["histogram"], info["busy_seconds"])
+
+    def _retire(self, prev: _Seen) -> None:
+        hist, busy = self.retired.get(prev.topic, ([0] * HIST_BUCKETS, 0.0))
+        self.retired[prev.topic] = (merge(list(hist), prev.histogram), busy + prev.busy_seconds)
+
+    def totals(self) -> dict[str, tuple[list[int], float]]:
+        """topic -> (histogram, seconds spent in jobs), retired workers included."""
+        out = {t: (list(h), s) for t, (h, s) in self.retired.items()}
+        for seen in self.seen.values():
+            hist, busy = out.get(seen.topic, ([0] * HIST_BUCKETS, 0.0))
+            out[seen.topic] = (merge(hist, seen.histogram), busy + seen.busy_seconds)
+        return out
+
+
+# -- the master extension --------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class MasterView:
+    """What a scrape needs from the master, copied by ``tick`` (the scrape thread never
+    touches the live master objects)."""
+
+    topics: tuple[str, ...]
+    started_at: float
+    workers: dict[tuple[str, str, str], int]           # (topic, kind, state) -> count
+    restarts: dict[str, int]
+    job_times: dict[str, tuple[list[int], float]]
+
+
+class MetricsExtension:
+    """Serves ``/metrics`` (Prometheus text format) for one master; see the module doc."""
+
+    _carried: dict[int, JobTimes] = {}   # master pid -> job times kept across a reload
+
+    def __init__(self, master: Any) -> None:
+        self.host, self.port = master.cfg.metrics.address
+        self.job_times = self._carried.pop(os.getpid(), None) or JobTimes()
+        self.view: MasterView | None = None
+        self.redis_view: dict[str, dict[str, int]] = {}    # topic -> Broker.counts()
+        self.redis_up: dict[str, int] = {}
+        self.server: Any = None
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self._brokers = _topic_brokers(master.cfg)
+
+    def start(self, master: Any) -> None:
+        from prometheus_client import CollectorRegistry, make_wsgi_app
+
+        self.tick(master, time.time())
+        registry = CollectorRegistry(auto_describe=False)
+        registry.register(_Collector(self))
+        try:
+            self.server = _make_server(self.host, self.port, make_wsgi_app(registry))
+        except OSError as exc:
+            log.error("metrics: cannot listen on %s:%d: %s (metrics disabled)", self.host,
+                      self.port, exc.strerror or exc)
+            return
+        self._spawn(self.server.serve_forever, "ssjobs-metrics-http")
+        self._spawn(self._refresh_loop, "ssjobs-metrics-redis")
+        log.info("metrics served at http://%s:%d/metrics", self.host, self.port)
+
+    def tick(self, master: Any, now: float) -> None:
+        """Once a second in the master loop: memory reads only."""
+        board = master.board
+        workers = {(t, k, s): 0 for t in master.topics for k in KINDS for s in WORKER_STATES}
+        if board is not None:
+            self.job_times.update(board)
+            for proc in list(master.workers.values()):
+                state = STATES[min(board.slot(proc.slot)._get(STATE), len(STATES) - 1)]
+                key = (proc.topic, KINDS[proc.kind & 1], state)
+                workers[key] = workers.get(key, 0) + 1
+        self.view = MasterView(tuple(master.topics), master.started_at, workers,
+                               dict(master.restarts), self.job_times.totals())
+
+    def stop(self, master: Any) -> None:
+        self._stop.set()
+        if self.server is not None:
+            self.server.shutdown()
+            self.server.server_close()
+            self.server = None
+        for thread in self._threads:
+            thread.join(SHUTDOWN_JOIN_S)
+        self._threads = []
+        self._carried[os.getpid()] = self.job_times
+        for broker in self._brokers.values():
+            broker.client.close()
+
+    # -- the refresher thread ----------------------------------------------------------------
+    def _spawn(self, target: Any, name: str) -> None:
+        thread = threading.Thread(target=target, name=name, daemon=True)
+        thread.start()
+        self._threads.append(thread)
+
+    def _refresh_loop(self) -> None:
+        while not self._stop.is_set():
+            self.refresh_redis()
+            self._stop.wait(REFRESH_EVERY_S)
+
+    def refresh_redis(self) -> None:
+        """Read every topic's counters; a topic whose Redis fails keeps its last values."""
+        counts, up = dict(self.redis_view), {}
+        for topic, broker in self._brokers.items():
+            try:
+                counts[topic] = broker.counts()
+                up[topic] = 1
+            except Exception as exc:  # noqa: BLE001 - any Redis failure: mark it, go on
+                up[topic] = 0
+                if self.redis_up.get(topic, 1):
+                    log.warning("metrics: cannot read counters of %r: %s", topic, exc)
+        self.redis_view, self.redis_up = counts, up
+
+
+def _topic_brokers(cfg: Any) -> dict[str, Any]:
+    from .broker import Broker, connect
+
+    clients: dict[str, Any] = {}
+    brokers = {}
+    for job in cfg.jobs:
+        rcfg = cfg.redis_for(job)
+        client = clients.get(rcfg.url)
+        if client is None:
+            client = clients[rcfg.url] = connect(rcfg.url, socket_timeout=REDIS_TIMEOUT_S)
+        brokers[job.topic] = Broker(client, rcfg.prefix, job.topic)
+    return brokers
+
+
+class _Collector:
+    """Builds every metric family at scrape time from the extension's cached views."""
+
+    def __init__(self, ext: MetricsExtension) -> None:
+        self.ext = ext
+
+    def collect(self) -> Any:
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+        ext, view = self.ext, self.ext.view
+        if view is None:
+            return
+        redis_view, redis_up = ext.redis_view, ext.redis_up
+        for family, table in ((CounterMetricFamily, COUNTERS), (GaugeMetricFamily, GAUGES)):
+            for key, name, doc in table:
+                fam = family(name, doc, labels=["topic"])
+                for topic in view.topics:
+                    if topic in redis_view:
+                        fam.add_metric([topic], redis_view[topic][key])
+                yield fam
+        up = GaugeMetricFamily("ssjobs_redis_up", "1 if the last read of the topic's Redis "
+                               "counters succeeded.", labels=["topic"])
+        for topic in view.topics:
+            up.add_metric([topic], redis_up.get(topic, 0))
+        yield up
+        workers = GaugeMetricFamily("ssjobs_workers", "Workers of this host by kind and state.",
+                                    labels=["topic", "kind", "state"])
+        for (topic, kind, state), n in sorted(view.workers.items()):
+            workers.add_metric([topic, kind, state], n)
+        yield workers
+        yield self._job_duration(view)
+        uptime = GaugeMetricFamily("ssjobs_master_uptime_seconds", "Seconds since the master "
+                                   "started.")
+        uptime.add_metric([], max(0.0, time.time() - view.started_at))
+        yield uptime
+        restarts = CounterMetricFamily("ssjobs_worker_restarts", "Worker exits by reason "
+                                       "(each is followed by a restart unless stopping).",
+                                       labels=["reason"])
+        for reason in sorted({*RESTART_REASONS, *view.restarts}):
+            restarts.add_metric([reason], view.restarts.get(reason, 0))
+        yield restarts
+
+    @staticmethod
+    def _job_duration(view: MasterView) -> Any:
+        from prometheus_client.core import HistogramMetricFamily
+
+        fam = HistogramMetricFamily(
+            "ssjobs_job_duration_seconds", "Time jobs spent in the consumer, from the "
+            "workers' scoreboard histograms (this host).", labels=["topic"])
+        for topic in view.topics:
+            hist, busy = view.job_times.get(topic, ([0] * HIST_BUCKETS, 0.0))
+            buckets, total = [], 0
+            for bound, count in zip(HIST_BOUNDS_S, hist, strict=True):
+                total += count
+                buckets.append(("+Inf" if bound == float("inf") else f"{bound:.6g}", total))
+            fam.add_metric([topic], buckets, sum_value=busy)
+        return fam
+
+
+def _make_server(host: str, port: int, app: Any) -> Any:
+    """A threaded WSGI server bound to host:port (IPv6 when the host has a colon)."""
+    from socketserver import ThreadingMixIn
+    from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
+
+    class Server(ThreadingMixIn, WSGIServer):
+        daemon_threads = True
+        allow_reuse_address = True
+        address_family = socket.AF_INET6 if ":" in host else socket.AF_INET
+
+        def server_bind(self) -> None:
+            # WSGIServer's own looks up the host's FQDN: a DNS call we do not need.
+            import socketserver
+
+            socketserver.TCPServer.server_bind(self)
+            self.server_name, self.server_port = host, self.server_address[1]
+            self.setup_environ()
+
+    class QuietHandler(WSGIRequestHandler):
+        def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - stdlib's name
+            pass
+
+    return make_server(host, port, app, server_class=Server, handler_class=QuietHandler)
