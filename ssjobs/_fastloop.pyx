@@ -3,6 +3,8 @@
 
 The scoreboard slot is written through a raw pointer into the mmap'd buffer, at the offsets
 that ``scoreboard.py`` defines (a test checks that both agree)."""
+from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE
+from cpython.unicode cimport PyUnicode_DecodeUTF8
 from libc.stdint cimport uint8_t, uint32_t, uint64_t
 from libc.string cimport memcpy, memset
 from posix.time cimport clock_gettime, timespec, CLOCK_REALTIME
@@ -50,7 +52,93 @@ cdef inline int _bucket(double elapsed) noexcept nogil:
     return b
 
 
+cdef inline Py_ssize_t _str_at(const unsigned char* p, Py_ssize_t pos, Py_ssize_t n,
+                               Py_ssize_t* length) noexcept:
+    """Start of a fixstr/str8 at ``pos`` (its length in ``length``), or -1."""
+    cdef unsigned char b
+    if pos >= n:
+        return -1
+    b = p[pos]
+    if 0xa0 <= b <= 0xbf:
+        length[0] = b & 0x1f
+        pos += 1
+    elif b == 0xd9 and pos + 1 < n:
+        length[0] = p[pos + 1]
+        pos += 2
+    else:
+        return -1
+    if pos + length[0] > n:
+        return -1
+    return pos
+
+
+cdef object _last_topic_b = None
+cdef object _last_topic = None
+
+
+cdef object _decode_fast(bytes raw):
+    """Decode the canonical envelope layout that producers write (fixed header, empty
+    headers map) without the generic unpacker; None when the bytes are anything else, and
+    the caller falls back to the strict generic decoder."""
+    global _last_topic_b, _last_topic
+    cdef const unsigned char* p = <const unsigned char*>PyBytes_AS_STRING(raw)
+    cdef Py_ssize_t n = PyBytes_GET_SIZE(raw), pos, id_len, topic_len, topic_pos
+    cdef uint64_t bits = 0
+    cdef double enqueued
+    cdef int k
+    if n < 16 or p[0] != 0x97 or p[1] != 0x01:
+        return None
+    pos = _str_at(p, 2, n, &id_len)
+    if pos < 0:
+        return None
+    try:
+        job_id = PyUnicode_DecodeUTF8(<char*>p + pos, id_len, "strict")
+    except UnicodeDecodeError:
+        return None
+    topic_pos = _str_at(p, pos + id_len, n, &topic_len)
+    if topic_pos < 0:
+        return None
+    pos = topic_pos + topic_len
+    if pos + 11 > n or p[pos] > 0x7f or p[pos + 1] != 0xcb or p[pos + 10] != 0x80:
+        return None
+    topic_b = raw[topic_pos:pos]
+    if topic_b == _last_topic_b:
+        topic = _last_topic
+    else:
+        try:
+            topic = topic_b.decode("utf-8")
+        except UnicodeDecodeError:
+            return None
+        _last_topic_b, _last_topic = topic_b, topic
+    attempts = p[pos]
+    for k in range(8):
+        bits = (bits << 8) | p[pos + 2 + k]
+    memcpy(&enqueued, &bits, 8)
+    pos += 11
+    if pos >= n:
+        return None
+    if pos == n - 1 and p[pos] == 0xc0:
+        payload = None
+    else:
+        try:
+            payload = _unpackb(raw[pos:], raw=False)
+        except Exception:
+            return None
+    job = Job.__new__(Job)
+    job.id = job_id
+    job.topic = topic
+    job.payload = payload
+    job.attempts = attempts
+    job.enqueued_at = enqueued
+    job.headers = {}
+    return job
+
+
 cdef object _decode(object raw):
+    if type(raw) is bytes:
+        job = _decode_fast(<bytes>raw)
+        if job is not None:
+            return job
     try:
         obj = _unpackb(raw, raw=False)
     except Exception as exc:

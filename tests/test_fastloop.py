@@ -103,3 +103,51 @@ def test_compiled_twin_is_present_in_this_build():
     import os
     if os.environ.get("SSJOBS_REQUIRE_COMPILED"):
         assert len(TWINS) == 2
+
+
+def test_both_twins_decode_every_shape_the_same_way():
+    """The compiled loop has a fast path for the canonical layout; anything else must
+    decode (or be rejected) exactly as the strict pure decoder does."""
+    import random
+
+    import msgpack
+
+    rng = random.Random(3)
+    payloads = [None, 0, -1, 2**40, 1.5, "x", "é" * 40, b"\x00\xff", [1, [2]], {"a": {"b": 1}},
+                {1: 2}, True]
+    cases = []
+    for payload in payloads:
+        cases.append(envelope.encode("0" * 32, "t", payload))
+        cases.append(envelope.encode("short", "tópic", payload, attempts=200,
+                                     headers={"h": 1}))
+        cases.append(msgpack.packb([1, "i", "t", 0, 5, {}, payload]))          # int time
+        cases.append(msgpack.packb([1, "i", "t", 0, 1.0, [], payload]))        # Lua's {}
+    base = envelope.encode("0" * 32, "t", {"k": "v"})
+    for _ in range(300):  # corrupt a byte, truncate, or append
+        b = bytearray(base)
+        roll = rng.random()
+        if roll < 0.5:
+            b[rng.randrange(len(b))] = rng.randrange(256)
+        elif roll < 0.8:
+            del b[rng.randrange(len(b)):]
+        else:
+            b += bytes([rng.randrange(256)])
+        cases.append(bytes(b))
+    cases += [b"\x97\x01\xd9\x20" + b"\xff" * 32 + b"\xa1t\x00\xcb" + b"\0" * 8 + b"\x80\xc0"]
+
+    def outcome(mod, raw):
+        seen = []
+        slot = make_slot()
+        processed, failures, _ = mod.run_batch([raw], seen.append, slot.buf, slot.offset, Ctl())
+        if failures:
+            return "('malformed',)"
+        j = seen[0]
+        return repr((j.id, j.topic, j.payload, j.attempts, j.enqueued_at, j.headers,
+                     type(j.enqueued_at), type(j.payload)))
+
+    malformed = 0
+    for raw in cases:
+        results = {outcome(m, raw) for m in TWINS}
+        assert len(results) == 1, (raw, results)
+        malformed += results == {"('malformed',)"}
+    assert 100 < malformed < len(cases)  # the corpus exercises both sides
