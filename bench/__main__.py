@@ -8,7 +8,6 @@ Variants that need the pure-Python loop run in a subprocess with SSJOBS_PURE_PYT
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import subprocess
 import sys
@@ -75,8 +74,9 @@ def bench_push(reps: int) -> None:
 
 
 def bench_live(reps: int, seconds: float = 5.0) -> None:
-    from ssjobs.producer import Producer
     from workers import fork_workers, stop_workers
+
+    from ssjobs.producer import Producer
 
     with PrivateRedis() as r:
         rates = []
@@ -102,8 +102,9 @@ def bench_live(reps: int, seconds: float = 5.0) -> None:
 
 
 def bench_fairness(reps: int) -> None:
-    from ssjobs.producer import Producer
     from workers import fork_workers, stop_workers
+
+    from ssjobs.producer import Producer
 
     spreads = []
     with PrivateRedis() as r:

@@ -26,7 +26,7 @@ def free_port() -> int:
 class PrivateRedis:
     """redis-server on a free port in a temp dir, no persistence."""
 
-    def __enter__(self) -> "PrivateRedis":
+    def __enter__(self) -> PrivateRedis:
         self.dir = tempfile.mkdtemp(prefix="ssjobs-bench-")
         self.port = free_port()
         self.proc = subprocess.Popen(

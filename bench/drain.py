@@ -11,9 +11,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 def run_once(url: str, jobs: int, workers: int, batch: int = 100) -> float:
     """Fill, then drain; returns jobs/s. Runs in a process whose fastloop is already chosen."""
+    import redis
+
     from ssjobs.broker import TopicKeys
     from ssjobs.producer import Producer
-    import redis
 
     client = redis.Redis.from_url(url)
     client.flushall()

@@ -12,8 +12,18 @@ import traceback
 
 from .envelope import decode
 from .errors import EnvelopeError, JobTimeout, Reject, Retry
-from .scoreboard import (BUSY, BUSY_TOTAL, FAILED, HIST_BOUNDS_S, HIST_OFF, JOB_ID_LEN,
-                         JOB_ID_OFF, JOB_STARTED_AT, PROCESSED, STATE)
+from .scoreboard import (
+    BUSY,
+    BUSY_TOTAL,
+    FAILED,
+    HIST_BOUNDS_S,
+    HIST_OFF,
+    JOB_ID_LEN,
+    JOB_ID_OFF,
+    JOB_STARTED_AT,
+    PROCESSED,
+    STATE,
+)
 
 IMPLEMENTATION = "pure"
 

@@ -13,7 +13,6 @@ import queue
 import select
 import signal
 import socket
-import sys
 import time
 from dataclasses import dataclass, field
 
@@ -21,7 +20,7 @@ from . import __version__, logs, scaling, worker
 from .broker import CONNECTION_ERRORS, Broker, connect, nodes_key
 from .config import Config, ConfigError, JobConfig, load_config
 from .loader import add_consumer_path
-from .runtime import ReadyPipe, RuntimeFiles, pid_alive, wait_pids_gone
+from .runtime import ReadyPipe, RuntimeFiles, wait_pids_gone
 from .scoreboard import BUSY, HEARTBEAT, IDLE, JOB_STARTED_AT, PID, STATE, Scoreboard
 
 log = logging.getLogger("ssjobs.master")
@@ -282,7 +281,8 @@ class Master:
             return
         if info["state"] == "starting" and not clean:
             ts.startup_failures += 1
-        if code == worker.EXIT_CONSUMER_IMPORT or scaling.is_quick_crash(lifetime, clean, info["processed"]):
+        quick = scaling.is_quick_crash(lifetime, clean, info["processed"])
+        if code == worker.EXIT_CONSUMER_IMPORT or quick:
             ts.crashes += 1
             delay = scaling.crash_backoff(ts.crashes)
             ts.next_spawn_at = time.monotonic() + delay

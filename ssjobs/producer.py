@@ -32,7 +32,7 @@ class Producer:
         self._own: weakref.WeakSet = weakref.WeakSet()
 
     @classmethod
-    def from_config(cls, path: str | os.PathLike, **options: Any) -> "Producer":
+    def from_config(cls, path: str | os.PathLike, **options: Any) -> Producer:
         from .config import load_config  # only when asked: keeps `import producer` light
 
         cfg = load_config(path)
@@ -94,7 +94,8 @@ class Producer:
         pairs = [self._envelope(topic, p, now) for p in payloads]
         if not pairs:
             return []
-        ids, envs = map(list, zip(*pairs))
+        ids = [job_id for job_id, _ in pairs]
+        envs = [env for _, env in pairs]
         try:
             pipe = self._client.pipeline(transaction=False)
             for start in range(0, len(envs), CHUNK_SIZE):
@@ -121,7 +122,7 @@ class Producer:
         self._client.close()
         self._client.connection_pool.disconnect()
 
-    def __enter__(self) -> "Producer":
+    def __enter__(self) -> Producer:
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -116,7 +116,7 @@ class Scoreboard:
         self.nslots = nslots
 
     @classmethod
-    def create(cls, path: Path, nslots: int, master_pid: int | None = None) -> "Scoreboard":
+    def create(cls, path: Path, nslots: int, master_pid: int | None = None) -> Scoreboard:
         size = HEADER_SIZE + SLOT_SIZE * nslots
         tmp = path.with_name(path.name + ".tmp")
         fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
@@ -132,7 +132,7 @@ class Scoreboard:
         return cls(path, buf, nslots)
 
     @classmethod
-    def open(cls, path: Path, *, writable: bool = False) -> "Scoreboard":
+    def open(cls, path: Path, *, writable: bool = False) -> Scoreboard:
         """Open an existing scoreboard; ValueError if it is not one (corrupt/truncated)."""
         fd = os.open(path, os.O_RDWR if writable else os.O_RDONLY)
         try:

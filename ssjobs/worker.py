@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from . import envelope, fastloop
 from .broker import CONNECTION_ERRORS, Broker, connect
 from .config import JobConfig
-from .errors import ConsumerImportError, Reject, Retry
+from .errors import ConsumerImportError, Retry
 from .loader import Consumer, load_consumer
 from .scoreboard import IDLE, JOB_STARTED_AT, STOPPING, Slot
 

@@ -12,6 +12,7 @@ import pytest
 sys.path.insert(0, os.path.dirname(__file__))
 
 from redis_server import RedisServer  # noqa: E402
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
