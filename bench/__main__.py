@@ -144,8 +144,23 @@ def bench_loop(reps: int) -> None:
                          f"(decode + call no-op + timing + scoreboard, no Redis; median of {reps})")
 
 
+def bench_master(reps: int) -> None:
+    from master_bench import run
+
+    with PrivateRedis() as r:
+        runs = [run(r.url, 100) for _ in range(reps)]
+    m = {k: median([run_[k] for run_ in runs]) for k in runs[0]}
+    record("master, 100 idle workers",
+           f"start→ready {m['start_s']:.2f} s, stop {m['stop_s']:.2f} s, master CPU "
+           f"{m['master_cpu_pct']:.2f}% of a core, Redis round trips {m['redis_client_cmds_per_s']:.0f}/s "
+           f"({m['redis_cmds_per_s']:.0f}/s counting commands inside Lua), master RSS "
+           f"{m['master_rss_mb']:.1f} MB, per worker USS {m['worker_uss_mb']:.1f} MB / PSS "
+           f"{m['worker_pss_mb']:.1f} MB / RSS {m['worker_rss_mb']:.1f} MB (median of {reps})")
+
+
 BENCHES = {"drain": bench_drain, "latency": bench_latency, "push": bench_push,
-           "live": bench_live, "fairness": bench_fairness, "loop": bench_loop}
+           "live": bench_live, "fairness": bench_fairness, "loop": bench_loop,
+           "master": bench_master}
 
 
 def main() -> None:
