@@ -152,7 +152,8 @@ def bench_master(reps: int) -> None:
     m = {k: median([run_[k] for run_ in runs]) for k in runs[0]}
     record("master, 100 idle workers",
            f"start→ready {m['start_s']:.2f} s, stop {m['stop_s']:.2f} s, master CPU "
-           f"{m['master_cpu_pct']:.2f}% of a core, Redis round trips {m['redis_client_cmds_per_s']:.0f}/s "
+           f"{m['master_cpu_pct']:.2f}% of a core, Redis round trips "
+           f"{m['redis_client_cmds_per_s']:.0f}/s "
            f"({m['redis_cmds_per_s']:.0f}/s counting commands inside Lua), master RSS "
            f"{m['master_rss_mb']:.1f} MB, per worker USS {m['worker_uss_mb']:.1f} MB / PSS "
            f"{m['worker_pss_mb']:.1f} MB / RSS {m['worker_rss_mb']:.1f} MB (median of {reps})")

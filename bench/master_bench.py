@@ -88,7 +88,8 @@ static_workers = {workers}
     stop_s = time.perf_counter() - started
     return {"start_s": start_s, "stop_s": stop_s, "master_cpu_pct": master_cpu,
             "redis_cmds_per_s": calls / (t1 - t0),
-            "redis_client_cmds_per_s": (calls - inner) / (t1 - t0), "master_rss_mb": master_mem["Rss"] / 2**20,
+            "redis_client_cmds_per_s": (calls - inner) / (t1 - t0),
+            "master_rss_mb": master_mem["Rss"] / 2**20,
             "worker_uss_mb": sorted(m["Uss"] for m in worker_mem)[5] / 2**20,
             "worker_pss_mb": sorted(m["Pss"] for m in worker_mem)[5] / 2**20,
             "worker_rss_mb": sorted(m["Rss"] for m in worker_mem)[5] / 2**20}
