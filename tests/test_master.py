@@ -356,3 +356,21 @@ def test_no_zombies_while_workers_churn(env):
             assert not set(zombies) & set(m.zombies()), "zombie not reaped"
         time.sleep(0.05)
     assert len(ids_done(out)) == 60
+
+
+def test_redis_restart_under_a_running_master(env, redis_server, rclient):
+    project, out, make = env
+    m = make([{"topic": "q", "consumer": "rec:run", "static_workers": 2}])
+    m.start()
+    Producer(project.redis_url, prefix="t").push_many("q", [1, 2, 3])
+    wait_for(lambda: len(ids_done(out)) == 3)
+    pids = {w["pid"] for w in m.workers()}
+    redis_server.restart(down_for=3.0)
+    ids = Producer(project.redis_url, prefix="t").push_many("q", list(range(50)))
+    wait_for(lambda: ids_done(out) >= set(ids), timeout=20, what="jobs after the outage")
+    assert {w["pid"] for w in m.workers()} == pids  # nobody died or was replaced
+    log = project.log_text()
+    master_lines = [line for line in log.splitlines() if "master:" in line]
+    assert sum("unavailable" in line for line in master_lines) == 1
+    assert sum("recovered after" in line for line in master_lines) == 1
+    assert m.proc.poll() is None
