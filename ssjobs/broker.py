@@ -149,7 +149,7 @@ class Broker:
     # -- dead letters, for the console (`ssjobs dead ...`) ---------------------------------
     def dead_range(self, start: int, stop: int) -> list[bytes]:
         """Dead-lettered envelopes ``start..stop`` (inclusive, LRANGE indexes; 0 = newest)."""
-        return self.client.lrange(self.keys.dead, start, stop)
+        return self.client.lrange(self.keys.dead, start, stop)  # type: ignore[return-value]
 
     def dead_requeue(self, entry: bytes, envelope: bytes) -> bool:
         """Replace the dead ``entry`` by ``envelope`` in ready, atomically; False when the

@@ -179,6 +179,96 @@ def check(ctx: click.Context, notify: bool, config: str | None) -> int:
     return control.check(config_path(ctx, config), notify=notify)
 
 
+# -- operator console: push, dead, top (logic in ssjobs.console) ---------------------------
+
+@cli.command(short_help="Enqueue a job (JSON argument) or one job per stdin line.")
+@click.argument("topic")
+@click.argument("payload", metavar="[JSON]", required=False)
+@click.option("--delay", type=click.FloatRange(min=0), default=0.0, metavar="S",
+              help="Run no earlier than S seconds from now.")
+@click.option("--count", is_flag=True, help="Print how many were pushed, not their ids.")
+@config_option
+@click.pass_context
+def push(ctx: click.Context, topic: str, payload: str | None, delay: float, count: bool,
+         config: str | None) -> int:
+    """Push a job to TOPIC: the JSON argument, or one JSON document per line of stdin
+    (JSON omitted or "-"). A topic not in the config or any bad line pushes nothing."""
+    from .console import push as push_mod
+
+    return push_mod.push(config_path(ctx, config), topic, payload, delay=delay, count=count)
+
+
+@cli.group(cls=OrderedGroup, short_help="Inspect, retry or purge dead-lettered jobs.")
+def dead() -> None:
+    """Dead-lettered jobs of a topic: list, show, retry, purge."""
+
+
+@dead.command("list", short_help="Newest dead jobs: id, attempts, error, when, worker.")
+@click.argument("topic")
+@click.option("--limit", type=click.IntRange(min=1), default=20, show_default=True,
+              metavar="N", help="Show the N newest.")
+@click.option("--json", "as_json", is_flag=True, help="A JSON array of objects.")
+@config_option
+@click.pass_context
+def dead_list(ctx: click.Context, topic: str, limit: int, as_json: bool,
+              config: str | None) -> int:
+    """List the newest dead-lettered jobs of TOPIC."""
+    from .console import dead as dead_mod
+
+    return dead_mod.list_dead(config_path(ctx, config), topic, limit=limit, as_json=as_json)
+
+
+@dead.command("show", short_help="One dead job: error, full traceback, payload.")
+@click.argument("topic")
+@click.argument("job_id", metavar="ID")
+@config_option
+@click.pass_context
+def dead_show(ctx: click.Context, topic: str, job_id: str, config: str | None) -> int:
+    """Show the dead job ID of TOPIC (a unique prefix of the id will do); exit 1 if unknown."""
+    from .console import dead as dead_mod
+
+    return dead_mod.show(config_path(ctx, config), topic, job_id)
+
+
+@dead.command("retry", short_help="Requeue dead jobs (all, or --id ...), attempts reset.")
+@click.argument("topic")
+@click.option("--id", "job_ids", multiple=True, metavar="ID",
+              help="Only this job (repeatable); default: every dead job.")
+@config_option
+@click.pass_context
+def dead_retry(ctx: click.Context, topic: str, job_ids: tuple[str, ...],
+               config: str | None) -> int:
+    """Move dead jobs of TOPIC back to the queue with their attempts reset (the previous
+    error is noted in the job's history). An unknown --id requeues nothing (exit 1)."""
+    from .console import dead as dead_mod
+
+    return dead_mod.retry(config_path(ctx, config), topic, list(job_ids))
+
+
+@dead.command("purge", short_help="Delete every dead job of a topic.")
+@click.argument("topic")
+@click.option("--yes", is_flag=True, help="Do not ask (required when stdin is not a terminal).")
+@config_option
+@click.pass_context
+def dead_purge(ctx: click.Context, topic: str, yes: bool, config: str | None) -> int:
+    """Delete the dead jobs of TOPIC, after asking on a terminal unless --yes."""
+    from .console import dead as dead_mod
+
+    return dead_mod.purge(config_path(ctx, config), topic, yes=yes)
+
+
+@cli.command(short_help="Live view of topics and workers; q quits.")
+@config_option
+@click.pass_context
+def top(ctx: click.Context, config: str | None) -> int:
+    """Full-screen view refreshed every second: per topic backlog, delayed, in flight, dead,
+    jobs/s, job-time percentiles and workers; per worker state, job and RSS. q or Ctrl-C
+    quits. Without a terminal it prints one plain frame."""
+    from .console import top as top_mod
+
+    return top_mod.run(config_path(ctx, config))
+
+
 # -- entry point -----------------------------------------------------------------------------
 
 def _error(message: str, hint: str | None = None) -> None:

@@ -23,13 +23,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from .logs import OutageLogger
 from .scoreboard import HIST_BOUNDS_S, HIST_BUCKETS, KINDS, STARTED_AT, STATE, STATES
 
 log = logging.getLogger("ssjobs.metrics")
 
 REFRESH_EVERY_S = 1.0        # Redis counters are at most this stale in a scrape
 REDIS_TIMEOUT_S = 2.0        # the refresher's socket timeout: an outage shows within seconds
-SHUTDOWN_JOIN_S = 3.0        # stop() waits this long for the refresher thread
+SHUTDOWN_JOIN_S = 1.0        # stop() waits at most this for each thread (both are daemons)
 RESTART_REASONS = ("crash", "recycle-count", "recycle-time", "recycle-memory", "timeout")
 WORKER_STATES = tuple(s for s in STATES if s != "free")
 # (key of Broker.counts(), metric name, help); counters are exposed with a _total suffix.
@@ -151,14 +152,18 @@ class MasterView:
 class MetricsExtension:
     """Serves ``/metrics`` (Prometheus text format) for one master; see the module doc."""
 
-    _carried: dict[int, JobTimes] = {}   # master pid -> job times kept across a reload
+    # Job times kept across a reload (which stops this extension and starts a new one),
+    # keyed by master: (pid, started_at).
+    _carried: dict[tuple[int, float], JobTimes] = {}
 
     def __init__(self, master: Any) -> None:
         self.host, self.port = master.cfg.metrics.address
-        self.job_times = self._carried.pop(os.getpid(), None) or JobTimes()
+        self._key = (os.getpid(), master.started_at)
+        self.job_times = self._carried.pop(self._key, JobTimes())
         self.view: MasterView | None = None
         self.redis_view: dict[str, dict[str, int]] = {}    # topic -> Broker.counts()
         self.redis_up: dict[str, int] = {}
+        self.outage = OutageLogger(log)
         self.server: Any = None
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
@@ -187,7 +192,8 @@ class MetricsExtension:
         if board is not None:
             self.job_times.update(board)
             for proc in list(master.workers.values()):
-                state = STATES[min(board.slot(proc.slot)._get(STATE), len(STATES) - 1)]
+                code = board.slot(proc.slot)._get(STATE)
+                state = STATES[code] if code < len(STATES) else "unknown"
                 key = (proc.topic, KINDS[proc.kind & 1], state)
                 workers[key] = workers.get(key, 0) + 1
         self.view = MasterView(tuple(master.topics), master.started_at, workers,
@@ -202,8 +208,8 @@ class MetricsExtension:
         for thread in self._threads:
             thread.join(SHUTDOWN_JOIN_S)
         self._threads = []
-        self._carried[os.getpid()] = self.job_times
-        for broker in self._brokers.values():
+        self._carried[self._key] = self.job_times
+        for _, broker in self._brokers.values():
             broker.client.close()
 
     # -- the refresher thread ----------------------------------------------------------------
@@ -219,20 +225,27 @@ class MetricsExtension:
 
     def refresh_redis(self) -> None:
         """Read every topic's counters; a topic whose Redis fails keeps its last values."""
-        counts, up = dict(self.redis_view), {}
-        for topic, broker in self._brokers.items():
+        counts, up, failed = dict(self.redis_view), {}, set()
+        for topic, (where, broker) in self._brokers.items():
+            up[topic] = 0
+            if where in failed:
+                continue        # one failing Redis is asked once per refresh, not per topic
             try:
                 counts[topic] = broker.counts()
-                up[topic] = 1
             except Exception as exc:  # noqa: BLE001 - any Redis failure: mark it, go on
-                up[topic] = 0
-                if self.redis_up.get(topic, 1):
-                    log.warning("metrics: cannot read counters of %r: %s", topic, exc)
+                failed.add(where)
+                self.outage.note_failure(where, exc)
+                continue
+            up[topic] = 1
+            self.outage.note_success(where)
         self.redis_view, self.redis_up = counts, up
 
 
-def _topic_brokers(cfg: Any) -> dict[str, Any]:
+def _topic_brokers(cfg: Any) -> dict[str, tuple[str, Any]]:
+    """topic -> (name of its Redis for the log, Broker), on connections of our own (short
+    timeouts)."""
     from .broker import Broker, connect
+    from .status import redact_url
 
     clients: dict[str, Any] = {}
     brokers = {}
@@ -241,7 +254,8 @@ def _topic_brokers(cfg: Any) -> dict[str, Any]:
         client = clients.get(rcfg.url)
         if client is None:
             client = clients[rcfg.url] = connect(rcfg.url, socket_timeout=REDIS_TIMEOUT_S)
-        brokers[job.topic] = Broker(client, rcfg.prefix, job.topic)
+        where = f"metrics: redis {redact_url(rcfg.url)}"
+        brokers[job.topic] = (where, Broker(client, rcfg.prefix, job.topic))
     return brokers
 
 

@@ -22,6 +22,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 from . import __version__
 from .config import Config
+from .metrics import percentiles_ms, topic_histograms
 from .runtime import RuntimeFiles, write_atomic
 
 RATES_NAME = "rates.json"
@@ -49,7 +50,8 @@ def collect_status(cfg: Config | None, files: RuntimeFiles, *, running_pid: int 
     pid = running_pid or info.get("pid") or files.running_pid()
     if not pid:
         return last_snapshot(files)
-    workers, header = read_scoreboard(files)
+    job_times: dict[str, list[int]] = {}
+    workers, header = read_scoreboard(files, histograms=job_times)
     master = {
         "pid": pid,
         "started_at": info.get("started_at") or _started_at(pid, header),
@@ -77,6 +79,7 @@ def collect_status(cfg: Config | None, files: RuntimeFiles, *, running_pid: int 
         counters["workers"] = {kind: sum(1 for w in workers
                                          if w["topic"] == topic and w["kind"] == kind)
                                for kind in ("static", "dynamic")}
+        counters.update(percentiles_ms(job_times.get(topic)))
     status["topics"] = topics
     return status
 
@@ -96,9 +99,11 @@ def last_snapshot(files: RuntimeFiles) -> dict:
     return status
 
 
-def read_scoreboard(files: RuntimeFiles) -> tuple[list[dict], dict | None]:
+def read_scoreboard(files: RuntimeFiles, *, histograms: dict[str, list[int]] | None = None
+                    ) -> tuple[list[dict], dict | None]:
     """This host's workers (SPEC fields only) and the scoreboard header; ([], None) when the
-    scoreboard is missing or not (yet) valid."""
+    scoreboard is missing or not (yet) valid. ``histograms``, if given, receives the job-time
+    histogram of each topic (summed over its live workers)."""
     from .scoreboard import Scoreboard
 
     try:
@@ -110,6 +115,8 @@ def read_scoreboard(files: RuntimeFiles) -> tuple[list[dict], dict | None]:
         header = board.header()
     finally:
         board.close()
+    if histograms is not None:
+        histograms.update(topic_histograms(slots))
     workers = [{k: slot[k] for k in WORKER_FIELDS} for slot in slots]
     workers.sort(key=lambda w: (w["topic"], w["kind"] != "static", w["started_at"]))
     return workers, header
@@ -247,10 +254,11 @@ def render_status(status: dict, *, now: float | None = None) -> Any:
     title = _headline(status, now)
     topic_rows = [[topic, *(_num(c.get(k)) for k in ("backlog", "delayed", "inflight", "dead",
                                                        "processed", "failed")),
-                   _rate(c.get("rate_1m")), _workers(c.get("workers"))]
+                   _rate(c.get("rate_1m")), _ms(c.get("p50_ms")), _ms(c.get("p95_ms")),
+                   _workers(c.get("workers"))]
                   for topic, c in (status.get("topics") or {}).items()]
     topic_head = ["topic", "backlog", "delayed", "inflight", "dead", "processed", "failed",
-                  "rate/s", "workers"]
+                  "rate/s", "p50", "p95", "workers"]
     worker_rows = [[str(w.get("pid")), str(w.get("topic")), str(w.get("kind")),
                     str(w.get("state")), _num(w.get("processed")), _num(w.get("failed")),
                     _age(w.get("started_at"), now), _bytes(w.get("rss_bytes")),
@@ -319,6 +327,13 @@ def _num(v: Any) -> str:
 
 def _rate(v: Any) -> str:
     return "-" if v is None else f"{float(v):.2f}"
+
+
+def _ms(v: Any) -> str:
+    if v is None:
+        return "-"
+    v = float(v)
+    return f"{v:.2f}ms" if v < 10 else f"{v:.0f}ms" if v < 1000 else f"{v / 1000:.2f}s"
 
 
 def _workers(v: Any) -> str:

@@ -156,7 +156,7 @@ def show(cfg_path: str | os.PathLike, topic: str, job_id: str) -> int:
               ("failed at", common.when(err.get("failed_at"))), ("worker", err.get("worker")),
               ("error", f"{err.get('type')}: {err.get('message')}")]
     for name, value in fields:
-        print(f"{name + ':':<13}{value}")
+        print(f"{name + ':':<13}" + str(value).rstrip().replace("\n", "\n" + " " * 13))
     for note in job.headers.get("history") or []:
         print(f"{'history:':<13}{common.when(note.get('at'))} {note.get('event')} after "
               f"{note.get('attempts')} attempts ({note.get('type')}: {note.get('message')})")
@@ -226,8 +226,11 @@ def purge(cfg_path: str | os.PathLike, topic: str, *, yes: bool = False) -> int:
         if not sys.stdin.isatty():
             raise ControlError(f"refusing to delete {count} dead jobs of {topic!r} without "
                                "--yes (stdin is not a terminal)")
-        answer = input(f"delete {count} dead job{'s' if count != 1 else ''} of {topic!r}? "
-                       "[y/N] ")
+        try:
+            answer = input(f"delete {count} dead job{'s' if count != 1 else ''} of "
+                           f"{topic!r}? [y/N] ")
+        except EOFError:
+            answer = ""
         if answer.strip().lower() not in ("y", "yes"):
             print("nothing deleted")
             return 1
