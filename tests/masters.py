@@ -80,6 +80,7 @@ class MasterProc:
         """Test clean-up: SIGKILL the master and every worker pid it was seen with."""
         if self.proc and self.proc.poll() is None:
             self.workers()
+            self.seen_pids.update(pid for pid, _ in self.children())
             self.proc.kill()
             self.proc.wait(10)
         for pid in self.seen_pids:
@@ -88,6 +89,8 @@ class MasterProc:
                     os.kill(pid, signal.SIGKILL)
                 except ProcessLookupError:
                     pass
+        # no worker of this test may live on to take the next test's jobs
+        wait_gone(self.seen_pids, 10)
 
 
 def wait_gone(pids, timeout: float) -> list[int]:
