@@ -291,6 +291,13 @@ class OutageLogger:
                              key, type(exc).__name__, exc)
         return outage[1] == 1
 
+    def down_for(self, key: str, now: float | None = None) -> float | None:
+        """Seconds since the outage of ``key`` began (``now`` is monotonic); None when up."""
+        outage = self._outages.get(key)
+        if outage is None:
+            return None
+        return max((time.monotonic() if now is None else now) - outage[0], 0.0)
+
     def note_success(self, key: str) -> bool:
         """End the outage of ``key`` if there is one: log its duration and failure count."""
         if (outage := self._outages.pop(key, None)) is not None:

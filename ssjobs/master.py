@@ -139,8 +139,8 @@ class Master:
         log.info("master started (pid %d, %d topics, node %s)", self.pid, len(self.topics),
                  self.node)
         self._manage_workers()
+        self._start_extensions()  # before "ready": metrics and alerts are up when start returns
         self._wait_ready()
-        self._start_extensions()
 
     # -- extensions: metrics, alerts ... (each optional, none may take the master down) ----
     def _start_extensions(self) -> None:

@@ -370,6 +370,10 @@ def run_forked(job_cfg: JobConfig, redis_url: str, prefix: str, slot: Slot,
         logs.set_role(title.removeprefix("ssjobs: ").split(": ", 1)[-1])
     except ImportError:
         pass
+    # [notifier] log_notify: this worker's ERROR lines go to the master's relay (a no-op
+    # while the master has none); its own socket, created after fork (ssjobs.notify.relay)
+    from .notify.relay import install_worker_forwarder
+    install_worker_forwarder(ident.master_pid)
     return Worker(job_cfg, redis_url, prefix, slot, ident).run()
 
 

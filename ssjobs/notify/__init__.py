@@ -6,6 +6,7 @@ through it from a background thread so that job processing never waits on a chat
 from __future__ import annotations
 
 import importlib
+import re
 import socket
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -82,16 +83,26 @@ def send_test_message(notifier: Notifier) -> str | None:
 def error_sink(sender: AsyncSender) -> Callable[[dict[str, Any]], None]:
     """A sink for :func:`ssjobs.logs.add_error_sink` that forwards ERROR lines to ``sender``.
 
-    Repeats are keyed on the logger and the last traceback line (else the message), so
-    one failure hitting many jobs is sent once per ``repeat_interval``.
+    Repeats are keyed on the logger and the last traceback line (else the message's first
+    line with the job id and numbers blanked), so one failure hitting many jobs is sent
+    once per ``repeat_interval``.
     """
 
     def sink(record: dict[str, Any]) -> None:
         exc = str(record.get("exc") or "").strip()
         text = f"{record['msg']}\n{exc}" if exc else str(record["msg"])
-        key = f"{record['logger']}|{exc.splitlines()[-1] if exc else record['msg']}"
+        key = f"{record['logger']}|{exc.splitlines()[-1] if exc else _repeat_key(record)}"
         fields = {k: record[k] for k in ("topic", "job_id", "attempt") if k in record}
         sender.submit(f"{record['level']} on {socket.gethostname()} ({record['role']})", text,
                       level=str(record["level"]).lower(), key=key, **fields)
 
     return sink
+
+
+def _repeat_key(record: dict[str, Any]) -> str:
+    """What makes two failure lines "the same": "job 01H.. on 'q' failed (attempt 2): X"
+    and "job 01J.. on 'q' failed (attempt 1): X" are."""
+    first = (str(record["msg"]).splitlines() or [""])[0]
+    if job_id := record.get("job_id"):
+        first = first.replace(str(job_id), "<job>")
+    return re.sub(r"\d+", "#", first)

@@ -1,12 +1,12 @@
 """The notifier base class and the one HTTP helper every channel posts through."""
 from __future__ import annotations
 
-import http.client
 import json
-import urllib.error
 import urllib.parse
-import urllib.request
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import urllib.error
 
 from ..errors import NotifyError
 
@@ -71,6 +71,10 @@ def clip(text: str, max_bytes: int) -> str:
 def post_json(url: str, body: Any, *, timeout: float = DEFAULT_TIMEOUT_S,
               headers: dict[str, str] | None = None) -> bytes:
     """POST ``body`` as JSON; return the answer body or raise a :class:`NotifyError`."""
+    import http.client  # here, not at the top: every worker imports ssjobs.notify.relay
+    import urllib.error
+    import urllib.request
+
     check_url(url)
     request = urllib.request.Request(
         url, data=json.dumps(body, ensure_ascii=False).encode("utf-8"), method="POST",
@@ -92,6 +96,7 @@ def post_json(url: str, body: Any, *, timeout: float = DEFAULT_TIMEOUT_S,
 
 def _detail(error: urllib.error.HTTPError) -> str:
     """The start of an error answer, when it is short text (Slack's ``invalid_token``)."""
+    import http.client
     try:
         text = error.read(MAX_ANSWER_BYTES).decode("utf-8", "replace").strip()
     except (OSError, http.client.HTTPException):

@@ -50,15 +50,18 @@ class AsyncSender:
         self._thread.start()
 
     def submit(self, title: str, text: str, level: str = "error", key: str | None = None,
-               **fields: Any) -> bool:
+               *, dedup: bool = True, **fields: Any) -> bool:
         """Queue one message; False when it was suppressed as a repeat, dropped or closed.
 
         The same ``key`` (default: title + text) goes out at most once per
         ``repeat_interval``; the next one that does says how many were suppressed meanwhile.
+        ``dedup=False`` skips that (for callers that rate-limit themselves: job alerts).
         """
         key = f"{title}\n{text}" if key is None else key
         now = time.monotonic()
         with self._lock:
+            if not dedup:
+                return self._enqueue_locked(title, text, level, fields)
             seen = self._seen.get(key)
             if seen is not None and now - seen[0] < self.repeat_interval:
                 seen[1] += 1
@@ -76,7 +79,13 @@ class AsyncSender:
             if len(self._seen) > MAX_KEYS:
                 for old in list(islice(self._seen, len(self._seen) - MAX_KEYS)):
                     del self._seen[old]
-            self._pending += 1
+            return self._enqueue_locked(title, text, level, fields)
+
+    def _enqueue_locked(self, title: str, text: str, level: str, fields: dict[str, Any]) -> bool:
+        if self._closed or self._pending >= self.max_queue:
+            self.dropped += 1
+            return False
+        self._pending += 1
         self._queue.put((title, text, level, fields))
         return True
 
