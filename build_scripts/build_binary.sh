@@ -4,7 +4,10 @@
 # Needs a C compiler (the compiled hot loop is part of the binary), and installs what the
 # build itself needs (Cython, PyInstaller, the runtime dependencies) with pip when missing.
 # The binary runs on Linux machines with this machine's CPU architecture and a glibc at least
-# as new as this one's (build on the oldest distribution you deploy to).
+# as new as this one's (build on the oldest distribution you deploy to). At every run it
+# unpacks itself (~20 MB) into $TMPDIR, else /tmp, which must allow executables (no noexec
+# mount) and symlinks; a running master keeps its copy until it exits, and copies left by a
+# SIGKILLed instance are removed by the next ssjobs command (build_scripts/rthook_ssjobs.py).
 #
 # Environment: PYTHON (default python3) is the Python that gets embedded;
 # SSJOBS_BINARY_ALLOW_PURE=1 builds without the compiled loop when it cannot be compiled.
@@ -17,16 +20,23 @@ pip_install() {
     "$PYTHON" -m pip install -q --disable-pip-version-check "$@"
 }
 
-# 1. What the build needs: the runtime dependencies (and the optional ones the binary
-#    carries), Cython for the hot loop, PyInstaller.
-"$PYTHON" - <<'PY' || pip_install "redis>=5.0" "msgpack>=1.0" "click>=8.1" "hiredis>=2.0" \
-    "rich>=13" "setproctitle>=1.3" "prometheus-client>=0.19" "Cython>=3.0" "pyinstaller>=6.0"
-import importlib.util, sys
-missing = [m for m in ("redis", "msgpack", "click", "hiredis", "rich", "setproctitle",
-                       "prometheus_client", "Cython", "PyInstaller")
-           if importlib.util.find_spec(m) is None]
-sys.exit(1 if missing else 0)
-PY
+# 1. What the build needs (installed with pip when missing): the runtime dependencies,
+#    Cython for the hot loop and PyInstaller; then the optional packages the binary carries
+#    when they can be had (hiredis: faster replies; rich: status tables and `top`;
+#    setproctitle: process titles; prometheus_client: [metrics]).
+missing() {
+    "$PYTHON" -c 'import importlib.util, sys
+sys.exit(0 if importlib.util.find_spec(sys.argv[1]) is None else 1)' "$1"
+}
+for spec in redis:redis msgpack:msgpack click:click Cython:Cython PyInstaller:pyinstaller; do
+    if missing "${spec%%:*}"; then pip_install "${spec#*:}"; fi
+done
+for spec in hiredis:hiredis rich:rich setproctitle:setproctitle \
+            prometheus_client:prometheus-client; do
+    if missing "${spec%%:*}"; then
+        pip_install "${spec#*:}" || echo "build_binary: WARNING: building without ${spec#*:}" >&2
+    fi
+done
 
 # 2. The compiled hot loop, built in place next to its source (a no-op when up to date).
 "$PYTHON" setup.py -q build_ext --inplace >/dev/null

@@ -120,6 +120,23 @@ def self_command(*args: str) -> list[str]:
     return [sys.executable, "-m", "ssjobs", *args]
 
 
+def daemon_environ() -> dict[str, str]:
+    """The environment of a re-executed ssjobs that outlives this process. A one-file
+    binary run from its own ``sys.executable`` would by default join THIS instance and use
+    its unpacked files, which its bootloader deletes when this command returns;
+    PYINSTALLER_RESET_ENVIRONMENT makes it a new instance that unpacks its own copy. The
+    library path our bootloader pointed into our copy goes back to what the user had."""
+    env = dict(os.environ)
+    if getattr(sys, "frozen", False):
+        env["PYINSTALLER_RESET_ENVIRONMENT"] = "1"
+        original = env.pop("LD_LIBRARY_PATH_ORIG", None)
+        if original is None:
+            env.pop("LD_LIBRARY_PATH", None)
+        else:
+            env["LD_LIBRARY_PATH"] = original
+    return env
+
+
 def _spawn_daemon(cfg: Config) -> int:
     """Run ``start --foreground`` detached (new session; stdin and stdout on /dev/null,
     stderr appended to log.dir/ssjobs.stderr for what escapes the log: a crash before the
@@ -132,7 +149,7 @@ def _spawn_daemon(cfg: Config) -> int:
                         "-c", str(cfg.path))
     try:
         proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                stderr=out_fd, start_new_session=True,
+                                stderr=out_fd, start_new_session=True, env=daemon_environ(),
                                 pass_fds=[ready.write_fd], close_fds=True)
     except OSError as exc:
         os.close(ready.read_fd)

@@ -2,9 +2,11 @@
 from __future__ import annotations
 
 import importlib
+import importlib.machinery
 import inspect
+import platform
+import re
 import sys
-import sysconfig
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
@@ -74,11 +76,53 @@ def load_consumer(spec: str) -> Consumer:
 
 def _import_hint(spec: str, exc: ImportError) -> str:
     msg = f"consumer {spec!r}: {exc.__class__.__name__}: {exc}"
+    missing = exc.name if isinstance(exc, ModuleNotFoundError) else None
+    foreign = foreign_extension(missing)
+    if missing and foreign is not None:
+        return (f"consumer {spec!r}: package {missing.partition('.')[0]!r} has a compiled "
+                f"module built for {_built_for(foreign.name)}: {foreign}; {_runs_on()}")
     text = str(exc)
     if ".so" in text or "undefined symbol" in text or "cpython-" in text:
-        soabi = sysconfig.get_config_var("SOABI") or "unknown"
-        msg += (f" (a compiled package built for another Python? this ssjobs runs Python "
-                f"{sys.version.split()[0]}, ABI {soabi})")
+        package = (exc.name or "").partition(".")[0]
+        msg += (f" (a compiled package{f' ({package!r})' if package else ''} built for "
+                f"another Python or system? {_runs_on()})")
     elif isinstance(exc, ModuleNotFoundError):
         msg += " (is its directory listed in process.consumer_path?)"
     return msg
+
+
+def foreign_extension(module: str | None) -> Path | None:
+    """A compiled file for ``module`` on sys.path that this Python cannot load, because it was
+    built for another Python version or platform (``pip install --target`` with another
+    Python): this Python does not even see it, the import says the module does not exist."""
+    if not module:
+        return None
+    *package, leaf = module.split(".")
+    loadable = tuple(importlib.machinery.EXTENSION_SUFFIXES)
+    for entry in sys.path:
+        where = Path(entry or ".", *package)
+        try:
+            candidates = list(where.glob(f"{leaf}.*"))
+        except OSError:
+            continue
+        for path in sorted(candidates):
+            if path.suffix in (".so", ".pyd") and path.name[len(leaf):] not in loadable:
+                return path
+    return None
+
+
+def _built_for(filename: str) -> str:
+    """'Python 3.10' from ``x.cpython-310-x86_64-linux-gnu.so``, else the file's tag."""
+    tag = filename.split(".", 1)[1].rsplit(".", 1)[0] if filename.count(".") > 1 else ""
+    version = re.match(r"(?:cpython-|cp)(3)(\d+)", tag)
+    if version:
+        return f"Python {version[1]}.{version[2]} ({tag})"
+    return f"another Python or platform ({tag or filename})"
+
+
+def _runs_on() -> str:
+    suffix = importlib.machinery.EXTENSION_SUFFIXES[0]
+    return (f"this ssjobs runs Python {platform.python_version()} and loads compiled modules "
+            f"named *{suffix} or *.abi3.so: install the package with that Python "
+            f"(pip install --target DIR --python-version "
+            f"{sys.version_info[0]}.{sys.version_info[1]} --only-binary=:all: PACKAGE)")
