@@ -82,14 +82,20 @@ class Broker:
 
     def settle(self, worker: str, processed: int, failed: int,
                retries: Sequence[tuple[float, bytes]] = (), dead: Sequence[bytes] = (),
-               unstarted: Sequence[bytes] = ()) -> None:
+               unstarted: Sequence[bytes] = (), fetch_next: int = 0,
+               ) -> tuple[list[bytes], float | None]:
+        """Finish a batch; with ``fetch_next`` take the next one in the same round trip.
+        Returns what ``fetch`` returns."""
         k = self.keys
-        args: list = [processed, failed, DEAD_CAP, len(retries), len(dead), len(unstarted)]
+        args: list = [processed, failed, DEAD_CAP, len(retries), len(dead), len(unstarted),
+                      fetch_next, time.time(), PROMOTE_LIMIT]
         for due, env in retries:
             args += (repr(due), env)
         args += dead
         args += unstarted
-        self._settle(keys=[k.ready, k.delayed, k.inflight(worker), k.dead, k.stats], args=args)
+        items, due = self._settle(keys=[k.ready, k.delayed, k.inflight(worker), k.dead, k.stats],
+                                  args=args)
+        return items, (float(due) if due else None)
 
     def register_worker(self, worker: str, node: str) -> None:
         self.client.hset(self.keys.workers, worker, node)

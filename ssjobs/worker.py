@@ -159,19 +159,17 @@ class Worker:
 
     # -- the loop ------------------------------------------------------------------------
     def _loop(self, consumer: Consumer) -> None:
-        cfg, ctl, slot = self.cfg, self.ctl, self.slot
+        ctl, slot = self.ctl, self.slot
         next_fetch = 0.0  # when to look at ready + delayed again while idle
+        batch: list[bytes] = []  # the next batch, when settling the last one fetched it
         while not ctl.stopping:
             now = time.time()
             slot.beat(now)
-            want = self._batch_limit()
-            if cfg.max_consumer_count:
-                want = min(want, cfg.max_consumer_count - self.handled)
-                if want <= 0:
-                    ctl.stop(EXIT_RECYCLE_COUNT)
-                    break
-            batch: list[bytes] = []
-            if now >= next_fetch:
+            want = self._fetch_size()
+            if want <= 0:
+                ctl.stop(EXIT_RECYCLE_COUNT)
+                break
+            if not batch and now >= next_fetch:
                 fetched = self._redis(self.broker.fetch, self.name, want)
                 batch, due = fetched if fetched else ([], None)
                 if not batch:
@@ -183,8 +181,16 @@ class Worker:
                 if not batch:
                     self._idle_check(now)
                     continue
-            self._run(consumer, batch)
+            batch = self._run(consumer, batch)
             next_fetch = 0.0  # busy: fetch straight away next round
+        if batch:  # fetched with the last settle, then told to stop: hand them back
+            self._redis(self.broker.settle, self.name, 0, 0, (), (), batch)
+
+    def _fetch_size(self) -> int:
+        want = self._batch_limit()
+        if self.cfg.max_consumer_count:
+            want = min(want, self.cfg.max_consumer_count - self.handled)
+        return want
 
     def _wait(self, timeout: float) -> list[bytes]:
         """Block for one job. It runs at once, without first fetching more: the first job
@@ -209,7 +215,9 @@ class Worker:
         if self.ident.kind == 1 and idle_limit and now - self.last_job_at > idle_limit:
             self.ctl.stop(EXIT_IDLE)
 
-    def _run(self, consumer: Consumer, batch: list[bytes]) -> None:
+    def _run(self, consumer: Consumer, batch: list[bytes]) -> list[bytes]:
+        """Run a batch and settle it; the settle also fetches the next batch (returned)
+        unless the worker is stopping or at its job limit: one round trip per batch."""
         slot = self.slot
         started = time.perf_counter()
         processed, failures, unstarted = fastloop.run_batch(
@@ -225,8 +233,10 @@ class Worker:
         self.last_job_at = time.time()
         retries, dead = self._classify(failures)
         ran_and_failed = sum(1 for f in failures if f[1] is not None)
-        self._redis(self.broker.settle, self.name, processed, ran_and_failed, retries, dead,
-                    unstarted)
+        fetch_next = 0 if self.ctl.stopping else max(0, self._fetch_size())
+        result = self._redis(self.broker.settle, self.name, processed, ran_and_failed, retries,
+                             dead, unstarted, fetch_next)
+        return result[0] if result else []
 
     def _classify(self, failures: list) -> tuple[list[tuple[float, bytes]], list[bytes]]:
         retries: list[tuple[float, bytes]] = []

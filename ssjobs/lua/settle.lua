@@ -1,5 +1,6 @@
--- settle: finish a fetched batch in one round trip. The worker's in-flight list holds
--- exactly the batch, so it is dropped whole; failures and unstarted jobs are re-added.
+-- settle: finish a fetched batch and (optionally) fetch the next one, in one round trip.
+-- The worker's in-flight list holds exactly the batch, so it is dropped whole; failures and
+-- unstarted jobs are re-added; then, like fetch.lua, up to ARGV[7] jobs are taken.
 -- KEYS[1] ready     LIST
 -- KEYS[2] delayed   ZSET
 -- KEYS[3] inflight  LIST  this worker's in-flight jobs
@@ -7,11 +8,13 @@
 -- KEYS[5] stats     HASH  processed, failed, retried, dead
 -- ARGV[1] processed   ARGV[2] failed   ARGV[3] dead cap (max length of dead)
 -- ARGV[4] n_retry     ARGV[5] n_dead   ARGV[6] n_return
+-- ARGV[7] jobs to fetch next (0: none)   ARGV[8] now (epoch s)   ARGV[9] promote limit
 -- then n_retry pairs (due time, envelope), n_dead envelopes, n_return envelopes
 -- (unstarted jobs, oldest first: they go back to the front of ready in order)
+-- returns {jobs fetched (oldest first), next_due} as fetch.lua does
 redis.call('DEL', KEYS[3])
 local n_retry, n_dead, n_return = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6])
-local i = 7
+local i = 10
 for _ = 1, n_retry do
   redis.call('ZADD', KEYS[2], ARGV[i], ARGV[i + 1])
   i = i + 2
@@ -30,4 +33,18 @@ if ARGV[1] ~= '0' then redis.call('HINCRBY', KEYS[5], 'processed', ARGV[1]) end
 if ARGV[2] ~= '0' then redis.call('HINCRBY', KEYS[5], 'failed', ARGV[2]) end
 if n_retry > 0 then redis.call('HINCRBY', KEYS[5], 'retried', n_retry) end
 if n_dead > 0 then redis.call('HINCRBY', KEYS[5], 'dead', n_dead) end
-return 1
+if ARGV[7] == '0' then
+  return {{}, ''}
+end
+local due = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', ARGV[8], 'LIMIT', 0, ARGV[9])
+if #due > 0 then
+  redis.call('ZREM', KEYS[2], unpack(due))
+  redis.call('LPUSH', KEYS[1], unpack(due))
+end
+local items = redis.call('RPOP', KEYS[1], ARGV[7])
+if not items then
+  local nxt = redis.call('ZRANGE', KEYS[2], 0, 0, 'WITHSCORES')
+  return {{}, nxt[2] or ''}
+end
+redis.call('LPUSH', KEYS[3], unpack(items))
+return {items, ''}
