@@ -111,3 +111,16 @@ def test_recover_leaves_garbage_for_the_worker_to_deadletter(broker):
     broker.client.lpush(broker.keys.inflight("w1"), b"\x97garbage", b"junk")
     assert broker.recover("w1", charged_id="x", max_retries=1) == (2, 0)
     assert broker.backlog() == 2
+
+
+def test_settle_can_fetch_the_next_batch_in_the_same_round_trip(broker, redis_url):
+    ids = push(redis_url, list(range(7)))
+    first, _ = broker.fetch("w1", 3)
+    nxt, due = broker.settle("w1", processed=3, failed=0, fetch_next=3)
+    assert [envelope.decode(r).id for r in nxt] == ids[3:6] and due is None
+    # the in-flight list now holds exactly the new batch
+    assert sorted(broker.client.lrange(broker.keys.inflight("w1"), 0, -1)) == sorted(nxt)
+    last, _ = broker.settle("w1", processed=3, failed=0, fetch_next=5)
+    assert [envelope.decode(r).id for r in last] == ids[6:]
+    assert broker.settle("w1", processed=1, failed=0, fetch_next=5) == ([], None)
+    assert broker.counts()["processed"] == 7
