@@ -20,7 +20,7 @@ from . import __version__, logs, scaling, worker
 from .broker import CONNECTION_ERRORS, Broker, connect, nodes_key
 from .config import Config, ConfigError, JobConfig, load_config
 from .loader import add_consumer_path
-from .runtime import ReadyPipe, RuntimeFiles, wait_pids_gone
+from .runtime import ReadyPipe, RuntimeFiles, set_title, wait_pids_gone
 from .scoreboard import BUSY, HEARTBEAT, IDLE, JOB_STARTED_AT, PID, STATE, Scoreboard
 
 log = logging.getLogger("ssjobs.master")
@@ -127,7 +127,7 @@ class Master:
         for fixed in self.files.repair():
             log.warning("data_dir repaired: %s", fixed)
         self.files.write_pid(self.pid)
-        _set_title(f"{cfg.process.name}: master")
+        set_title(f"{cfg.process.name}: master")
         self._drop_privileges()
         add_consumer_path(cfg.process.consumer_path)
         self.board = Scoreboard.create(self.files.scoreboard_path, self._slots_needed(cfg))
@@ -606,14 +606,6 @@ def _kill(pid: int, sig: int) -> None:
         os.kill(pid, sig)
     except ProcessLookupError:
         pass
-
-
-def _set_title(title: str) -> None:
-    try:
-        import setproctitle
-    except ImportError:
-        return
-    setproctitle.setproctitle(title)
 
 
 def serve(cfg: Config, *, ready_fd: int | None = None) -> int:

@@ -175,6 +175,15 @@ def pid_alive(pid: int) -> bool:
         return False
 
 
+def set_title(title: str) -> None:
+    """Process title as ps shows it ("ssjobs: master"); a no-op without setproctitle."""
+    try:
+        import setproctitle
+    except ImportError:
+        return
+    setproctitle.setproctitle(title)
+
+
 def wait_pids_gone(pids: list[int], timeout: float) -> list[int]:
     """Wait until none of ``pids`` is alive; returns those still alive at the deadline."""
     deadline = time.monotonic() + timeout

@@ -15,6 +15,7 @@ from .broker import CONNECTION_ERRORS, Broker, connect
 from .config import JobConfig
 from .errors import ConsumerImportError, Retry
 from .loader import Consumer, load_consumer
+from .runtime import set_title
 from .scoreboard import IDLE, JOB_STARTED_AT, STOPPING, Slot
 
 log = logging.getLogger("ssjobs.worker")
@@ -374,7 +375,7 @@ def run_forked(job_cfg: JobConfig, redis_url: str, prefix: str, slot: Slot,
     if ident.master_pid is not None and os.getppid() != ident.master_pid:
         return EXIT_ORPHANED  # the master died before we could ask to be told
     random.seed()
-    _set_title(title)
+    set_title(title)
     try:
         from . import logs
         logs.set_role(title.removeprefix("ssjobs: ").split(": ", 1)[-1])
@@ -397,11 +398,3 @@ def _die_with_parent() -> None:
         libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
     except (OSError, AttributeError):  # not Linux: the getppid() check in the tick remains
         pass
-
-
-def _set_title(title: str) -> None:
-    try:
-        import setproctitle
-    except ImportError:
-        return
-    setproctitle.setproctitle(title)

@@ -5,12 +5,9 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
-from redis_server import pid_alive
-
-from ssjobs.runtime import ReadyPipe, RuntimeFiles
+from ssjobs.runtime import ReadyPipe, RuntimeFiles, pid_alive, wait_pids_gone
 from ssjobs.scoreboard import Scoreboard
 
 SERVE = ("import sys; from ssjobs.config import load_config; from ssjobs.master import serve; "
@@ -93,10 +90,6 @@ class MasterProc:
         wait_gone(self.seen_pids, 10)
 
 
+
 def wait_gone(pids, timeout: float) -> list[int]:
-    deadline = time.time() + timeout
-    alive = [p for p in pids if pid_alive(p)]
-    while alive and time.time() < deadline:
-        time.sleep(0.05)
-        alive = [p for p in alive if pid_alive(p)]
-    return alive
+    return wait_pids_gone(list(pids), timeout)

@@ -1,7 +1,6 @@
 """A private redis-server for tests: own port, own temp dir, restartable."""
 from __future__ import annotations
 
-import os
 import shutil
 import signal
 import socket
@@ -79,16 +78,3 @@ class RedisServer:
     def client(self) -> redis.Redis:
         return redis.Redis(port=self.port, socket_timeout=10)
 
-
-def pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except FileNotFoundError:
-        return False

@@ -20,9 +20,9 @@ from pathlib import Path
 
 import pytest
 from conftest import ROOT, wait_for
-from redis_server import pid_alive
 
 from ssjobs.producer import Producer
+from ssjobs.runtime import pid_alive
 
 BINARY = Path(os.environ.get("SSJOBS_BINARY") or ROOT / "dist" / "ssjobs").resolve()
 MARKER = "ssjobs-unpacked-here"  # written by build_scripts/rthook_ssjobs.py

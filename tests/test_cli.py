@@ -14,10 +14,10 @@ import time
 
 import pytest
 from conftest import wait_for
-from redis_server import free_port, pid_alive
+from redis_server import free_port
 
 from ssjobs.producer import Producer
-from ssjobs.runtime import RuntimeFiles
+from ssjobs.runtime import RuntimeFiles, pid_alive
 from ssjobs.scoreboard import Scoreboard
 from ssjobs.status import collect_status, compute_rates, render_status
 
