@@ -20,7 +20,8 @@ from . import __version__, logs, scaling, worker
 from .broker import CONNECTION_ERRORS, Broker, connect, nodes_key
 from .config import Config, ConfigError, JobConfig, load_config
 from .loader import add_consumer_path
-from .runtime import ReadyPipe, RuntimeFiles, set_title, wait_pids_gone
+from .recovery import Recovery
+from .runtime import ReadyPipe, RuntimeFiles, drop_privileges, set_title, wait_pids_gone
 from .scoreboard import BUSY, HEARTBEAT, IDLE, JOB_STARTED_AT, PID, STATE, Scoreboard
 
 log = logging.getLogger("ssjobs.master")
@@ -84,9 +85,9 @@ class Master:
         self.stopping = False
         self.generation = 0
         self.retire: list[int] = []
-        self.pending_recovery: list[tuple[WorkerProc, str]] = []
         self.restarts: dict[str, int] = {}
         self.outage = logs.OutageLogger(log)
+        self.recovery = Recovery(self.outage)
         self._wake_r = self._wake_w = -1
         self._last_housekeeping = self._last_janitor = 0.0
         self.board: Scoreboard | None = None
@@ -128,7 +129,7 @@ class Master:
             log.warning("data_dir repaired: %s", fixed)
         self.files.write_pid(self.pid)
         set_title(f"{cfg.process.name}: master")
-        self._drop_privileges()
+        drop_privileges(cfg.process.user, [self.files.dir, cfg.log.dir])
         add_consumer_path(cfg.process.consumer_path)
         self.board = Scoreboard.create(self.files.scoreboard_path, self._slots_needed(cfg))
         for job in cfg.jobs:
@@ -202,15 +203,7 @@ class Master:
         for pid in alive:
             log.warning("leftover worker %d of the previous master still alive: killing", pid)
             _kill(pid, signal.SIGKILL)
-        old_node = f"{socket.gethostname()}:{old_pid}"
-        for ts in self.topics.values():
-            try:
-                for name, node in ts.broker.workers().items():
-                    if node == old_node:
-                        requeued, dead = ts.broker.recover(name, max_retries=ts.job.max_retries)
-                        log.info("recovered %d jobs of %s (previous master)", requeued, name)
-            except CONNECTION_ERRORS as exc:
-                self.outage.note_failure("redis", exc)
+        self.recovery.previous_master(self.topics.values(), f"{socket.gethostname()}:{old_pid}")
 
     # -- the loop ------------------------------------------------------------------------
     def _loop(self) -> None:
@@ -275,7 +268,8 @@ class Master:
         level = logging.INFO if clean else logging.ERROR
         log.log(level, "worker %s #%d (pid %d) exited: %s%s", proc.topic, proc.index, proc.pid,
                 reason, f"; job {charged} charged one attempt" if charged else "")
-        self._recover(proc, charged)
+        self.recovery.worker_died(proc.broker, proc.name, charged, proc.job.max_retries,
+                                  f"{proc.topic} #{proc.index} (pid {proc.pid})")
         ts = self.topics.get(proc.topic)
         if ts is None or self.stopping:
             return
@@ -291,18 +285,6 @@ class Master:
                           "next restart in %.1fs", proc.topic, ts.crashes, reason, delay)
         elif clean or lifetime >= scaling.HEALTHY_LIFETIME_S:
             ts.crashes = 0
-
-    def _recover(self, proc: WorkerProc, charged: str) -> None:
-        try:
-            requeued, dead = proc.broker.recover(proc.name, charged_id=charged,
-                                                 max_retries=proc.job.max_retries)
-        except CONNECTION_ERRORS as exc:
-            self.outage.note_failure("redis", exc)
-            self.pending_recovery.append((proc, charged))
-            return
-        if requeued or dead:
-            log.warning("requeued %d in-flight jobs of worker %s #%d; %d dead-lettered as "
-                        "poison", requeued, proc.topic, proc.index, dead)
 
     def _murder_workers(self) -> None:
         now, mono = time.time(), time.monotonic()
@@ -422,7 +404,9 @@ class Master:
             self._redis_housekeeping(now)
             if mono - self._last_janitor >= JANITOR_EVERY_S:
                 self._last_janitor = mono
-                self._recover_dead_hosts(now)
+                self.recovery.dead_hosts(self.clients.values(), list(self.topics.values()),
+                                         self.cfg.redis.prefix, self.cfg.process.heartbeat_ttl,
+                                         self.node, now)
             self.outage.note_success("redis")
         except CONNECTION_ERRORS as exc:
             self.outage.note_failure("redis", exc)
@@ -435,10 +419,7 @@ class Master:
     def _redis_housekeeping(self, now: float) -> None:
         for client in self.clients.values():
             client.zadd(nodes_key(self.cfg.redis.prefix), {self.node: now})
-        while self.pending_recovery:
-            proc, charged = self.pending_recovery[0]
-            proc.broker.recover(proc.name, charged_id=charged, max_retries=proc.job.max_retries)
-            self.pending_recovery.pop(0)
+        self.recovery.retry_pending()
         for ts in self.topics.values():
             ts.broker.promote(now)
             ts.backlog = ts.broker.backlog()
@@ -446,25 +427,6 @@ class Master:
                           if w.topic == ts.job.topic and w.kind == 1 and w.term_sent_at is None)
             ts.dynamic_want = scaling.dynamic_target(ts.backlog, ts.job.queue_health_size,
                                                      dynamic, ts.job.dynamic_workers)
-
-    def _recover_dead_hosts(self, now: float) -> None:
-        """Requeue the in-flight jobs of every master whose heartbeat expired."""
-        ttl = self.cfg.process.heartbeat_ttl
-        key = nodes_key(self.cfg.redis.prefix)
-        for client in self.clients.values():
-            dead_nodes = {n.decode() for n in client.zrangebyscore(key, "-inf", now - ttl)}
-            dead_nodes.discard(self.node)
-            if not dead_nodes:
-                continue
-            for ts in self.topics.values():
-                if ts.broker.client is not client:
-                    continue
-                for name, node in ts.broker.workers().items():
-                    if node in dead_nodes:
-                        requeued, _ = ts.broker.recover(name, max_retries=ts.job.max_retries)
-                        log.warning("host %s is gone: requeued %d in-flight jobs of %s",
-                                    node, requeued, name)
-            client.zrem(key, *dead_nodes)
 
     def _write_snapshot(self, running: bool = True) -> None:
         try:
@@ -536,7 +498,7 @@ class Master:
             proc = self.workers.pop(pid, None)
             if proc is not None:
                 self._on_worker_exit(proc, status)
-        self._flush_recoveries()
+        self.recovery.flush()
         self._call_extensions("stop")
         self.extensions = []
         try:
@@ -548,20 +510,6 @@ class Master:
         log.info("master stopped")
         self._cleanup_files()
 
-    def _flush_recoveries(self) -> None:
-        deadline = time.monotonic() + 10
-        while self.pending_recovery and time.monotonic() < deadline:
-            proc, charged = self.pending_recovery[0]
-            try:
-                proc.broker.recover(proc.name, charged_id=charged,
-                                    max_retries=proc.job.max_retries)
-                self.pending_recovery.pop(0)
-            except CONNECTION_ERRORS:
-                time.sleep(0.5)
-        for proc, _ in self.pending_recovery:
-            log.error("could not requeue the in-flight jobs of %s (redis down); another "
-                      "master will after heartbeat_ttl", proc.name)
-
     def _cleanup_files(self) -> None:
         if self.board is not None:
             self.board.close()
@@ -569,22 +517,6 @@ class Master:
         self.files.remove(self.files.pid_path)
         self.files.release_lock()
 
-    def _drop_privileges(self) -> None:
-        user = self.cfg.process.user
-        if not user or os.getuid() != 0:
-            return
-        import grp
-        import pwd
-
-        name, _, group = user.partition(":")
-        pw = pwd.getpwnam(name)
-        gid = grp.getgrnam(group).gr_gid if group else pw.pw_gid
-        for path in (self.files.dir, self.cfg.log.dir, *self.files.dir.iterdir(),
-                     *self.cfg.log.dir.iterdir()):
-            os.chown(path, pw.pw_uid, gid)
-        os.setgid(gid)
-        os.initgroups(name, gid)
-        os.setuid(pw.pw_uid)
 
 
 def _extension_factories(cfg: Config) -> list:

@@ -175,6 +175,28 @@ def pid_alive(pid: int) -> bool:
         return False
 
 
+def drop_privileges(user: str, dirs: list[Path]) -> None:
+    """As root, become ``user`` ("name" or "name:group") after handing it ``dirs`` and the
+    files in them; a no-op without a user or when not root."""
+    if not user or os.getuid() != 0:
+        return
+    import grp
+    import pwd
+
+    name, _, group = user.partition(":")
+    try:
+        pw = pwd.getpwnam(name)
+        gid = grp.getgrnam(group).gr_gid if group else pw.pw_gid
+    except KeyError:
+        raise ControlError(f"process.user: no such user or group {user!r}") from None
+    for d in dirs:
+        for path in (d, *d.iterdir()):
+            os.chown(path, pw.pw_uid, gid)
+    os.setgid(gid)
+    os.initgroups(name, gid)
+    os.setuid(pw.pw_uid)
+
+
 def set_title(title: str) -> None:
     """Process title as ps shows it ("ssjobs: master"); a no-op without setproctitle."""
     try:
