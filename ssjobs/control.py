@@ -163,8 +163,11 @@ def _spawn_daemon(cfg: Config) -> int:
     ok, message = ready.wait(timeout=READY_TIMEOUT_S + cfg.process.stop_timeout)
     # Reap the child if it already exited; a running daemon is never waited on: it is
     # re-parented to init when this short-lived process exits.
-    if not ok and proc.poll() is None:
-        message += f" (pid {proc.pid} is still running: see `ssjobs status`)"
+    if not ok:
+        try:  # a master that reported a failure exits right after
+            proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            message += f" (pid {proc.pid} is still running: see `ssjobs status`)"
     if ok:
         say(f"ssjobs started (pid {message.strip() or proc.pid})")
         return EXIT_OK

@@ -6,6 +6,7 @@ import errno
 import fcntl
 import json
 import os
+import sys
 import time
 from pathlib import Path
 
@@ -192,6 +193,11 @@ def drop_privileges(user: str, dirs: list[Path]) -> None:
     for d in dirs:
         for path in (d, *d.iterdir()):
             os.chown(path, pw.pw_uid, gid)
+    bundle = getattr(sys, "_MEIPASS", None)
+    if bundle:  # a one-file binary unpacked as root: its modules must stay importable
+        for parent, subdirs, files in os.walk(bundle):
+            for entry in (parent, *(os.path.join(parent, f) for f in subdirs + files)):
+                os.lchown(entry, pw.pw_uid, gid)
     os.setgid(gid)
     os.initgroups(name, gid)
     os.setuid(pw.pw_uid)

@@ -353,3 +353,43 @@ def test_version_is_quick(tmpdir_env):
         assert run(env, "--version").returncode == 0
         times.append(time.perf_counter() - t0)
     assert sorted(times)[2] < 2.0, times
+
+
+@pytest.mark.skipif(os.getuid() != 0, reason="dropping privileges needs root")
+def test_daemon_dropping_privileges_keeps_its_unpacked_files_importable(redis_url, instances):
+    """process.user: the daemon unpacked as root (a 0700 dir); after it becomes 'nobody', its
+    workers must still import from that dir."""
+    import pwd
+    import shutil
+    import tempfile
+
+    from conftest import Project
+
+    nobody = pwd.getpwnam("nobody")
+    root = Path(tempfile.mkdtemp(prefix="ssjobs-bin-user-"))
+    try:
+        root.chmod(0o755)
+        tmp, out = root / "tmp", root / "out"
+        for d in (tmp, out):
+            d.mkdir()
+            d.chmod(0o1777)
+        env = {k: v for k, v in os.environ.items()
+               if not k.startswith(("SSJOBS_", "_PYI_", "PYINSTALLER_"))}
+        env["TMPDIR"] = str(tmp)
+        project = Project(root, redis_url)
+        project.consumer("lazy", LAZY_CONSUMER)
+        config = write_project(project, [{"topic": "bin.user", "consumer": "lazy:handle"}])
+        config.write_text(config.read_text().replace("[process]", '[process]\nuser = "nobody"'))
+        inst = start(env, config, instances)
+        with Producer(redis_url, prefix="t") as producer:
+            producer.push_many("bin.user", [{"n": n, "out": str(out)} for n in range(20)])
+        wait_for(lambda: sum(len(f.read_text().splitlines()) for f in out.glob("*.txt")) >= 20,
+                 timeout=30, what="20 jobs handled as nobody")
+        for pid in [inst.master, *inst.see_workers()]:
+            assert os.stat(f"/proc/{pid}").st_uid == nobody.pw_uid
+        done = run(env, "stop", "-c", str(config))
+        assert done.returncode == 0, done.stderr
+        wait_for(lambda: not inst.alive(), timeout=15, what="all gone")
+        wait_for(lambda: unpacked_dirs(tmp) == [], timeout=5, what="unpacked dir removed")
+    finally:
+        shutil.rmtree(root, ignore_errors=True)

@@ -374,3 +374,55 @@ def test_redis_restart_under_a_running_master(env, redis_server, rclient):
     assert sum("unavailable" in line for line in master_lines) == 1
     assert sum("recovered after" in line for line in master_lines) == 1
     assert m.proc.poll() is None
+
+
+def _world_readable(path: str) -> bool:
+    import stat
+    from pathlib import Path
+    return all(p.stat().st_mode & stat.S_IXOTH for p in [Path(path), *Path(path).parents])
+
+
+@pytest.mark.skipif(os.getuid() != 0, reason="dropping privileges needs root")
+@pytest.mark.skipif(not _world_readable(os.path.realpath(__import__("sys").prefix)),
+                    reason="this Python lives where 'nobody' cannot read it")
+def test_master_and_workers_drop_privileges_to_process_user(redis_url, tmp_path):
+    import pwd
+    import shutil
+    import tempfile
+    from pathlib import Path
+
+    from conftest import Project
+
+    nobody = pwd.getpwnam("nobody")
+    root = Path(tempfile.mkdtemp(prefix="ssjobs-user-"))  # outside root's 0700 pytest dir
+    try:
+        root.chmod(0o755)
+        outdir = root / "out"
+        outdir.mkdir(mode=0o777)
+        outdir.chmod(0o777)
+        project = Project(root, redis_url)
+        project.consumer("who", f"""
+            import os
+            def run(job):
+                with open({str(outdir / "who.txt")!r}, "a") as f:
+                    f.write(f"{{os.getuid()}}\\n")
+        """)
+        project.write_config([{"topic": "q", "consumer": "who:run", "static_workers": 2}],
+                             process='user = "nobody"')
+        m = MasterProc(project.config, project.data_dir)
+        try:
+            m.start()
+            Producer(redis_url, prefix="t").push_many("q", [1, 2, 3])
+            wait_for(lambda: (outdir / "who.txt").exists()
+                     and len((outdir / "who.txt").read_text().split()) == 3)
+            assert set((outdir / "who.txt").read_text().split()) == {str(nobody.pw_uid)}
+            for pid in [m.pid] + [w["pid"] for w in m.workers()]:
+                with open(f"/proc/{pid}/status") as f:
+                    uid_line = next(line for line in f if line.startswith("Uid:"))
+                assert uid_line.split()[1:] == [str(nobody.pw_uid)] * 4
+            assert m.stop() == 0
+            assert not m.files.pid_path.exists()
+        finally:
+            m.kill_all()
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
