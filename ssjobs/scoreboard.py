@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 MAGIC = b"SSJB"
-LAYOUT_VERSION = 1
+LAYOUT_VERSION = 2
 HEADER = struct.Struct("<4sIIIdd32x")          # magic, version, nslots, master pid, started, beat
 HEADER_SIZE = HEADER.size                        # 64
 SLOT_SIZE = 256
@@ -26,15 +26,16 @@ PROCESSED, FAILED = (24, "<Q"), (32, "<Q")
 JOB_STARTED_AT, RSS = (40, "<d"), (48, "<Q")
 TOPIC_OFF, TOPIC_LEN = 56, 64
 JOB_ID_OFF, JOB_ID_LEN = 120, 32
-HIST_OFF, HIST_BUCKETS = 152, 16                # u32 counts of job durations
-BUSY_TOTAL = (216, "<d")                        # seconds spent inside consumers
+HIST_OFF, HIST_BUCKETS = 152, 24                # u32 counts of job durations
+BUSY_TOTAL = (248, "<d")                        # seconds spent inside consumers
 
 STATES = ("free", "starting", "idle", "busy", "stopping")
 FREE, STARTING, IDLE, BUSY, STOPPING = range(5)
 KINDS = ("static", "dynamic")
 
 # Histogram bucket i counts jobs that took < HIST_BOUNDS_S[i] (the last one is +inf):
-# 100 µs doubling, so 16 buckets reach ~1.6 s before the overflow bucket.
+# 100 µs doubling, so 24 buckets reach ~7 min before the overflow bucket (job_timeout is
+# typically minutes, so p95 of slow jobs stays meaningful).
 HIST_BOUNDS_S = tuple(0.0001 * 2 ** i for i in range(HIST_BUCKETS - 1)) + (float("inf"),)
 
 

@@ -47,7 +47,8 @@ def hist(**buckets: int) -> list[int]:
     (hist(b3=10), 0.95, 0.00078),
     (hist(b1=50, b5=50), 0.5, 0.0002),           # the rank ends exactly at a bucket's top
     (hist(b1=50, b5=50), 0.75, 0.0024),          # half of [1.6ms, 3.2ms)
-    (hist(b15=4), 0.5, 1.6384),                  # overflow: the highest finite bound
+    (hist(b23=4), 0.5, 0.0001 * 2 ** 22),        # overflow: the highest finite bound
+    (hist(b15=4), 0.5, 0.0001 * 2 ** 14 * 1.5),  # [1.6 s, 3.3 s): halfway
 ])
 def test_quantile_interpolates_inside_buckets(h, q, expected):
     got = quantile(h, q)
