@@ -54,15 +54,15 @@ def run_batch(raws, call, buf, offset, ctl):
         raw = raws[i]
         try:
             job = decode(raw)
-        except EnvelopeError as exc:
-            failures.append((raw, None, MALFORMED, exc, ""))
+        except EnvelopeError as bad:
+            failures.append((raw, None, MALFORMED, bad, ""))
             continue
         job_id = job.id.encode()[:JOB_ID_LEN].ljust(JOB_ID_LEN, b"\0")
         buf[offset + JOB_ID_OFF:offset + JOB_ID_OFF + JOB_ID_LEN] = job_id
         started = time.time()
         _D.pack_into(buf, offset + JOB_STARTED_AT[0], started)
         code = 0
-        exc = None
+        exc: BaseException | None = None
         tb = ""
         try:
             if call(job) is False:

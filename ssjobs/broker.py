@@ -77,8 +77,8 @@ class Broker:
 
     def wait_one(self, worker: str, timeout: float) -> bytes | None:
         """Block up to ``timeout`` seconds for one job, moved straight into in-flight."""
-        return self.client.blmove(self.keys.ready, self.keys.inflight(worker), timeout,
-                                  "RIGHT", "LEFT")
+        return self.client.blmove(self.keys.ready, self.keys.inflight(worker),
+                                  timeout, "RIGHT", "LEFT")  # type: ignore[arg-type,return-value]
 
     def settle(self, worker: str, processed: int, failed: int,
                retries: Sequence[tuple[float, bytes]] = (), dead: Sequence[bytes] = (),
@@ -120,7 +120,8 @@ class Broker:
 
     def workers(self) -> dict[str, str]:
         """worker name -> node, for every worker of this topic that holds an in-flight list."""
-        return {w.decode(): n.decode() for w, n in self.client.hgetall(self.keys.workers).items()}
+        found = self.client.hgetall(self.keys.workers)
+        return {_text(w): _text(n) for w, n in found.items()}  # type: ignore[union-attr]
 
     # -- producer and console side --------------------------------------------------------
     def push(self, envelopes: Iterable[bytes]) -> None:
@@ -171,3 +172,7 @@ class Broker:
         pipe.llen(self.keys.dead)
         before, _, after = pipe.execute()
         return int(before) - int(after)
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value

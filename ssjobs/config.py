@@ -276,7 +276,7 @@ def _describe(v: Any) -> str:
     if isinstance(v, (int, float)):
         return f"{'integer' if isinstance(v, int) else 'float'} {v!r}"
     return f"string {_show(v)}" if isinstance(v, str) else \
-        {list: "array", dict: "table"}.get(type(v), type(v).__name__)
+        {"list": "array", "dict": "table"}.get(type(v).__name__, type(v).__name__)
 
 
 def _to(kind: type | tuple[type, ...], what: str) -> Callable[[Any, Path], Any]:
@@ -386,7 +386,8 @@ def _jobs(raw: Any, ctx: _Ctx, redis: RedisConfig | None) -> tuple[JobConfig, ..
         got = "nothing" if raw is None else "an empty array" if raw == [] else _describe(raw)
         ctx.error("jobs", f"must be a non-empty array of tables ([[jobs]]), got {got}")
         return ()
-    jobs, seen = [], {}
+    jobs: list[JobConfig] = []
+    seen: dict[str, str] = {}
     for i, item in enumerate(raw):
         path, sub = f"jobs[{i}]", item.get("redis") if isinstance(item, dict) else None
         job_redis = None if sub is None else \

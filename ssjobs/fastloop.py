@@ -1,18 +1,27 @@
 """Pick the compiled hot loop, or its pure-Python twin when it is missing or when
-``SSJOBS_PURE_PYTHON=1`` asks for it."""
+``SSJOBS_PURE_PYTHON=1`` asks for it. Both have the same names (see ``_fastloop_py``)."""
 from __future__ import annotations
 
+import importlib
 import os
+from types import ModuleType
 
-if os.environ.get("SSJOBS_PURE_PYTHON", "") not in ("", "0"):
-    from ._fastloop_py import *  # noqa: F403
-    from ._fastloop_py import IMPLEMENTATION, run_batch
-else:
-    try:
-        from ._fastloop import *  # noqa: F403
-        from ._fastloop import IMPLEMENTATION, run_batch
-    except ImportError:
-        from ._fastloop_py import *  # noqa: F403
-        from ._fastloop_py import IMPLEMENTATION, run_batch
 
-__all__ = ["IMPLEMENTATION", "run_batch"]
+def _pick() -> ModuleType:
+    if os.environ.get("SSJOBS_PURE_PYTHON", "") in ("", "0"):
+        try:
+            return importlib.import_module("ssjobs._fastloop")
+        except ImportError:
+            pass
+    return importlib.import_module("ssjobs._fastloop_py")
+
+
+_impl = _pick()
+IMPLEMENTATION: str = _impl.IMPLEMENTATION
+run_batch = _impl.run_batch
+FAILED_RUN: int = _impl.FAILED_RUN
+RETRY: int = _impl.RETRY
+REJECT: int = _impl.REJECT
+MALFORMED: int = _impl.MALFORMED
+
+__all__ = ["FAILED_RUN", "IMPLEMENTATION", "MALFORMED", "REJECT", "RETRY", "run_batch"]

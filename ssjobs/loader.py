@@ -57,13 +57,12 @@ def import_target(spec: str) -> Any:
 
 def load_consumer(spec: str) -> Consumer:
     """Import and instantiate (for a class) a consumer; ConsumerImportError on any problem."""
-    target = import_target(spec)
+    target: Any = import_target(spec)
     if inspect.isclass(target):
-        consume = getattr(target, "consume", None)
-        if not callable(consume):
+        if not callable(getattr(target, "consume", None)):
             raise ConsumerImportError(f"consumer {spec!r}: class has no consume(self, job)")
         try:
-            instance = target()
+            instance: Any = target()
         except Exception as exc:
             raise ConsumerImportError(f"consumer {spec!r}: {target.__name__}() raised "
                                       f"{exc.__class__.__name__}: {exc}") from exc

@@ -15,6 +15,9 @@ import signal
 import socket
 import time
 from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import redis
 
 from . import __version__, logs, scaling, worker
 from .broker import CONNECTION_ERRORS, Broker, connect, nodes_key
@@ -80,7 +83,7 @@ class Master:
         self.started_at = time.time()
         self.workers: dict[int, WorkerProc] = {}
         self.topics: dict[str, TopicState] = {}
-        self.clients: dict[str, object] = {}
+        self.clients: dict[str, redis.Redis] = {}
         self.signals: queue.SimpleQueue[int] = queue.SimpleQueue()
         self.stopping = False
         self.generation = 0
@@ -90,7 +93,7 @@ class Master:
         self.recovery = Recovery(self.outage)
         self._wake_r = self._wake_w = -1
         self._last_housekeeping = self._last_janitor = 0.0
-        self.board: Scoreboard | None = None
+        self.board: Scoreboard = None  # type: ignore[assignment]  # set by _start
         self.extensions: list = []
 
     # -- start-up ------------------------------------------------------------------------
@@ -249,9 +252,8 @@ class Master:
                 return
             if pid == 0:
                 return
-            proc = self.workers.pop(pid, None)
-            if proc is not None:
-                self._on_worker_exit(proc, status)
+            if pid in self.workers:
+                self._on_worker_exit(self.workers.pop(pid), status)
 
     def _on_worker_exit(self, proc: WorkerProc, status: int) -> None:
         slot = self.board.slot(proc.slot)
@@ -263,7 +265,7 @@ class Master:
         clean = code in CLEAN_EXITS
         reason = proc.kill_reason or CLEAN_EXITS.get(code) or (
             f"killed by {signal.Signals(-code).name}" if code < 0 else f"exit status {code}")
-        restart_kind = proc.kill_reason or (CLEAN_EXITS.get(code) if clean else "crash")
+        restart_kind = proc.kill_reason or (CLEAN_EXITS[code] if clean else "crash")
         self.restarts[restart_kind] = self.restarts.get(restart_kind, 0) + 1
         level = logging.INFO if clean else logging.ERROR
         log.log(level, "worker %s #%d (pid %d) exited: %s%s", proc.topic, proc.index, proc.pid,
@@ -495,9 +497,8 @@ class Master:
             self._kill(proc, "stop-timeout")
         while self.workers:
             pid, status = os.waitpid(-1, 0)
-            proc = self.workers.pop(pid, None)
-            if proc is not None:
-                self._on_worker_exit(proc, status)
+            if pid in self.workers:
+                self._on_worker_exit(self.workers.pop(pid), status)
         self.recovery.flush()
         self._call_extensions("stop")
         self.extensions = []
@@ -523,7 +524,7 @@ def _extension_factories(cfg: Config) -> list:
     """Master extensions for this config. Each is built with the master and has
     ``start(master)``, ``tick(master, now)`` (once a second, must not block) and
     ``stop(master)``; reload stops them and starts them again."""
-    factories = []
+    factories: list[Callable[[Master], Any]] = []
     if cfg.metrics is not None:
         from .metrics import MetricsExtension
         factories.append(MetricsExtension)

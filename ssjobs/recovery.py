@@ -9,6 +9,8 @@ import time
 from typing import Iterable, Protocol
 
 from .broker import CONNECTION_ERRORS, Broker, nodes_key
+from .config import JobConfig
+from .logs import OutageLogger
 
 log = logging.getLogger("ssjobs.master")
 
@@ -17,11 +19,11 @@ FLUSH_AT_STOP_S = 10.0   # a stopping master keeps retrying queued recoveries th
 
 class _Topic(Protocol):     # what recovery needs of the master's per-topic state
     broker: Broker
-    job: object
+    job: JobConfig
 
 
 class Recovery:
-    def __init__(self, outage: logging.Logger | object) -> None:
+    def __init__(self, outage: OutageLogger) -> None:
         self.outage = outage
         # (broker, worker name, charged job id, max_retries, label) awaiting Redis
         self.pending: list[tuple[Broker, str, str, int, str]] = []
