@@ -281,9 +281,9 @@ class Worker:
                                {"error": error})
 
     def _log_failure(self, job: envelope.Job, error: dict, tb: str, outcome: str) -> None:
-        level = logging.WARNING if error["type"] in (Retry.__name__,) else logging.ERROR
+        # SPEC §4b: every failed run (explicit Retry included) once, at ERROR
         extra = {"job_id": job.id, "topic": job.topic, "attempt": job.attempts}
-        log.log(level, "job %s on %r failed (attempt %d): %s: %s; %s%s", job.id, job.topic,
+        log.log(logging.ERROR, "job %s on %r failed (attempt %d): %s: %s; %s%s", job.id, job.topic,
                 job.attempts, error["type"], error["message"], outcome,
                 ("\n" + tb.rstrip()) if tb else "", extra=extra)
 
