@@ -18,12 +18,15 @@ def free_port() -> int:
 
 
 class RedisServer:
-    def __init__(self, workdir: Path) -> None:
+    def __init__(self, workdir: Path, *, durable: bool = False) -> None:
         binary = shutil.which("redis-server")
         if binary is None:
             raise RuntimeError("redis-server not found: apt-get install -y redis-server")
         self.binary = binary
         self.workdir = workdir
+        # durable: an fsync'd append-only file, so a killed server comes back with its data
+        self.persistence = (["--appendonly", "yes", "--appendfsync", "always"] if durable
+                            else ["--appendonly", "no"])
         self.port = 0
         self.proc: subprocess.Popen | None = None
 
@@ -36,7 +39,7 @@ class RedisServer:
             self.port = port or free_port()
             self.proc = subprocess.Popen(
                 [self.binary, "--port", str(self.port), "--bind", "127.0.0.1",
-                 "--save", "", "--appendonly", "no", "--dir", str(self.workdir),
+                 "--save", "", *self.persistence, "--dir", str(self.workdir),
                  "--logfile", str(self.workdir / "redis.log")],
                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             if self._wait_ready():
