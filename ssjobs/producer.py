@@ -9,7 +9,7 @@ import os
 import threading
 import time
 import weakref
-from typing import Any, Iterable
+from typing import Any, Iterable, Mapping
 
 from . import envelope
 from .broker import CONNECTION_ERRORS, TopicKeys, connect
@@ -19,32 +19,81 @@ CHUNK_SIZE = 1_000   # envelopes per LPUSH: big enough to amortise the round tri
                      # small enough to keep one command well under Redis' 512 MB limit
 
 
+class _Server:
+    """One Redis server: a pool for pipelines and reads, plus one connection per thread for
+    single pushes."""
+
+    def __init__(self, url: str, prefix: str) -> None:
+        self.prefix = prefix
+        self.client = connect(url)
+        self.local = threading.local()
+        self.own: weakref.WeakSet = weakref.WeakSet()
+
+    def command(self, *args: Any) -> Any:
+        """One command on this thread's own connection (made once and kept), skipping
+        redis-py's per-call pool and instrumentation work, which costs about a third of a
+        single push. One reconnect on a dropped link."""
+        local = self.local
+        for attempt in (1, 2):
+            conn = local.__dict__.get("conn")
+            if conn is None or local.pid != os.getpid():
+                # Not from the pool: the pool would keep a thread's connection alive after
+                # the thread is gone; this one is closed when the thread-local is dropped.
+                pool = self.client.connection_pool
+                conn = local.conn = pool.connection_class(**pool.connection_kwargs)
+                local.pid = os.getpid()
+                self.own.add(conn)
+            try:
+                conn.send_command(*args)
+                return conn.read_response()
+            except CONNECTION_ERRORS as exc:
+                conn.disconnect()
+                if attempt == 2:
+                    raise BrokerUnavailable(f"cannot push to redis: {exc}") from exc
+
+    def close(self) -> None:
+        for conn in list(self.own):
+            conn.disconnect()
+        self.client.close()
+        self.client.connection_pool.disconnect()
+
+
 class Producer:
-    """Thread-safe: every call borrows a connection from one pool."""
+    """Thread-safe. ``routes`` maps topics that live on another Redis to (url, prefix)."""
 
     def __init__(self, url: str = "redis://127.0.0.1:6379/0", *, prefix: str = "ssjobs",
-                 max_payload_bytes: int = envelope.DEFAULT_MAX_PAYLOAD_BYTES) -> None:
+                 max_payload_bytes: int = envelope.DEFAULT_MAX_PAYLOAD_BYTES,
+                 routes: Mapping[str, tuple[str, str]] | None = None) -> None:
         self.prefix = prefix
         self.max_payload_bytes = max_payload_bytes
-        self._client = connect(url)
-        self._keys: dict[str, TopicKeys] = {}
-        self._local = threading.local()
-        self._own: weakref.WeakSet = weakref.WeakSet()
+        self._default = _Server(url, prefix)
+        servers = {(url, prefix): self._default}
+        self._routes: dict[str, _Server] = {}
+        for topic, where in (routes or {}).items():
+            if where not in servers:
+                servers[where] = _Server(*where)
+            self._routes[topic] = servers[where]
+        self._servers = list(servers.values())
+        self._topics: dict[str, tuple[TopicKeys, _Server]] = {}
 
     @classmethod
     def from_config(cls, path: str | os.PathLike, **options: Any) -> Producer:
+        """A producer for the config's Redis, routing topics with their own [jobs.redis]."""
         from .config import load_config  # only when asked: keeps `import producer` light
 
         cfg = load_config(path)
-        return cls(cfg.redis.url, prefix=cfg.redis.prefix, **options)
+        routes = {job.topic: (job.redis.url, job.redis.prefix) for job in cfg.jobs
+                  if job.redis is not None and job.redis != cfg.redis}
+        return cls(cfg.redis.url, prefix=cfg.redis.prefix, routes=routes, **options)
 
-    def _topic_keys(self, topic: str) -> TopicKeys:
-        keys = self._keys.get(topic)
-        if keys is None:
+    def _topic(self, topic: str) -> tuple[TopicKeys, _Server]:
+        found = self._topics.get(topic)
+        if found is None:
             if not isinstance(topic, str) or not topic or "{" in topic or "}" in topic:
                 raise ValueError(f"invalid topic {topic!r}")
-            keys = self._keys[topic] = TopicKeys(self.prefix, topic)
-        return keys
+            server = self._routes.get(topic, self._default)
+            found = self._topics[topic] = (TopicKeys(server.prefix, topic), server)
+        return found
 
     def _envelope(self, topic: str, payload: Any, now: float) -> tuple[str, bytes]:
         body = envelope.encode_payload(payload)
@@ -56,40 +105,18 @@ class Producer:
 
     def push(self, topic: str, payload: Any = None, *, delay: float = 0) -> str:
         """Enqueue one job; returns its id. ``delay`` seconds: run no earlier than that."""
-        keys = self._topic_keys(topic)
+        keys, server = self._topic(topic)
         now = time.time()
         job_id, env = self._envelope(topic, payload, now)
         if delay and delay > 0:
-            self._command("ZADD", keys.delayed, now + delay, env)
+            server.command("ZADD", keys.delayed, now + delay, env)
         else:
-            self._command("LPUSH", keys.ready, env)
+            server.command("LPUSH", keys.ready, env)
         return job_id
-
-    def _command(self, *args: Any) -> Any:
-        """One command on this thread's own connection (taken from the pool once and kept),
-        skipping redis-py's per-call pool and instrumentation work, which costs about a
-        third of a single push. One reconnect on a dropped link."""
-        local = self._local
-        for attempt in (1, 2):
-            conn = local.__dict__.get("conn")
-            if conn is None or local.pid != os.getpid():
-                # Not from the pool: the pool would keep a thread's connection alive after
-                # the thread is gone; this one is closed when the thread-local is dropped.
-                pool = self._client.connection_pool
-                conn = local.conn = pool.connection_class(**pool.connection_kwargs)
-                local.pid = os.getpid()
-                self._own.add(conn)
-            try:
-                conn.send_command(*args)
-                return conn.read_response()
-            except CONNECTION_ERRORS as exc:
-                conn.disconnect()
-                if attempt == 2:
-                    raise BrokerUnavailable(f"cannot push to redis: {exc}") from exc
 
     def push_many(self, topic: str, payloads: Iterable[Any], *, delay: float = 0) -> list[str]:
         """Enqueue many jobs, pipelined in chunks; validates all before sending any."""
-        keys = self._topic_keys(topic)
+        keys, server = self._topic(topic)
         now = time.time()
         pairs = [self._envelope(topic, p, now) for p in payloads]
         if not pairs:
@@ -97,7 +124,7 @@ class Producer:
         ids = [job_id for job_id, _ in pairs]
         envs = [env for _, env in pairs]
         try:
-            pipe = self._client.pipeline(transaction=False)
+            pipe = server.client.pipeline(transaction=False)
             for start in range(0, len(envs), CHUNK_SIZE):
                 chunk = envs[start:start + CHUNK_SIZE]
                 if delay and delay > 0:
@@ -111,16 +138,15 @@ class Producer:
 
     def queue_size(self, topic: str) -> int:
         """Jobs waiting in ``ready`` (not delayed, not in flight)."""
+        keys, server = self._topic(topic)
         try:
-            return int(self._client.llen(self._topic_keys(topic).ready))
+            return int(server.client.llen(keys.ready))
         except CONNECTION_ERRORS as exc:
             raise BrokerUnavailable(f"cannot reach redis: {exc}") from exc
 
     def close(self) -> None:
-        for conn in list(self._own):
-            conn.disconnect()
-        self._client.close()
-        self._client.connection_pool.disconnect()
+        for server in self._servers:
+            server.close()
 
     def __enter__(self) -> Producer:
         return self

@@ -66,3 +66,26 @@ def test_thread_safe_pushes(redis_url):
             t.join()
         assert p.queue_size("t1") == 1600
         assert len(set(ids)) == 1600
+
+
+def test_from_config_routes_a_topic_to_its_own_redis(project, rclient, tmp_path):
+    from redis_server import RedisServer
+
+    other = RedisServer(tmp_path)
+    other.start()
+    try:
+        project.write_config([
+            {"topic": "here", "consumer": "m:f"},
+            {"topic": "there", "consumer": "m:f"},
+        ])
+        text = project.config.read_text() + f'[jobs.redis]\nurl = "{other.url}"\n'
+        project.config.write_text(text)
+        with Producer.from_config(project.config) as p:
+            p.push("here", 1)
+            p.push_many("there", [2, 3])
+            p.push("there", 4)
+            assert (p.queue_size("here"), p.queue_size("there")) == (1, 3)
+        assert rclient.llen("t:{here}:ready") == 1 and not rclient.exists("t:{there}:ready")
+        assert other.client().llen("t:{there}:ready") == 3  # prefix inherited from [redis]
+    finally:
+        other.stop()
