@@ -24,13 +24,26 @@ def _script_source(name: str) -> str:
     return resources.files("ssjobs.lua").joinpath(f"{name}.lua").read_text("utf-8")
 
 
-def connect(url: str, *, socket_timeout: float | None = 10.0) -> redis.Redis:
-    """A client with bytes replies; ``socket_timeout`` must exceed any blocking wait."""
+CLUSTER_SCHEMES = ("redis+cluster://", "rediss+cluster://")
+
+
+def connect(url: str, *, socket_timeout: float | None = 10.0,
+            connect_timeout: float = 5.0) -> redis.Redis:
+    """A client with bytes replies; ``socket_timeout`` must exceed any blocking wait.
+
+    ``redis+cluster://host:port`` (or ``rediss+cluster://``) names any node of a Redis
+    Cluster: every key of a topic shares one hash slot, so each operation stays on one node.
+    """
+    options = {"socket_timeout": socket_timeout, "socket_connect_timeout": connect_timeout}
     try:
-        return redis.Redis.from_url(url, socket_timeout=socket_timeout,
-                                    socket_connect_timeout=5.0, health_check_interval=0)
+        if url.startswith(CLUSTER_SCHEMES):
+            from redis.cluster import RedisCluster
+
+            plain = url.replace("+cluster", "", 1)
+            return RedisCluster.from_url(plain, **options)  # type: ignore[return-value]
+        return redis.Redis.from_url(url, health_check_interval=0, **options)
     except ValueError as exc:
-        raise BrokerUnavailable(f"invalid redis url {url!r}: {exc}") from None
+        raise BrokerUnavailable(f"invalid redis url: {exc}") from None
 
 
 def nodes_key(prefix: str) -> str:

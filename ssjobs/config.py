@@ -97,8 +97,8 @@ def _redis_url(v: str) -> str | None:
         return f"is not a valid URL ({e})"
     if url.scheme == "unix":
         return None if url.path else 'needs a socket path, e.g. "unix:///run/redis.sock"'
-    if url.scheme not in ("redis", "rediss"):
-        return "must start with redis://, rediss:// or unix://"
+    if url.scheme not in ("redis", "rediss", "redis+cluster", "rediss+cluster"):
+        return "must start with redis://, rediss://, unix:// or redis+cluster://"
     if not url.hostname or port == 0:
         return 'needs a host (and port 1..65535), e.g. "redis://127.0.0.1:6379/0"'
     db = url.path.strip("/")
@@ -163,8 +163,9 @@ class LogConfig:
 
 @dataclass(frozen=True)
 class RedisConfig:
-    url: str = setting("redis://127.0.0.1:6379/0", "redis://, rediss:// (TLS), unix:///path.sock",
-                       rule=_redis_url)
+    url: str = setting("redis://127.0.0.1:6379/0",
+                       "redis://, rediss:// (TLS), unix:///path.sock, "
+                       "redis+cluster://any-node:port", rule=_redis_url)
     prefix: str = setting("ssjobs", "key namespace",
                           rule=matches(r"[^\s{}]{1,64}", "1..64 characters, no space, { or }"))
 

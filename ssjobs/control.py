@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from .config import Config, load_config, load_data_dir
-from .errors import ConfigError, ControlError
+from .errors import ConfigError, ControlError, SsjobsError
 from .runtime import ReadyPipe, RuntimeFiles, pid_alive
 
 # Exit statuses (SPEC §4).
@@ -530,6 +530,7 @@ def check_redis(cfg: Config, timeout: float = REDIS_CHECK_TIMEOUT_S) -> list[str
     """PING every Redis the config names, and check its version; returns error lines."""
     import redis
 
+    from .broker import connect
     from .status import redact_url
 
     users: dict[str, list[str]] = {}
@@ -540,19 +541,17 @@ def check_redis(cfg: Config, timeout: float = REDIS_CHECK_TIMEOUT_S) -> list[str
     for url, topics in users.items():
         shown = redact_url(url)
         used = f" (topics {', '.join(topics)})" if topics else ""
-        client = redis.Redis.from_url(url, socket_timeout=timeout,
-                                      socket_connect_timeout=timeout)
         try:
+            client = connect(url, socket_timeout=timeout, connect_timeout=timeout)
             client.ping()
-            version = str(client.info("server").get("redis_version", "0"))
+            version = _server_version(client.info("server"))
         except redis.AuthenticationError as exc:
             lines.append(f"redis {shown}{used}: authentication failed: {exc}")
             continue
-        except (redis.RedisError, OSError) as exc:
+        except (redis.RedisError, OSError, SsjobsError) as exc:
             lines.append(f"redis {shown}{used}: unreachable: {exc}")
             continue
-        finally:
-            client.close()
+        client.close()
         numbers = tuple(int(p) if p.isdigit() else 0 for p in version.split(".")[:2])
         if numbers < MIN_REDIS_VERSION:
             lines.append(f"redis {shown}{used}: version {version} is too old "
@@ -578,3 +577,12 @@ def check_notifier(cfg: Config) -> str | None:
         return f"notifier {cfg.notifier.kind}: test message failed: {error}"
     say(f"notifier ok: test message sent via {cfg.notifier.kind}")
     return None
+
+
+def _server_version(info: dict) -> str:
+    """redis_version from INFO; a cluster client answers per node: the oldest counts."""
+    if "redis_version" in info:
+        return str(info["redis_version"])
+    versions = [str(v.get("redis_version", "0")) for v in info.values() if isinstance(v, dict)]
+    return min(versions, key=lambda v: tuple(int(p) for p in v.split(".") if p.isdigit()),
+               default="0")

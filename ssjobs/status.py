@@ -151,13 +151,12 @@ def topic_counters(cfg: Config, extra_topics: list[str],
 
 def _client(url: str, timeout: float) -> Any:
     """One cached client per URL and process (a forked child makes its own)."""
-    import redis
+    from .broker import connect
 
     key = (url, timeout, os.getpid())
     client = _clients.get(key)
     if client is None:
-        client = _clients[key] = redis.Redis.from_url(
-            url, socket_timeout=timeout, socket_connect_timeout=timeout, health_check_interval=0)
+        client = _clients[key] = connect(url, socket_timeout=timeout, connect_timeout=timeout)
     return client
 
 

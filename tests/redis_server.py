@@ -81,3 +81,43 @@ class RedisServer:
     def client(self) -> redis.Redis:
         return redis.Redis(port=self.port, socket_timeout=10)
 
+
+
+class RedisClusterServers:
+    """A 3-master Redis Cluster on free ports (no replicas), for the cluster tests."""
+
+    def __init__(self, workdir: Path, nodes: int = 3) -> None:
+        self.nodes = [RedisServer(_mkdir(workdir / f"node{i}")) for i in range(nodes)]
+        for node in self.nodes:
+            node.persistence = node.persistence + [
+                "--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf",
+                "--cluster-node-timeout", "2000"]
+
+    @property
+    def url(self) -> str:
+        return f"redis+cluster://127.0.0.1:{self.nodes[0].port}/0"
+
+    def start(self) -> None:
+        for node in self.nodes:
+            node.start()
+        cli = shutil.which("redis-cli") or "redis-cli"
+        subprocess.run([cli, "--cluster", "create",
+                        *[f"127.0.0.1:{n.port}" for n in self.nodes],
+                        "--cluster-replicas", "0", "--cluster-yes"],
+                       check=True, capture_output=True, timeout=60)
+        deadline = time.time() + 30
+        while time.time() < deadline:
+            states = [n.client().cluster("info").get("cluster_state") for n in self.nodes]
+            if all(s == "ok" for s in states):
+                return
+            time.sleep(0.1)
+        raise RuntimeError("redis cluster did not reach cluster_state:ok")
+
+    def stop(self) -> None:
+        for node in self.nodes:
+            node.stop()
+
+
+def _mkdir(path: Path) -> Path:
+    path.mkdir(parents=True, exist_ok=True)
+    return path
