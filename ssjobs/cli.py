@@ -174,9 +174,10 @@ def status(ctx: click.Context, as_json: bool, watch: bool, config: str | None) -
 def check(ctx: click.Context, notify: bool, config: str | None) -> int:
     """Validate every key of the config, import every consumer in a child process and ping
     every Redis. Exit 0 ok, 2 invalid, 1 the test message (--notify) failed."""
-    from . import control
 
-    return control.check(config_path(ctx, config), notify=notify)
+    from . import checks
+
+    return checks.check(config_path(ctx, config), notify=notify)
 
 
 # -- operator console: push, dead, top (logic in ssjobs.console) ---------------------------

@@ -1,0 +1,201 @@
+"""`ssjobs check`: validate the config, import every consumer in a child process, ping every
+Redis, and optionally send a test message through the notifier."""
+from __future__ import annotations
+
+import json
+import os
+import select
+import signal
+import sys
+import time
+from typing import Any
+
+from .config import Config, load_config
+from .control import EXIT_FAILED, EXIT_INVALID, EXIT_OK, fail, report_config_error, say
+from .errors import ConfigError, SsjobsError
+
+CHECK_IMPORT_TIMEOUT_S = 60.0   # importing every consumer must not take longer
+REDIS_CHECK_TIMEOUT_S = 3.0     # a healthy Redis answers PING at once
+MIN_REDIS_VERSION = (6, 2)      # LMOVE / LPOP count (SPEC §7)
+
+
+def check(cfg_path: str | os.PathLike, notify: bool = False) -> int:
+    """Validate the config, import every consumer in a child process, ping every Redis;
+    with ``notify`` send a test message. 0 ok, 2 invalid, 1 the test message failed."""
+    try:
+        cfg = load_config(cfg_path)
+    except ConfigError as exc:
+        report_config_error(exc)
+        return EXIT_INVALID
+    say(f"config ok: {cfg.path} ({len(cfg.jobs)} topic{'s' if len(cfg.jobs) != 1 else ''})")
+    problems = check_consumers(cfg) + check_redis(cfg)
+    for line in problems:
+        fail(line)
+    code = EXIT_INVALID if problems else EXIT_OK
+    if notify:
+        error = check_notifier(cfg)
+        if error:
+            fail(error)
+            code = code or EXIT_FAILED
+    return code
+
+
+def check_consumers(cfg: Config, timeout: float = CHECK_IMPORT_TIMEOUT_S) -> list[str]:
+    """Import (and instantiate, for classes) every consumer in a forked child, as a worker
+    would; the console process itself never runs consumer code. Returns error lines."""
+    topics: dict[str, list[str]] = {}
+    for job in cfg.jobs:
+        topics.setdefault(job.consumer, []).append(job.topic)
+    for path in cfg.process.consumer_path:
+        if not path.is_dir():
+            fail(f"warning: process.consumer_path: {path} is not a directory")
+    results = _import_in_child(cfg, list(topics), timeout)
+    lines = []
+    for spec, names in topics.items():
+        where = f"topic{'s' if len(names) > 1 else ''} {', '.join(names)}"
+        error = results.get(spec, "was not checked (the check process ended early)")
+        if error:
+            lines.append(f"{where}: {error}")
+        else:
+            say(f"consumer ok: {spec} ({where})")
+    return lines
+
+
+def _import_in_child(cfg: Config, specs: list[str], timeout: float) -> dict[str, str | None]:
+    """spec -> None (imported) or the error, from a forked child reporting line by line."""
+    read_fd, write_fd = os.pipe()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    pid = os.fork()
+    if pid == 0:  # the child: never returns
+        os.close(read_fd)
+        _import_child(cfg, specs, write_fd)
+    os.close(write_fd)
+    results: dict[str, str | None] = {}
+    current = None
+    timed_out = False
+    with os.fdopen(read_fd, "rb") as pipe:
+        deadline = time.monotonic() + timeout
+        buf = b""
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                timed_out = True
+                break
+            if not select.select([pipe], [], [], left)[0]:
+                continue
+            chunk = os.read(pipe.fileno(), 65536)
+            if not chunk:
+                break
+            buf += chunk
+            *lines, buf = buf.split(b"\n")
+            for line in lines:
+                event = json.loads(line)
+                if event[0] == "begin":
+                    current = event[1]
+                else:
+                    results[event[1]] = event[2]
+                    current = None
+    if timed_out:
+        os.kill(pid, signal.SIGKILL)
+    _, wstatus = os.waitpid(pid, 0)
+    if current is not None:
+        if timed_out:
+            results[current] = f"consumer {current!r}: import did not finish within {timeout:.0f}s"
+        elif os.WIFSIGNALED(wstatus):
+            name = signal.Signals(os.WTERMSIG(wstatus)).name
+            results[current] = f"consumer {current!r}: importing it killed the process ({name})"
+        else:
+            results[current] = (f"consumer {current!r}: importing it ended the process "
+                                f"(exit status {os.waitstatus_to_exitcode(wstatus)})")
+    return results
+
+
+def _import_child(cfg: Config, specs: list[str], write_fd: int) -> None:
+    """In the forked child: report each import as JSON lines, then leave with os._exit."""
+    try:
+        from .loader import add_consumer_path, load_consumer
+
+        devnull = os.open(os.devnull, os.O_RDWR)
+        for fd in (0, 1, 2):  # consumer modules may print; keep check's output clean
+            os.dup2(devnull, fd)
+        add_consumer_path(cfg.process.consumer_path)
+        for spec in specs:
+            _emit(write_fd, ["begin", spec])
+            try:
+                load_consumer(spec)
+                error = None
+            except BaseException as exc:  # noqa: BLE001 - SystemExit in a module included
+                error = str(exc) if exc.__class__.__name__ == "ConsumerImportError" else \
+                    f"consumer {spec!r}: importing it raised {type(exc).__name__}: {exc}"
+            _emit(write_fd, ["done", spec, error])
+    finally:
+        os._exit(0)
+
+
+def _emit(fd: int, event: list[Any]) -> None:
+    data = (json.dumps(event) + "\n").encode()
+    while data:
+        data = data[os.write(fd, data):]
+
+
+def check_redis(cfg: Config, timeout: float = REDIS_CHECK_TIMEOUT_S) -> list[str]:
+    """PING every Redis the config names, and check its version; returns error lines."""
+    import redis
+
+    from .broker import connect
+    from .status import redact_url
+
+    users: dict[str, list[str]] = {}
+    for job in cfg.jobs:
+        users.setdefault(cfg.redis_for(job).url, []).append(job.topic)
+    users.setdefault(cfg.redis.url, [])
+    lines = []
+    for url, topics in users.items():
+        shown = redact_url(url)
+        used = f" (topics {', '.join(topics)})" if topics else ""
+        try:
+            client = connect(url, socket_timeout=timeout, connect_timeout=timeout)
+            client.ping()
+            version = _server_version(client.info("server"))
+        except redis.AuthenticationError as exc:
+            lines.append(f"redis {shown}{used}: authentication failed: {exc}")
+            continue
+        except (redis.RedisError, OSError, SsjobsError) as exc:
+            lines.append(f"redis {shown}{used}: unreachable: {exc}")
+            continue
+        client.close()
+        numbers = tuple(int(p) if p.isdigit() else 0 for p in version.split(".")[:2])
+        if numbers < MIN_REDIS_VERSION:
+            lines.append(f"redis {shown}{used}: version {version} is too old "
+                         f"(ssjobs needs {'.'.join(map(str, MIN_REDIS_VERSION))} or newer)")
+        else:
+            say(f"redis ok: {shown} (version {version}){used}")
+    return lines
+
+
+def check_notifier(cfg: Config) -> str | None:
+    """Send one test message through [notifier]; None, or the error line."""
+    from .errors import NotifyError
+    from .notify import make_notifier, send_test_message
+
+    if cfg.notifier is None:
+        return "check --notify: no [notifier] section in the config"
+    try:
+        notifier = make_notifier(cfg.notifier.kind, cfg.notifier.params)
+    except NotifyError as exc:
+        return f"notifier: {exc}"
+    error = send_test_message(notifier)
+    if error:
+        return f"notifier {cfg.notifier.kind}: test message failed: {error}"
+    say(f"notifier ok: test message sent via {cfg.notifier.kind}")
+    return None
+
+
+def _server_version(info: dict) -> str:
+    """redis_version from INFO; a cluster client answers per node: the oldest counts."""
+    if "redis_version" in info:
+        return str(info["redis_version"])
+    versions = [str(v.get("redis_version", "0")) for v in info.values() if isinstance(v, dict)]
+    return min(versions, key=lambda v: tuple(int(p) for p in v.split(".") if p.isdigit()),
+               default="0")
