@@ -19,6 +19,22 @@ CHUNK_SIZE = 1_000   # envelopes per LPUSH: big enough to amortise the round tri
                      # small enough to keep one command well under Redis' 512 MB limit
 
 
+def check_topic(topic: Any) -> None:
+    if not isinstance(topic, str) or not topic or "{" in topic or "}" in topic:
+        raise ValueError(f"invalid topic {topic!r}")
+
+
+def make_envelope(topic: str, payload: Any, now: float, max_payload_bytes: int,
+                  ) -> tuple[str, bytes]:
+    """(job id, envelope); TypeError/ValueError before anything reaches Redis."""
+    body = envelope.encode_payload(payload)
+    if len(body) > max_payload_bytes:
+        raise ValueError(f"payload is {len(body)} bytes encoded, over max_payload_bytes="
+                         f"{max_payload_bytes}")
+    job_id = envelope.new_id(now)
+    return job_id, envelope.build(job_id, topic, body, 0, now, None)
+
+
 class _Server:
     """One Redis server: a pool for pipelines and reads, plus one connection per thread for
     single pushes."""
@@ -96,19 +112,13 @@ class Producer:
     def _topic(self, topic: str) -> tuple[TopicKeys, _Server]:
         found = self._topics.get(topic)
         if found is None:
-            if not isinstance(topic, str) or not topic or "{" in topic or "}" in topic:
-                raise ValueError(f"invalid topic {topic!r}")
+            check_topic(topic)
             server = self._routes.get(topic, self._default)
             found = self._topics[topic] = (TopicKeys(server.prefix, topic), server)
         return found
 
     def _envelope(self, topic: str, payload: Any, now: float) -> tuple[str, bytes]:
-        body = envelope.encode_payload(payload)
-        if len(body) > self.max_payload_bytes:
-            raise ValueError(f"payload is {len(body)} bytes encoded, over max_payload_bytes="
-                             f"{self.max_payload_bytes}")
-        job_id = envelope.new_id(now)
-        return job_id, envelope.build(job_id, topic, body, 0, now, None)
+        return make_envelope(topic, payload, now, self.max_payload_bytes)
 
     def push(self, topic: str, payload: Any = None, *, delay: float = 0) -> str:
         """Enqueue one job; returns its id. ``delay`` seconds: run no earlier than that."""

@@ -89,3 +89,25 @@ def test_from_config_routes_a_topic_to_its_own_redis(project, rclient, tmp_path)
         assert other.client().llen("t:{there}:ready") == 3  # prefix inherited from [redis]
     finally:
         other.stop()
+
+
+def test_async_producer_is_the_same_wire_format(redis_url, rclient):
+    import asyncio
+
+    from ssjobs.aio import AsyncProducer
+
+    async def main():
+        async with AsyncProducer(redis_url, prefix="t", max_payload_bytes=100) as p:
+            one = await p.push("q", {"a": 1})
+            many = await p.push_many("q", [1, 2, 3])
+            await p.push("q", 4, delay=60)
+            with pytest.raises(TypeError):
+                await p.push_many("q", [1, {2}])
+            with pytest.raises(ValueError):
+                await p.push("q", "x" * 200)
+            return [one, *many], await p.queue_size("q")
+
+    ids, size = asyncio.run(main())
+    assert size == 4
+    assert [j.id for j in reversed(ready(rclient, "q"))] == ids
+    assert rclient.zcard("t:{q}:delayed") == 1
