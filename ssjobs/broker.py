@@ -25,6 +25,8 @@ def _script_source(name: str) -> str:
 
 
 CLUSTER_SCHEMES = ("redis+cluster://", "rediss+cluster://")
+SENTINEL_SCHEMES = ("redis+sentinel://", "rediss+sentinel://")
+SENTINEL_PORT = 26379
 
 
 def connect(url: str, *, socket_timeout: float | None = 10.0,
@@ -33,9 +35,13 @@ def connect(url: str, *, socket_timeout: float | None = 10.0,
 
     ``redis+cluster://host:port`` (or ``rediss+cluster://``) names any node of a Redis
     Cluster: every key of a topic shares one hash slot, so each operation stays on one node.
+    ``redis+sentinel://[:password@]host:port[,host:port...]/service[/db]`` asks those
+    Sentinels for the current master of ``service`` (and again after a failover).
     """
     options = {"socket_timeout": socket_timeout, "socket_connect_timeout": connect_timeout}
     try:
+        if url.startswith(SENTINEL_SCHEMES):
+            return _sentinel_master(url, options)
         if url.startswith(CLUSTER_SCHEMES):
             from redis.cluster import RedisCluster
 
@@ -44,6 +50,26 @@ def connect(url: str, *, socket_timeout: float | None = 10.0,
         return redis.Redis.from_url(url, health_check_interval=0, **options)
     except ValueError as exc:
         raise BrokerUnavailable(f"invalid redis url: {exc}") from None
+
+
+def _sentinel_master(url: str, options: dict) -> redis.Redis:
+    from urllib.parse import unquote, urlsplit
+
+    from redis.sentinel import Sentinel
+
+    parts = urlsplit(url)
+    hosts = []
+    for host in parts.netloc.rpartition("@")[2].split(","):
+        name, _, port = host.rpartition(":") if ":" in host else (host, "", "")
+        hosts.append((name, int(port) if port else SENTINEL_PORT))
+    service, _, db = parts.path.strip("/").partition("/")
+    if not service:
+        raise ValueError("a sentinel URL names the service: redis+sentinel://host:port/NAME")
+    password = unquote(parts.password) if parts.password else None
+    sentinel = Sentinel(hosts, sentinel_kwargs={"socket_timeout": 5.0,
+                                                "socket_connect_timeout": 5.0})
+    return sentinel.master_for(service, db=int(db or 0), password=password,
+                               ssl=url.startswith("rediss"), **options)
 
 
 def nodes_key(prefix: str) -> str:

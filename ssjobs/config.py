@@ -90,6 +90,8 @@ def _topic(v: str) -> str | None:
 
 def _redis_url(v: str) -> str | None:
     """Check a Redis URL without echoing it: it may carry a password."""
+    if v.startswith(("redis+sentinel://", "rediss+sentinel://")):
+        return _sentinel_url(v)
     try:
         url = urlsplit(v)
         port = url.port
@@ -98,10 +100,24 @@ def _redis_url(v: str) -> str | None:
     if url.scheme == "unix":
         return None if url.path else 'needs a socket path, e.g. "unix:///run/redis.sock"'
     if url.scheme not in ("redis", "rediss", "redis+cluster", "rediss+cluster"):
-        return "must start with redis://, rediss://, unix:// or redis+cluster://"
+        return "must start with redis://, rediss://, unix://, redis+cluster:// or redis+sentinel://"
     if not url.hostname or port == 0:
         return 'needs a host (and port 1..65535), e.g. "redis://127.0.0.1:6379/0"'
     db = url.path.strip("/")
+    return None if not db or (db.isascii() and db.isdigit()) else "database must be a number"
+
+
+def _sentinel_url(v: str) -> str | None:
+    rest = v.split("://", 1)[1]
+    hosts, _, path = rest.partition("/")
+    service, _, db = path.partition("/")
+    for host in hosts.rpartition("@")[2].split(","):
+        name, _, port = host.rpartition(":") if ":" in host else (host, "", "")
+        if not name or (port and not (port.isdigit() and 0 < int(port) < 65536)):
+            return 'needs sentinel host:port pairs, e.g. "redis+sentinel://10.0.0.1:26379/mymaster"'
+    if not service:
+        return 'needs the service name, e.g. "redis+sentinel://10.0.0.1:26379/mymaster"'
+    db = db.strip("/")
     return None if not db or (db.isascii() and db.isdigit()) else "database must be a number"
 
 
@@ -165,7 +181,8 @@ class LogConfig:
 class RedisConfig:
     url: str = setting("redis://127.0.0.1:6379/0",
                        "redis://, rediss:// (TLS), unix:///path.sock, "
-                       "redis+cluster://any-node:port", rule=_redis_url)
+                       "redis+cluster://node:port, redis+sentinel://host:port/service",
+                       rule=_redis_url)
     prefix: str = setting("ssjobs", "key namespace",
                           rule=matches(r"[^\s{}]{1,64}", "1..64 characters, no space, { or }"))
 

@@ -11,6 +11,8 @@ import time
 import weakref
 from typing import Any, Iterable, Mapping
 
+from redis import ConnectionPool
+
 from . import envelope
 from .broker import CONNECTION_ERRORS, TopicKeys, connect
 from .errors import BrokerUnavailable
@@ -42,6 +44,9 @@ class _Server:
     def __init__(self, url: str, prefix: str) -> None:
         self.prefix = prefix
         self.client = connect(url)
+        # Own connections only for a plain pool: a Sentinel- or Cluster-managed connection
+        # made outside its pool would not know which server to talk to.
+        self.direct = type(getattr(self.client, "connection_pool", None)) is ConnectionPool
         self.local = threading.local()
         self.own: weakref.WeakSet = weakref.WeakSet()
 
@@ -49,7 +54,7 @@ class _Server:
         """One command on this thread's own connection (made once and kept), skipping
         redis-py's per-call pool and instrumentation work, which costs about a third of a
         single push. One reconnect on a dropped link."""
-        if not hasattr(self.client, "connection_pool"):  # a cluster client routes by key
+        if not self.direct:  # a cluster or sentinel client must route each command itself
             try:
                 return self.client.execute_command(*args)
             except CONNECTION_ERRORS as exc:

@@ -121,3 +121,45 @@ class RedisClusterServers:
 def _mkdir(path: Path) -> Path:
     path.mkdir(parents=True, exist_ok=True)
     return path
+
+
+class SentinelServers:
+    """A Redis master watched by one Sentinel (quorum 1), service name ``mymaster``."""
+
+    def __init__(self, workdir: Path) -> None:
+        self.workdir = workdir
+        self.master = RedisServer(_mkdir(workdir / "master"))
+        self.port = 0
+        self.proc: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis+sentinel://127.0.0.1:{self.port}/mymaster/0"
+
+    def start(self) -> None:
+        self.master.start()
+        for _ in range(5):
+            self.port = free_port()
+            conf = self.workdir / "sentinel.conf"
+            conf.write_text(f"port {self.port}\nbind 127.0.0.1\ndir {self.workdir}\n"
+                            f"sentinel monitor mymaster 127.0.0.1 {self.master.port} 1\n")
+            self.proc = subprocess.Popen([self.master.binary, str(conf), "--sentinel"],
+                                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            client = redis.Redis(port=self.port, socket_timeout=0.5)
+            deadline = time.time() + 10
+            while time.time() < deadline and self.proc.poll() is None:
+                try:
+                    if client.sentinel_get_master_addr_by_name("mymaster"):
+                        return
+                except redis.RedisError:
+                    pass
+                time.sleep(0.05)
+            self.proc.kill()
+            self.proc.wait()
+        raise RuntimeError("redis sentinel did not start")
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(5)
+        self.master.stop()

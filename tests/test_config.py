@@ -248,7 +248,7 @@ def test_job_lookup_and_per_topic_redis(tmp_path):
     (text(tail=f'[[jobs]]\ntopic = "{"é" * 33}"\nconsumer = "m:f"\n'),
      "jobs[1].topic (line 12): must be at most 64 bytes (UTF-8), got 66"),
     (text(tail='[redis]\nurl = "http://localhost:6379"\n'),
-     "redis.url (line 12): must start with redis://, rediss://, unix:// or redis+cluster://"),
+     "redis.url (line 12): must start with redis://, rediss://, unix://, redis+cluster:// or redis+sentinel://"),
     (text(tail='[redis]\nurl = "unix://"\n'),
      'redis.url (line 12): needs a socket path, e.g. "unix:///run/redis.sock"'),
     (text(tail='[redis]\nurl = "redis://:secret@:6379/0"\n'),
@@ -258,7 +258,8 @@ def test_job_lookup_and_per_topic_redis(tmp_path):
     (text(tail='[redis]\nprefix = "a{b}"\n'),
      'redis.prefix (line 12): must be 1..64 characters, no space, { or }, got "a{b}"'),
     (text(job='redis = { url = "ftp://x" }'),
-     "jobs[0].redis.url (line 10): must start with redis://, rediss://, unix:// or redis+cluster://"),
+     "jobs[0].redis.url (line 10): must start with redis://, rediss://, unix://, "
+     "redis+cluster:// or redis+sentinel://"),
     (text(tail='[metrics]\nlisten = "localhost"\n'),
      'metrics.listen (line 12): must be "host:port" (e.g. "127.0.0.1:9108"), got "localhost"'),
     (text(tail='[metrics]\nlisten = "localhost:70000"\n'),
