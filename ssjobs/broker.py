@@ -24,6 +24,11 @@ def _script_source(name: str) -> str:
     return resources.files("ssjobs.lua").joinpath(f"{name}.lua").read_text("utf-8")
 
 
+def _with_take(name: str) -> str:
+    """A script that calls take(): take.lua's function, then the script."""
+    return _script_source("take") + "\n" + _script_source(name)
+
+
 CLUSTER_SCHEMES = ("redis+cluster://", "rediss+cluster://")
 SENTINEL_SCHEMES = ("redis+sentinel://", "rediss+sentinel://")
 SENTINEL_PORT = 26379
@@ -100,8 +105,8 @@ class Broker:
     def __init__(self, client: redis.Redis, prefix: str, topic: str) -> None:
         self.client = client
         self.keys = TopicKeys(prefix, topic)
-        self._fetch = client.register_script(_script_source("fetch"))
-        self._settle = client.register_script(_script_source("settle"))
+        self._fetch = client.register_script(_with_take("fetch"))
+        self._settle = client.register_script(_with_take("settle"))
         self._recover = client.register_script(_script_source("recover"))
         self._promote = client.register_script(_script_source("promote"))
 

@@ -8,16 +8,5 @@
 -- ARGV[3] max delayed jobs to promote in this call
 -- returns {jobs taken (oldest first), next_due}: next_due is '' unless no job was taken,
 -- then the due time of the next delayed job ('' if none), so an idle worker knows when to
--- look again
-local due = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', ARGV[2], 'LIMIT', 0, ARGV[3])
-if #due > 0 then
-  redis.call('ZREM', KEYS[2], unpack(due))
-  redis.call('LPUSH', KEYS[1], unpack(due))
-end
-local items = redis.call('RPOP', KEYS[1], ARGV[1])
-if not items then
-  local nxt = redis.call('ZRANGE', KEYS[2], 0, 0, 'WITHSCORES')
-  return {{}, nxt[2] or ''}
-end
-redis.call('LPUSH', KEYS[3], unpack(items))
-return {items, ''}
+-- look again (see take.lua)
+return take(KEYS[1], KEYS[2], KEYS[3], ARGV[1], ARGV[2], ARGV[3])

@@ -1,6 +1,7 @@
 -- settle: finish a fetched batch and (optionally) fetch the next one, in one round trip.
 -- The worker's in-flight list holds exactly the batch, so it is dropped whole; failures and
--- unstarted jobs are re-added; then, like fetch.lua, up to ARGV[7] jobs are taken.
+-- unstarted jobs are re-added; then, like fetch.lua, up to ARGV[7] jobs are taken
+-- (take.lua).
 -- KEYS[1] ready     LIST
 -- KEYS[2] delayed   ZSET
 -- KEYS[3] inflight  LIST  this worker's in-flight jobs
@@ -36,15 +37,4 @@ if n_dead > 0 then redis.call('HINCRBY', KEYS[5], 'dead', n_dead) end
 if ARGV[7] == '0' then
   return {{}, ''}
 end
-local due = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', ARGV[8], 'LIMIT', 0, ARGV[9])
-if #due > 0 then
-  redis.call('ZREM', KEYS[2], unpack(due))
-  redis.call('LPUSH', KEYS[1], unpack(due))
-end
-local items = redis.call('RPOP', KEYS[1], ARGV[7])
-if not items then
-  local nxt = redis.call('ZRANGE', KEYS[2], 0, 0, 'WITHSCORES')
-  return {{}, nxt[2] or ''}
-end
-redis.call('LPUSH', KEYS[3], unpack(items))
-return {items, ''}
+return take(KEYS[1], KEYS[2], KEYS[3], ARGV[7], ARGV[8], ARGV[9])
