@@ -14,7 +14,7 @@ import redis.asyncio as aioredis
 from . import envelope
 from .broker import CONNECTION_ERRORS, TopicKeys
 from .errors import BrokerUnavailable
-from .producer import CHUNK_SIZE, check_topic, make_envelope
+from .producer import check_topic, make_envelope, push_command, queue_pushes
 
 
 class AsyncProducer:
@@ -39,10 +39,7 @@ class AsyncProducer:
         now = time.time()
         job_id, env = make_envelope(topic, payload, now, self.max_payload_bytes)
         try:
-            if delay and delay > 0:
-                await self._client.zadd(keys.delayed, {env: now + delay})
-            else:
-                await self._client.lpush(keys.ready, env)
+            await self._client.execute_command(*push_command(keys, env, now, delay))
         except CONNECTION_ERRORS as exc:
             raise BrokerUnavailable(f"cannot push to redis: {exc}") from exc
         return job_id
@@ -55,15 +52,9 @@ class AsyncProducer:
         pairs = [make_envelope(topic, p, now, self.max_payload_bytes) for p in payloads]
         if not pairs:
             return []
-        envs = [env for _, env in pairs]
         try:
             async with self._client.pipeline(transaction=False) as pipe:
-                for start in range(0, len(envs), CHUNK_SIZE):
-                    chunk = envs[start:start + CHUNK_SIZE]
-                    if delay and delay > 0:
-                        pipe.zadd(keys.delayed, dict.fromkeys(chunk, now + delay))
-                    else:
-                        pipe.lpush(keys.ready, *chunk)
+                queue_pushes(pipe, keys, [env for _, env in pairs], now, delay)
                 await pipe.execute()
         except CONNECTION_ERRORS as exc:
             raise BrokerUnavailable(f"cannot push to redis: {exc}") from exc

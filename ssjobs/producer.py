@@ -37,6 +37,24 @@ def make_envelope(topic: str, payload: Any, now: float, max_payload_bytes: int,
     return job_id, envelope.build(job_id, topic, body, 0, now, None)
 
 
+def push_command(keys: TopicKeys, env: bytes, now: float, delay: float) -> tuple:
+    """The one Redis command that enqueues ``env``: LPUSH on ready, or ZADD on delayed."""
+    if delay and delay > 0:
+        return ("ZADD", keys.delayed, now + delay, env)
+    return ("LPUSH", keys.ready, env)
+
+
+def queue_pushes(pipe: Any, keys: TopicKeys, envs: list[bytes], now: float,
+                 delay: float) -> None:
+    """Add the chunked commands enqueueing ``envs`` to a pipeline (sync or asyncio)."""
+    for start in range(0, len(envs), CHUNK_SIZE):
+        chunk = envs[start:start + CHUNK_SIZE]
+        if delay and delay > 0:
+            pipe.zadd(keys.delayed, dict.fromkeys(chunk, now + delay))
+        else:
+            pipe.lpush(keys.ready, *chunk)
+
+
 class _Server:
     """One Redis server: a pool for pipelines and reads, plus one connection per thread for
     single pushes."""
@@ -122,37 +140,25 @@ class Producer:
             found = self._topics[topic] = (TopicKeys(server.prefix, topic), server)
         return found
 
-    def _envelope(self, topic: str, payload: Any, now: float) -> tuple[str, bytes]:
-        return make_envelope(topic, payload, now, self.max_payload_bytes)
-
     def push(self, topic: str, payload: Any = None, *, delay: float = 0) -> str:
         """Enqueue one job; returns its id. ``delay`` seconds: run no earlier than that."""
         keys, server = self._topic(topic)
         now = time.time()
-        job_id, env = self._envelope(topic, payload, now)
-        if delay and delay > 0:
-            server.command("ZADD", keys.delayed, now + delay, env)
-        else:
-            server.command("LPUSH", keys.ready, env)
+        job_id, env = make_envelope(topic, payload, now, self.max_payload_bytes)
+        server.command(*push_command(keys, env, now, delay))
         return job_id
 
     def push_many(self, topic: str, payloads: Iterable[Any], *, delay: float = 0) -> list[str]:
         """Enqueue many jobs, pipelined in chunks; validates all before sending any."""
         keys, server = self._topic(topic)
         now = time.time()
-        pairs = [self._envelope(topic, p, now) for p in payloads]
+        pairs = [make_envelope(topic, p, now, self.max_payload_bytes) for p in payloads]
         if not pairs:
             return []
         ids = [job_id for job_id, _ in pairs]
-        envs = [env for _, env in pairs]
         try:
             pipe = server.client.pipeline(transaction=False)
-            for start in range(0, len(envs), CHUNK_SIZE):
-                chunk = envs[start:start + CHUNK_SIZE]
-                if delay and delay > 0:
-                    pipe.zadd(keys.delayed, dict.fromkeys(chunk, now + delay))
-                else:
-                    pipe.lpush(keys.ready, *chunk)
+            queue_pushes(pipe, keys, [env for _, env in pairs], now, delay)
             pipe.execute()
         except CONNECTION_ERRORS as exc:
             raise BrokerUnavailable(f"cannot push to redis: {exc}") from exc
