@@ -18,7 +18,7 @@ from pathlib import Path
 
 from .config import Config, load_config, load_data_dir
 from .errors import ConfigError, ControlError
-from .runtime import ReadyPipe, RuntimeFiles, pid_alive
+from .runtime import ReadyPipe, RuntimeFiles, parent_pid, pid_alive, send_signal
 
 # Exit statuses (SPEC §4).
 EXIT_OK = 0
@@ -249,22 +249,12 @@ def worker_pids(files: RuntimeFiles, master_pid: int) -> list[int]:
     from .status import read_scoreboard
 
     workers, _ = read_scoreboard(files)
-    return [w["pid"] for w in workers if _parent_of(w["pid"]) == master_pid]
-
-
-def _parent_of(pid: int) -> int | None:
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            return int(f.read().rsplit(b")", 1)[1].split()[1])
-    except (OSError, ValueError, IndexError):
-        return None
+    return [w["pid"] for w in workers if parent_pid(w["pid"]) == master_pid]
 
 
 def _signal(pid: int, sig: int) -> None:
     try:
-        os.kill(pid, sig)
-    except ProcessLookupError:
-        pass
+        send_signal(pid, sig)
     except PermissionError:
         raise ControlError(f"no permission to signal pid {pid} "
                            "(run as the user that started ssjobs, or root)") from None

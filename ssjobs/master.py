@@ -24,7 +24,14 @@ from .broker import CONNECTION_ERRORS, Broker, connect, nodes_key
 from .config import Config, ConfigError, JobConfig, load_config
 from .loader import add_consumer_path
 from .recovery import Recovery
-from .runtime import ReadyPipe, RuntimeFiles, drop_privileges, set_title, wait_pids_gone
+from .runtime import (
+    ReadyPipe,
+    RuntimeFiles,
+    drop_privileges,
+    send_signal,
+    set_title,
+    wait_pids_gone,
+)
 from .scoreboard import BUSY, HEARTBEAT, IDLE, JOB_STARTED_AT, PID, STATE, Scoreboard
 
 log = logging.getLogger("ssjobs.master")
@@ -205,7 +212,7 @@ class Master:
         alive = wait_pids_gone(leftovers, self.cfg.process.stop_timeout)
         for pid in alive:
             log.warning("leftover worker %d of the previous master still alive: killing", pid)
-            _kill(pid, signal.SIGKILL)
+            send_signal(pid, signal.SIGKILL)
         self.recovery.previous_master(self.topics.values(), f"{socket.gethostname()}:{old_pid}")
 
     # -- the loop ------------------------------------------------------------------------
@@ -310,12 +317,12 @@ class Master:
 
     def _kill(self, proc: WorkerProc, reason: str) -> None:
         proc.kill_reason = proc.kill_reason or reason
-        _kill(proc.pid, signal.SIGKILL)
+        send_signal(proc.pid, signal.SIGKILL)
 
     def _terminate(self, proc: WorkerProc) -> None:
         if proc.term_sent_at is None:
             proc.term_sent_at = time.monotonic()
-            _kill(proc.pid, signal.SIGTERM)
+            send_signal(proc.pid, signal.SIGTERM)
 
     def _manage_workers(self) -> None:
         if self.stopping:
@@ -481,7 +488,7 @@ class Master:
 
     def _signal_all(self, sig: int) -> None:
         for pid in list(self.workers):
-            _kill(pid, sig)
+            send_signal(pid, sig)
 
     def _shutdown(self) -> None:
         self.stopping = True
@@ -532,13 +539,6 @@ def _extension_factories(cfg: Config) -> list:
         from .alerts import AlertsExtension
         factories.append(AlertsExtension)
     return factories
-
-
-def _kill(pid: int, sig: int) -> None:
-    try:
-        os.kill(pid, sig)
-    except ProcessLookupError:
-        pass
 
 
 def serve(cfg: Config, *, ready_fd: int | None = None) -> int:

@@ -159,6 +159,42 @@ class RuntimeFiles:
         return fixed
 
 
+def proc_stat(pid: int) -> list[bytes] | None:
+    """The fields of /proc/PID/stat after the command name, which may hold spaces and
+    parentheses: state is [0], the parent pid [1], the start time in clock ticks [19].
+    None when the process is gone."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            return f.read().rsplit(b")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+
+
+def parent_pid(pid: int) -> int | None:
+    fields = proc_stat(pid)
+    return int(fields[1]) if fields else None
+
+
+def children(pid: int) -> list[tuple[int, str]]:
+    """(pid, state) of every direct child of ``pid``, zombies ("Z") included."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            fields = proc_stat(int(entry))
+            if fields and int(fields[1]) == pid:
+                found.append((int(entry), fields[0].decode()))
+    return found
+
+
+def send_signal(pid: int, sig: int) -> bool:
+    """Signal ``pid``; False if it is already gone (PermissionError propagates)."""
+    try:
+        os.kill(pid, sig)
+    except ProcessLookupError:
+        return False
+    return True
+
+
 def pid_alive(pid: int) -> bool:
     """Alive and not a zombie."""
     if pid <= 0:
@@ -169,11 +205,8 @@ def pid_alive(pid: int) -> bool:
         return False
     except PermissionError:
         return True
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            return f.read().rsplit(b")", 1)[1].split()[0] != b"Z"
-    except (FileNotFoundError, IndexError):
-        return False
+    fields = proc_stat(pid)
+    return fields is not None and fields[0] != b"Z"
 
 
 def drop_privileges(user: str, dirs: list[Path]) -> None:

@@ -23,7 +23,7 @@ from urllib.parse import urlsplit, urlunsplit
 from . import __version__
 from .config import Config
 from .metrics import percentiles_ms, topic_histograms
-from .runtime import RuntimeFiles, write_atomic
+from .runtime import RuntimeFiles, proc_stat, write_atomic
 
 RATES_NAME = "rates.json"
 RATE_WINDOW_S = 60.0         # rate_1m: the window the rate is measured over
@@ -187,9 +187,11 @@ def _started_at(pid: int, header: dict | None) -> float | None:
 
 def process_start_time(pid: int) -> float | None:
     """Epoch seconds when ``pid`` started (from /proc), or None."""
+    fields = proc_stat(pid)
+    if fields is None:
+        return None
     try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            ticks = int(f.read().rsplit(b")", 1)[1].split()[19])
+        ticks = int(fields[19])
         with open("/proc/stat", "rb") as f:
             btime = next(int(line.split()[1]) for line in f if line.startswith(b"btime"))
         return btime + ticks / os.sysconf("SC_CLK_TCK")

@@ -7,7 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from ssjobs.runtime import ReadyPipe, RuntimeFiles, pid_alive, wait_pids_gone
+from ssjobs.runtime import ReadyPipe, RuntimeFiles, children, pid_alive, wait_pids_gone
 from ssjobs.scoreboard import Scoreboard
 
 SERVE = ("import sys; from ssjobs.config import load_config; from ssjobs.master import serve; "
@@ -56,19 +56,9 @@ class MasterProc:
             self.signal(signal.SIGTERM)
         return self.proc.wait(timeout)
 
-    def children(self) -> list[int]:
+    def children(self) -> list[tuple[int, str]]:
         """Direct children of the master, zombies included, from /proc."""
-        out = []
-        for entry in os.listdir("/proc"):
-            if entry.isdigit():
-                try:
-                    with open(f"/proc/{entry}/stat") as f:
-                        fields = f.read().rsplit(")", 1)[1].split()
-                except OSError:
-                    continue
-                if int(fields[1]) == self.pid:
-                    out.append((int(entry), fields[0]))
-        return out
+        return children(self.pid)
 
     def zombies(self) -> list[int]:
         return [pid for pid, state in self.children() if state == "Z"]

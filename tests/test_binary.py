@@ -22,7 +22,7 @@ import pytest
 from conftest import ROOT, wait_for
 
 from ssjobs.producer import Producer
-from ssjobs.runtime import pid_alive
+from ssjobs.runtime import children, parent_pid, pid_alive
 
 BINARY = Path(os.environ.get("SSJOBS_BINARY") or ROOT / "dist" / "ssjobs").resolve()
 MARKER = "ssjobs-unpacked-here"  # written by build_scripts/rthook_ssjobs.py
@@ -94,21 +94,8 @@ def unpacked_dirs(tmp: Path) -> list[Path]:
     return sorted(tmp.glob("_MEI*"))
 
 
-def parent_of(pid: int) -> int:
-    with open(f"/proc/{pid}/stat", "rb") as f:
-        return int(f.read().rsplit(b")", 1)[1].split()[1])
-
-
 def children_of(pid: int) -> list[int]:
-    kids = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                if parent_of(int(entry)) == pid and pid_alive(int(entry)):
-                    kids.append(int(entry))
-            except (OSError, ValueError, IndexError):
-                pass
-    return sorted(kids)
+    return sorted(child for child, state in children(pid) if state != "Z")
 
 
 def exe_of(pid: int) -> str:
@@ -153,7 +140,7 @@ class Instance:
 
     def __init__(self, master: int) -> None:
         self.master = master
-        self.bootloader = parent_of(master)
+        self.bootloader = parent_pid(master)
         self.workers: set[int] = set()
 
     def see_workers(self) -> list[int]:
@@ -263,7 +250,7 @@ def test_daemon_runs_jobs_that_import_after_start_then_stops_clean(tmpdir_env, p
                        what="2 workers")
     for pid in workers:  # forked from the master, not re-executed
         assert exe_of(pid) == str(BINARY)
-        assert parent_of(pid) == inst.master
+        assert parent_pid(pid) == inst.master
 
     with Producer(redis_url, prefix="t") as producer:
         producer.push_many("bin.lazy", [{"n": n, "out": str(out)} for n in range(1000)])

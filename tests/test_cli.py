@@ -17,7 +17,7 @@ from conftest import wait_for
 from redis_server import free_port
 
 from ssjobs.producer import Producer
-from ssjobs.runtime import RuntimeFiles, pid_alive
+from ssjobs.runtime import RuntimeFiles, children, pid_alive
 from ssjobs.scoreboard import Scoreboard
 from ssjobs.status import collect_status, compute_rates, render_status
 
@@ -75,16 +75,7 @@ class Cli:
 
 
 def children_of(pid: int) -> list[int]:
-    out = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                with open(f"/proc/{entry}/stat") as f:
-                    if int(f.read().rsplit(")", 1)[1].split()[1]) == pid:
-                        out.append(int(entry))
-            except (OSError, ValueError, IndexError):
-                continue
-    return out
+    return [child for child, _ in children(pid)]
 
 
 @pytest.fixture

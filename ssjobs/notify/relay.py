@@ -25,6 +25,7 @@ from collections.abc import Callable
 from typing import Any
 
 from .. import logs
+from ..runtime import proc_stat
 
 log = logging.getLogger(__name__)
 
@@ -43,12 +44,10 @@ def relay_address(master_pid: int) -> bytes | None:
 
     The start time makes the name unique even when masters in separate pid namespaces share
     a network namespace and a pid (containers on the host network, each master pid 1)."""
-    try:
-        with open(f"/proc/{master_pid}/stat", "rb") as f:
-            start_time = f.read().rsplit(b")", 1)[1].split()[19]  # field 22, in clock ticks
-    except (OSError, IndexError):
+    fields = proc_stat(master_pid)
+    if fields is None:
         return None
-    return b"\0ssjobs-notify/%d/%s" % (master_pid, start_time)
+    return b"\0ssjobs-notify/%d/%s" % (master_pid, fields[19])  # start time, clock ticks
 
 
 def encode(record: dict[str, Any]) -> bytes:
