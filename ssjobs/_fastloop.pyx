@@ -76,6 +76,11 @@ cdef object _last_topic_b = None
 cdef object _last_topic = None
 
 
+def bucket(double elapsed):
+    """The histogram bucket of a job that took ``elapsed`` seconds (see scoreboard.bucket_of)."""
+    return _bucket(elapsed)
+
+
 cdef object _decode_fast(bytes raw):
     """Decode the canonical envelope layout that producers write (fixed header, empty
     headers map) without the generic unpacker; None when the bytes are anything else, and

@@ -16,7 +16,6 @@ from .scoreboard import (
     BUSY,
     BUSY_TOTAL,
     FAILED,
-    HIST_BOUNDS_S,
     HIST_OFF,
     JOB_ID_LEN,
     JOB_ID_OFF,
@@ -24,6 +23,7 @@ from .scoreboard import (
     PROCESSED,
     STATE,
 )
+from .scoreboard import bucket_of as bucket  # the histogram bucket of a job's duration
 
 IMPLEMENTATION = "pure"
 
@@ -86,10 +86,7 @@ def _record(buf, offset, elapsed, ok):
     field = PROCESSED if ok else FAILED
     pos = offset + field[0]
     _Q.pack_into(buf, pos, _Q.unpack_from(buf, pos)[0] + 1)
-    bucket = 0
-    while elapsed >= HIST_BOUNDS_S[bucket]:
-        bucket += 1
-    pos = offset + HIST_OFF + 4 * bucket
+    pos = offset + HIST_OFF + 4 * bucket(elapsed)
     _I.pack_into(buf, pos, (_I.unpack_from(buf, pos)[0] + 1) & 0xFFFFFFFF)
     pos = offset + BUSY_TOTAL[0]
     _D.pack_into(buf, pos, _D.unpack_from(buf, pos)[0] + elapsed)

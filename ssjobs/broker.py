@@ -109,6 +109,7 @@ class Broker:
         self._settle = client.register_script(_with_take("settle"))
         self._recover = client.register_script(_script_source("recover"))
         self._promote = client.register_script(_script_source("promote"))
+        self._requeue_dead = client.register_script(_script_source("requeue_dead"))
 
     # -- worker side -----------------------------------------------------------------
     def fetch(self, worker: str, count: int) -> tuple[list[bytes], float | None]:
@@ -205,8 +206,8 @@ class Broker:
     def dead_requeue(self, entry: bytes, envelope: bytes) -> bool:
         """Replace the dead ``entry`` by ``envelope`` in ready, atomically; False when the
         entry was gone (retried or purged meanwhile)."""
-        script = self.client.register_script(_script_source("requeue_dead"))
-        return bool(script(keys=[self.keys.dead, self.keys.ready], args=[entry, envelope]))
+        return bool(self._requeue_dead(keys=[self.keys.dead, self.keys.ready],
+                                       args=[entry, envelope]))
 
     def dead_drop_oldest(self, count: int) -> int:
         """Delete the ``count`` oldest dead-lettered jobs; returns how many were deleted."""

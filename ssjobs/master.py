@@ -83,8 +83,7 @@ class Master:
     def __init__(self, cfg: Config, ready_fd: int | None = None) -> None:
         self.cfg = cfg
         self.files = RuntimeFiles(cfg.process.data_dir)
-        self.ready = ReadyPipe.__new__(ReadyPipe)
-        self.ready.read_fd, self.ready.write_fd = -1, (ready_fd if ready_fd is not None else -1)
+        self.ready = ReadyPipe.writer(ready_fd)
         self.pid = os.getpid()
         self.node = f"{socket.gethostname()}:{self.pid}"
         self.started_at = time.time()

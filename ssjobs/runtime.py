@@ -68,11 +68,6 @@ class RuntimeFiles:
             os.close(self._lock_fd)
             self._lock_fd = None
 
-    def forget_lock(self) -> None:
-        """In a forked worker: close the inherited lock fd so that it never keeps the lock
-        alive after the master has died."""
-        self.release_lock()
-
     def is_locked(self) -> bool:
         """True if some process (a running master) holds the lock."""
         try:
@@ -260,6 +255,14 @@ class ReadyPipe:
 
     def __init__(self) -> None:
         self.read_fd, self.write_fd = os.pipe()
+
+    @classmethod
+    def writer(cls, fd: int | None) -> ReadyPipe:
+        """The master's end: the write fd it was handed (None: nobody waits, reports are
+        dropped)."""
+        pipe = cls.__new__(cls)
+        pipe.read_fd, pipe.write_fd = -1, (fd if fd is not None else -1)
+        return pipe
 
     def report(self, ok: bool, message: str = "") -> None:
         """In the master: say whether start-up succeeded (once)."""

@@ -162,12 +162,6 @@ class Scoreboard:
             raise IndexError(index)
         return Slot(self.buf, HEADER_SIZE + index * SLOT_SIZE)
 
-    def free_slot(self) -> int | None:
-        for i in range(self.nslots):
-            if self.slot(i).pid == 0:
-                return i
-        return None
-
     def workers(self) -> list[dict]:
         out = []
         for i in range(self.nslots):

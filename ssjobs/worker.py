@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from . import envelope, fastloop
 from .broker import CONNECTION_ERRORS, Broker, connect
 from .config import JobConfig
-from .errors import ConsumerImportError, Retry
+from .errors import ConsumerImportError, JobTimeout, Retry
 from .loader import Consumer, load_consumer
 from .runtime import set_title
 from .scoreboard import IDLE, JOB_STARTED_AT, STOPPING, Slot
@@ -154,7 +154,6 @@ class Worker:
         if cfg.job_timeout:
             started = self.slot._get(JOB_STARTED_AT)
             if started and now - started > cfg.job_timeout:
-                from .errors import JobTimeout
                 self.slot._put(JOB_STARTED_AT, 0.0)
                 raise JobTimeout(f"job ran past job_timeout={cfg.job_timeout}s")
 

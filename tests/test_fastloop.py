@@ -87,16 +87,14 @@ def test_job_id_and_start_time_are_visible_while_running(loop):
     assert observed["job_started_at"] > 1e9
 
 
-def test_histogram_buckets_agree_between_twins():
-    for seconds in (0.0, 0.00005, 0.0001, 0.00099, 0.5, 3.0, 100.0):
-        assert scoreboard.bucket_of(seconds) == _bucket_py(seconds)
-
-
-def _bucket_py(elapsed):
-    bucket = 0
-    while elapsed >= scoreboard.HIST_BOUNDS_S[bucket]:
-        bucket += 1
-    return bucket
+def test_histogram_buckets_agree_with_the_scoreboard_layout(loop):
+    bounds = scoreboard.HIST_BOUNDS_S
+    samples = [0.0, 0.00005, 0.5, 3.0, 100.0, 1e9]
+    for bound in bounds[:-1]:  # each side of every boundary
+        samples += [bound * 0.999, bound, bound * 1.001]
+    for seconds in samples:
+        expected = next(i for i, b in enumerate(bounds) if seconds < b)
+        assert loop.bucket(seconds) == scoreboard.bucket_of(seconds) == expected, seconds
 
 
 def test_compiled_twin_is_present_in_this_build():
