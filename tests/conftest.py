@@ -41,6 +41,16 @@ def rclient(redis_server, redis_url):
     client.close()
 
 
+# A consumer module ("rec:run") that appends each job id to $SSJOBS_TEST_OUT, one per line.
+RECORD_IDS = """
+    import os
+    def run(job):
+        fd = os.open(os.environ["SSJOBS_TEST_OUT"], os.O_WRONLY | os.O_APPEND | os.O_CREAT)
+        os.write(fd, f"{job.id}\\n".encode())
+        os.close(fd)
+"""
+
+
 def wait_for(predicate, timeout: float = 10.0, interval: float = 0.02, what: str = ""):
     """Poll until predicate() is truthy; fail the test with ``what`` after ``timeout``."""
     deadline = time.time() + timeout

@@ -3,21 +3,13 @@ Lua scripts and BLMOVE run on one node; producer, worker, recovery and master al
 import time
 
 import pytest
-from conftest import Project, wait_for
+from conftest import RECORD_IDS, Project, wait_for
 from masters import MasterProc
 from redis_server import RedisClusterServers
 
 from ssjobs import envelope
 from ssjobs.broker import Broker, TopicKeys, connect
 from ssjobs.producer import Producer
-
-CONSUMER = """
-    import os
-    def run(job):
-        fd = os.open(os.environ["SSJOBS_TEST_OUT"], os.O_WRONLY | os.O_APPEND | os.O_CREAT)
-        os.write(fd, f"{job.id}\\n".encode())
-        os.close(fd)
-"""
 
 
 @pytest.fixture(scope="module")
@@ -55,7 +47,7 @@ def test_master_and_workers_drain_a_topic_on_the_cluster(cluster, tmp_path, monk
     monkeypatch.setenv("SSJOBS_TEST_OUT", str(out))
     (tmp_path / "proj").mkdir()
     project = Project(tmp_path / "proj", cluster.url)
-    project.consumer("rec", CONSUMER)
+    project.consumer("rec", RECORD_IDS)
     project.write_config([{"topic": "clustered", "consumer": "rec:run", "static_workers": 2},
                           {"topic": "other", "consumer": "rec:run"}])
     m = MasterProc(project.config, project.data_dir)
@@ -77,7 +69,7 @@ def test_check_and_status_against_the_cluster(cluster, tmp_path, monkeypatch):
 
     (tmp_path / "proj").mkdir()
     project = Project(tmp_path / "proj", cluster.url)
-    project.consumer("rec", CONSUMER)
+    project.consumer("rec", RECORD_IDS)
     project.write_config([{"topic": "st", "consumer": "rec:run"}])
     run = [sys.executable, "-m", "ssjobs"]
     done = subprocess.run([*run, "check", "-c", str(project.config)], capture_output=True,

@@ -5,20 +5,12 @@ import subprocess
 import sys
 
 import pytest
-from conftest import Project, wait_for
+from conftest import RECORD_IDS, Project, wait_for
 from masters import MasterProc
 from redis_server import SentinelServers
 
 from ssjobs.broker import connect
 from ssjobs.producer import Producer
-
-CONSUMER = """
-    import os
-    def run(job):
-        fd = os.open(os.environ["SSJOBS_TEST_OUT"], os.O_WRONLY | os.O_APPEND | os.O_CREAT)
-        os.write(fd, f"{job.id}\\n".encode())
-        os.close(fd)
-"""
 
 
 @pytest.fixture(scope="module")
@@ -34,7 +26,7 @@ def test_a_master_drains_a_topic_found_through_sentinel(sentinel, tmp_path, monk
     monkeypatch.setenv("SSJOBS_TEST_OUT", str(out))
     (tmp_path / "proj").mkdir()
     project = Project(tmp_path / "proj", sentinel.url)
-    project.consumer("rec", CONSUMER)
+    project.consumer("rec", RECORD_IDS)
     project.write_config([{"topic": "sent", "consumer": "rec:run", "static_workers": 2}])
     run = [sys.executable, "-m", "ssjobs"]
     done = subprocess.run([*run, "check", "-c", str(project.config)], capture_output=True,
@@ -60,7 +52,7 @@ def test_a_master_drains_a_topic_found_through_sentinel(sentinel, tmp_path, monk
 def test_a_wrong_service_name_is_a_clear_check_failure(sentinel, tmp_path):
     (tmp_path / "proj").mkdir()
     project = Project(tmp_path / "proj", sentinel.url.replace("mymaster", "nosuch"))
-    project.consumer("rec", CONSUMER)
+    project.consumer("rec", RECORD_IDS)
     project.write_config([{"topic": "sent", "consumer": "rec:run"}])
     done = subprocess.run([sys.executable, "-m", "ssjobs", "check", "-c", str(project.config)],
                           capture_output=True, text=True, timeout=60)
