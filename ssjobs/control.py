@@ -75,19 +75,20 @@ def _load(cfg_path: str | os.PathLike) -> Config | None:
 def start(cfg_path: str | os.PathLike, *, foreground: bool, ready_fd: int | None = None) -> int:
     """Start the master: in this process (``foreground``), else as a detached daemon; the
     command returns once the daemon reports ready. ``ready_fd``: the daemon's report pipe."""
+    ready = ReadyPipe.writer(ready_fd)  # a spawned daemon tells `start` why it gives up
     cfg = _load(cfg_path)
     if cfg is None:
-        _report_ready(ready_fd, "error invalid config")
+        ready.report(False, "invalid config")
         return EXIT_FAILED
     files = RuntimeFiles(cfg.process.data_dir)
     try:
         files.ensure_dir()
         pid = files.running_pid()
     except ControlError as exc:
-        _report_ready(ready_fd, f"error {exc}")
+        ready.report(False, str(exc))
         raise
     if pid:
-        _report_ready(ready_fd, f"error already running (pid {pid})")
+        ready.report(False, f"already running (pid {pid})")
         print(f"ssjobs already running (pid {pid})", file=sys.stderr, flush=True)
         return EXIT_FAILED
     if foreground:
@@ -95,17 +96,6 @@ def start(cfg_path: str | os.PathLike, *, foreground: bool, ready_fd: int | None
 
         return master.serve(cfg, ready_fd=ready_fd)
     return _spawn_daemon(cfg)
-
-
-def _report_ready(ready_fd: int | None, line: str) -> None:
-    """Tell the `start` process that spawned us why we give up before the master runs."""
-    if ready_fd is None:
-        return
-    try:
-        os.write(ready_fd, (line + "\n").encode())
-        os.close(ready_fd)
-    except OSError:
-        pass
 
 
 def self_command(*args: str) -> list[str]:

@@ -268,11 +268,11 @@ class ReadyPipe:
         """In the master: say whether start-up succeeded (once)."""
         if self.write_fd < 0:
             return
-        try:
+        try:  # the reader may be gone, or a bad --ready-fd given: never fail for that
             os.write(self.write_fd, (("ok " if ok else "error ") + message + "\n").encode())
+            os.close(self.write_fd)
         except OSError:
             pass
-        os.close(self.write_fd)
         self.write_fd = -1
 
     def wait(self, timeout: float) -> tuple[bool, str]:
