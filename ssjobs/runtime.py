@@ -268,8 +268,12 @@ class ReadyPipe:
         """In the master: say whether start-up succeeded (once)."""
         if self.write_fd < 0:
             return
-        try:  # the reader may be gone, or a bad --ready-fd given: never fail for that
+        # The reader may be gone, or a bad --ready-fd given: never fail for that.
+        try:
             os.write(self.write_fd, (("ok " if ok else "error ") + message + "\n").encode())
+        except OSError:
+            pass
+        try:
             os.close(self.write_fd)
         except OSError:
             pass
