@@ -42,4 +42,7 @@ def extensions():
                      compiler_directives={"language_level": "3"}, quiet=True)
 
 
-setup(ext_modules=extensions(), cmdclass={"build_ext": OptionalBuildExt})
+# Intermediate files under .build/: a build/ folder at the repo root would shadow the
+# `build` package (python -m build) for anything run from there.
+setup(ext_modules=extensions(), cmdclass={"build_ext": OptionalBuildExt},
+      options={"build": {"build_base": ".build"}})

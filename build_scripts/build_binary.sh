@@ -17,7 +17,7 @@ PYTHON="${PYTHON:-python3}"
 started=$(date +%s)
 
 pip_install() {
-    "$PYTHON" -m pip install -q --disable-pip-version-check "$@"
+    "$PYTHON" -P -m pip install -q --disable-pip-version-check "$@"
 }
 
 # 1. What the build needs (installed with pip when missing): the runtime dependencies,
@@ -25,7 +25,7 @@ pip_install() {
 #    when they can be had (hiredis: faster replies; rich: status tables and `top`;
 #    setproctitle: process titles; prometheus_client: [metrics]).
 missing() {
-    "$PYTHON" -c 'import importlib.util, sys
+    "$PYTHON" -P -c 'import importlib.util, sys
 sys.exit(0 if importlib.util.find_spec(sys.argv[1]) is None else 1)' "$1"
 }
 for spec in redis:redis msgpack:msgpack click:click Cython:Cython PyInstaller:pyinstaller; do
@@ -39,8 +39,10 @@ for spec in hiredis:hiredis rich:rich setproctitle:setproctitle \
 done
 
 # 2. The compiled hot loop, built in place next to its source (a no-op when up to date).
-"$PYTHON" setup.py -q build_ext --inplace >/dev/null
-if ! "$PYTHON" -c "import sys; sys.path.insert(0, '.'); import ssjobs._fastloop" 2>/dev/null; then
+#    Intermediate files go under .build/ (a dot-dir: a folder named build/ at the repo root
+#    would shadow the `build` package for anything run from here).
+"$PYTHON" -P setup.py -q build_ext --inplace --build-temp .build/temp >/dev/null
+if ! "$PYTHON" -P -c "import sys; sys.path.insert(0, '.'); import ssjobs._fastloop" 2>/dev/null; then
     if [[ "${SSJOBS_BINARY_ALLOW_PURE:-}" != "1" ]]; then
         echo "build_binary: ssjobs/_fastloop did not compile (need a C compiler and Python" \
              "headers; SSJOBS_BINARY_ALLOW_PURE=1 builds with the pure-Python loop)" >&2
@@ -51,8 +53,8 @@ fi
 
 # 3. The binary.
 rm -f dist/ssjobs
-"$PYTHON" -m PyInstaller --noconfirm --clean --log-level WARN \
-    --distpath dist --workpath build/pyinstaller build_scripts/ssjobs.spec
+"$PYTHON" -P -m PyInstaller --noconfirm --clean --log-level WARN \
+    --distpath dist --workpath .build/pyinstaller build_scripts/ssjobs.spec
 
 # 4. It runs, and says what it embeds.
 version=$(dist/ssjobs --version)

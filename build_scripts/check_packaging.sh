@@ -18,21 +18,32 @@ else
     work=$(mktemp -d -t ssjobs-packaging-XXXXXX)
     trap 'rm -rf "$work"' EXIT
 fi
+work=$(cd "$work" && pwd)
 say() { echo "check_packaging: $*"; }
 die() { echo "check_packaging: FAILED: $*" >&2; exit 1; }
-pip_q() { "$1" -m pip install -q --disable-pip-version-check --no-cache-dir "${@:2}"; }
+# -P everywhere: nothing is imported from the current directory (a stray build/ folder
+# there would otherwise shadow the real `build` package).
+pip_q() { "$1" -P -m pip install -q --disable-pip-version-check --no-cache-dir "${@:2}"; }
 
-"$PYTHON" -c "import build" 2>/dev/null || pip_q "$PYTHON" build
+"$PYTHON" -P -c "import build" 2>/dev/null || pip_q "$PYTHON" build
+
+# 0. A clean copy of the tracked files: nothing an earlier step left in the checkout (a
+#    compiled .so, build outputs, a venv) can leak into the packages.
+src="$work/src"
+mkdir -p "$src"
+git ls-files -z | xargs -0 cp --parents -t "$src" 2>/dev/null \
+    || die "copying the tracked files (is this a git checkout?)"
+cd "$src"
 
 # 1. sdist, then a wheel built from it (proves the sdist is complete).
-"$PYTHON" -m build --outdir "$work/dist" . >"$work/build.log" 2>&1 \
+"$PYTHON" -P -m build --outdir "$work/dist" . >"$work/build.log" 2>&1 \
     || { tail -30 "$work/build.log"; die "python -m build"; }
 sdist=$(ls "$work"/dist/ssjobs-*.tar.gz)
 wheel=$(ls "$work"/dist/ssjobs-*.whl)
 say "built $(basename "$sdist") and $(basename "$wheel")"
 
 # 2. What the wheel carries.
-"$PYTHON" - "$wheel" "$sdist" <<'PY' || die "package contents"
+"$PYTHON" -P - "$wheel" "$sdist" <<'PY' || die "package contents"
 import sys, tarfile, zipfile
 wheel, sdist = sys.argv[1], sys.argv[2]
 names = zipfile.ZipFile(wheel).namelist()
@@ -65,7 +76,7 @@ version=$("$work/venv-wheel/bin/ssjobs" --version)
 say "wheel install: $version"
 
 # 4. The producer import stays light.
-"$work/venv-wheel/bin/python" - <<'PY' || die "producer import pulls in too much"
+"$work/venv-wheel/bin/python" -P - <<'PY' || die "producer import pulls in too much"
 import sys
 from ssjobs.producer import Producer  # noqa: F401
 heavy = sorted({"click", "rich", "setproctitle", "prometheus_client", "ssjobs.master",
@@ -76,7 +87,7 @@ PY
 
 # 5. The sdist without a compiler.
 "$PYTHON" -m venv "$work/venv-sdist"
-CC=false "$work/venv-sdist/bin/python" -m pip install -v --disable-pip-version-check \
+CC=false "$work/venv-sdist/bin/python" -P -m pip install -v --disable-pip-version-check \
     --no-cache-dir "$sdist" >"$work/sdist-install.log" 2>&1 \
     || { tail -30 "$work/sdist-install.log"; die "sdist install without a compiler"; }
 warnings=$(grep -c "WARNING: ssjobs._fastloop not compiled" "$work/sdist-install.log" || true)

@@ -18,7 +18,14 @@ from pathlib import Path
 
 from .config import Config, load_config, load_data_dir
 from .errors import ConfigError, ControlError
-from .runtime import ReadyPipe, RuntimeFiles, parent_pid, pid_alive, send_signal
+from .runtime import (
+    ReadyPipe,
+    RuntimeFiles,
+    StopSignals,
+    parent_pid,
+    pid_alive,
+    send_signal,
+)
 
 # Exit statuses (SPEC §4).
 EXIT_OK = 0
@@ -354,7 +361,7 @@ def _print_status(current: dict, as_json: bool) -> None:
 def _watch(collect: Callable[[], dict], as_json: bool) -> int:
     """Refresh every WATCH_INTERVAL_S until Ctrl-C; the exit status of the last view."""
     current = collect()
-    try:
+    with StopSignals() as stop:
         if not as_json and sys.stdout.isatty():
             try:
                 from rich.live import Live
@@ -364,16 +371,15 @@ def _watch(collect: Callable[[], dict], as_json: bool) -> int:
                 pass
             else:
                 with Live(render_status(current), auto_refresh=False, screen=False) as live:
-                    while True:
-                        time.sleep(WATCH_INTERVAL_S)
+                    while not stop.wait(WATCH_INTERVAL_S) and not stop.received:
                         current = collect()
                         live.update(render_status(current), refresh=True)
-        while True:
+                return EXIT_OK if current["running"] else EXIT_NOT_RUNNING
+        while not stop.received:
             _print_status(current, as_json)
             if not as_json:
                 say("")
-            time.sleep(WATCH_INTERVAL_S)
-            current = collect()
-    except KeyboardInterrupt:
-        pass
+            stop.wait(WATCH_INTERVAL_S)
+            if not stop.received:
+                current = collect()
     return EXIT_OK if current["running"] else EXIT_NOT_RUNNING

@@ -6,9 +6,11 @@ import errno
 import fcntl
 import json
 import os
+import signal
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 from .errors import ControlError
 
@@ -248,6 +250,58 @@ def wait_pids_gone(pids: list[int], timeout: float) -> list[int]:
         time.sleep(0.05)
         alive = [p for p in alive if pid_alive(p)]
     return alive
+
+
+class StopSignals:
+    """SIGINT, SIGTERM and SIGHUP recorded instead of raised, for the console's live views
+    (``top``, ``status --watch``). A handler is installed explicitly, so Ctrl-C works even
+    when the shell that started us ignored SIGINT (a job started in the background of a
+    non-interactive shell inherits SIGINT ignored, and Python then installs no
+    KeyboardInterrupt handler). A wake-up pipe ends a wait at once."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+    def __init__(self) -> None:
+        self.received: list[int] = []
+        self._previous: dict[int, Any] = {}
+        self._wake_r = self._wake_w = -1
+        self._old_wakeup = -1
+
+    def __enter__(self) -> StopSignals:
+        self._wake_r, self._wake_w = os.pipe()
+        for fd in (self._wake_r, self._wake_w):
+            os.set_blocking(fd, False)
+        self._old_wakeup = signal.set_wakeup_fd(self._wake_w, warn_on_full_buffer=False)
+        for sig in self.SIGNALS:
+            self._previous[sig] = signal.signal(sig, self._record)
+        return self
+
+    def _record(self, signum: int, _frame: object) -> None:
+        self.received.append(signum)
+
+    def __exit__(self, *exc: object) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+        signal.set_wakeup_fd(self._old_wakeup)
+        os.close(self._wake_r)
+        os.close(self._wake_w)
+
+    def wait(self, timeout: float, keys_fd: int | None = None) -> bytes:
+        """Sleep up to ``timeout`` seconds; return early with what was typed on ``keys_fd``
+        or as soon as a signal came (then ``received`` is not empty); else b"". A closed
+        ``keys_fd`` is no longer watched: only signals can end the wait early then."""
+        import select
+
+        deadline = time.monotonic() + timeout
+        watched = [self._wake_r] + ([keys_fd] if keys_fd is not None else [])
+        while not self.received and (left := deadline - time.monotonic()) > 0:
+            ready, _, _ = select.select(watched, [], [], left)
+            if keys_fd is not None and keys_fd in ready:
+                data = os.read(keys_fd, 64)
+                if data:
+                    return data
+                watched.remove(keys_fd)  # stdin closed
+        return b""
 
 
 class ReadyPipe:

@@ -51,6 +51,20 @@ RECORD_IDS = """
 """
 
 
+def nobody_can_run_ssjobs() -> bool:
+    """True when user ``nobody`` can run this Python and import ssjobs from it: a master
+    that drops privileges keeps importing (consumers, the standard library) afterwards."""
+    if os.getuid() != 0:
+        return False
+    try:
+        return subprocess.run(
+            ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups",
+             sys.executable, "-P", "-c", "import secrets, ssjobs.master"],
+            capture_output=True, timeout=30, cwd="/").returncode == 0
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+
+
 def wait_for(predicate, timeout: float = 10.0, interval: float = 0.02, what: str = ""):
     """Poll until predicate() is truthy; fail the test with ``what`` after ``timeout``."""
     deadline = time.time() + timeout

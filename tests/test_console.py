@@ -234,10 +234,11 @@ HOME = b"\x1b[H"
 
 
 def spawn_pty(args: list[str], console: Console, rows: int = 24,
-              cols: int = 80) -> tuple[int, int]:
+              cols: int = 80, sigint=signal.SIG_DFL) -> tuple[int, int]:
     pid, fd = pty.fork()
     if pid == 0:  # the child: becomes `ssjobs ...` on the terminal
         try:
+            signal.signal(signal.SIGINT, sigint)
             os.chdir(console.project.root)
             os.execv(sys.executable, [sys.executable, "-m", "ssjobs", *args, "-c",
                                       str(console.project.config)])
@@ -327,17 +328,25 @@ def test_top_live_frames_change_and_q_quits_restoring_the_terminal(console):
             pass
 
 
-def test_top_ctrl_c_quits_cleanly(console):
-    pid, fd = spawn_pty(["top"], console)
+def test_top_ctrl_c_quits_cleanly_even_when_started_with_sigint_ignored(console):
+    # A job started in the background of a non-interactive shell (a CI runner, nohup,
+    # `cmd &` in a script) inherits SIGINT ignored; Python then installs no
+    # KeyboardInterrupt handler, and a Ctrl-C on top's terminal used to be lost.
+    pid, fd = spawn_pty(["top"], console, sigint=signal.SIG_IGN)
     try:
-        deadline, stream = time.time() + 10, b""
-        while time.time() < deadline and not any("TOPIC" in f for f in frames(stream + HOME)):
-            stream += read_pty(fd, 0.2)
+        stream = b""
+        while not _keys_one_by_one(fd):  # top put the terminal in cbreak mode: it reads keys
+            stream += read_pty(fd, 0.05)
+            assert os.waitpid(pid, os.WNOHANG)[0] == 0, stream[-2000:]
         os.write(fd, b"\x03")   # Ctrl-C, as the terminal sends it
         code, _ = wait_exit(pid, fd)
         assert code == 0
     finally:
         os.close(fd)
+
+
+def _keys_one_by_one(fd: int) -> bool:
+    return not termios.tcgetattr(fd)[3] & termios.ICANON
 
 
 def test_top_without_a_terminal_prints_one_plain_frame(console):

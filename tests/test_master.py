@@ -5,7 +5,7 @@ import signal
 import time
 
 import pytest
-from conftest import wait_for
+from conftest import nobody_can_run_ssjobs, wait_for
 from masters import MasterProc, wait_gone
 
 from ssjobs import envelope
@@ -376,15 +376,9 @@ def test_redis_restart_under_a_running_master(env, redis_server, rclient):
     assert m.proc.poll() is None
 
 
-def _world_readable(path: str) -> bool:
-    import stat
-    from pathlib import Path
-    return all(p.stat().st_mode & stat.S_IXOTH for p in [Path(path), *Path(path).parents])
-
-
 @pytest.mark.skipif(os.getuid() != 0, reason="dropping privileges needs root")
-@pytest.mark.skipif(not _world_readable(os.path.realpath(__import__("sys").prefix)),
-                    reason="this Python lives where 'nobody' cannot read it")
+@pytest.mark.skipif(not nobody_can_run_ssjobs(),
+                    reason="user nobody cannot run this Python (see .ci/run)")
 def test_master_and_workers_drop_privileges_to_process_user(redis_url, tmp_path):
     import pwd
     import shutil

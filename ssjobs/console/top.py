@@ -15,8 +15,6 @@ done, RSS.
 from __future__ import annotations
 
 import os
-import select
-import signal
 import sys
 import time
 from collections import deque
@@ -28,7 +26,7 @@ from typing import Any
 from ..broker import Broker, connect
 from ..config import Config
 from ..metrics import percentiles_ms, topic_histograms
-from ..runtime import RuntimeFiles
+from ..runtime import RuntimeFiles, StopSignals
 from ..scoreboard import Scoreboard
 from ..status import redact_url
 from . import common
@@ -311,10 +309,7 @@ def run(cfg_path: str | os.PathLike, *, interval: float = REFRESH_S) -> int:
         print("(install rich for the live view: pip install 'ssjobs[server]')", file=sys.stderr)
         return 0
     console = Console(highlight=False)
-    stop: list[int] = []
     keys_fd = sys.stdin.fileno() if sys.stdin.isatty() else None
-    previous = {sig: signal.signal(sig, lambda signum, _f: stop.append(signum))
-                for sig in (signal.SIGTERM, signal.SIGHUP)}
 
     def screen() -> Any:
         size = console.size
@@ -322,18 +317,13 @@ def run(cfg_path: str | os.PathLike, *, interval: float = REFRESH_S) -> int:
         return Text("\n").join(Text.assemble(*line, no_wrap=True, overflow="crop")
                                for line in lines)
 
-    try:
-        with cbreak(keys_fd) if keys_fd is not None else nullcontext(), \
-                Live(screen(), console=console, screen=True, auto_refresh=False) as live:
-            while not stop:
-                if wait_for_quit(keys_fd, interval, stop):
-                    break
+    with StopSignals() as stop, cbreak(keys_fd) if keys_fd is not None else nullcontext(), \
+            Live(screen(), console=console, screen=True, auto_refresh=False) as live:
+        while not stop.received:
+            if any(k in stop.wait(interval, keys_fd) for k in QUIT_KEYS):
+                break
+            if not stop.received:
                 live.update(screen(), refresh=True)
-    except KeyboardInterrupt:
-        pass
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
     return 0
 
 
@@ -349,20 +339,3 @@ def cbreak(fd: int) -> Iterator[None]:
         yield
     finally:
         termios.tcsetattr(fd, termios.TCSADRAIN, saved)
-
-
-def wait_for_quit(fd: int | None, timeout: float, stop: list[int]) -> bool:
-    """Wait ``timeout`` seconds; True as soon as a quit key is pressed (or a signal came)."""
-    deadline = time.monotonic() + timeout
-    while not stop and (left := deadline - time.monotonic()) > 0:
-        if fd is None:
-            time.sleep(min(left, 0.1))
-            continue
-        ready, _, _ = select.select([fd], [], [], left)
-        if ready:
-            data = os.read(fd, 64)
-            if not data:            # stdin closed: only signals can stop us now
-                fd = None
-            elif any(k in data for k in QUIT_KEYS):
-                return True
-    return bool(stop)
