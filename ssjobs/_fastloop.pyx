@@ -1,8 +1,10 @@
 # cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True
 """Compiled hot loop; mirrors ``_fastloop_py.py`` (the readable spec) name for name.
 
-The scoreboard slot is written through a raw pointer into the mmap'd buffer, at the offsets
-that ``scoreboard.py`` defines (a test checks that both agree)."""
+The scoreboard slot is written through raw pointers into the mmap'd buffer, at the offsets
+that ``scoreboard.py`` defines (a test checks that both agree). The pointer writes store
+native-endian values where the layout says little-endian: ssjobs runs on little-endian Linux
+(x86_64, aarch64)."""
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE
 from cpython.unicode cimport PyUnicode_DecodeUTF8
 from libc.stdint cimport uint8_t, uint32_t, uint64_t
@@ -11,23 +13,21 @@ from posix.time cimport clock_gettime, timespec, CLOCK_REALTIME
 
 import traceback
 
-from .envelope import Job
+from .envelope import Job, from_list
 from .errors import EnvelopeError, JobTimeout, Reject, Retry
+from .outcome import Code, Failure
 from . import scoreboard as _sb
 
 from msgpack import unpackb as _unpackb
 
 IMPLEMENTATION = "compiled"
 
-FAILED_RUN = 1
-RETRY = 2
-REJECT = 3
-MALFORMED = 4
-
 cdef Py_ssize_t OFF_STATE = _sb.STATE[0]
 cdef Py_ssize_t OFF_PROCESSED = _sb.PROCESSED[0]
 cdef Py_ssize_t OFF_FAILED = _sb.FAILED[0]
 cdef Py_ssize_t OFF_JOB_STARTED = _sb.JOB_STARTED_AT[0]
+cdef Py_ssize_t OFF_DONE = _sb.BATCH_DONE[0]
+cdef Py_ssize_t OFF_PENDING = _sb.PENDING_FAILURE[0]
 cdef Py_ssize_t OFF_JOB_ID = _sb.JOB_ID_OFF
 cdef Py_ssize_t JOB_ID_LEN = _sb.JOB_ID_LEN
 cdef Py_ssize_t OFF_HIST = _sb.HIST_OFF
@@ -35,6 +35,21 @@ cdef int HIST_BUCKETS = _sb.HIST_BUCKETS
 cdef Py_ssize_t OFF_BUSY = _sb.BUSY_TOTAL[0]
 cdef uint8_t BUSY = _sb.BUSY
 cdef double HIST_FIRST_S = _sb.HIST_BOUNDS_S[0]
+
+cdef object C_FAILED = Code.FAILED
+cdef object C_RETRY = Code.RETRY
+cdef object C_REJECT = Code.REJECT
+cdef object C_MALFORMED = Code.MALFORMED
+cdef object C_TOO_LARGE = Code.TOO_LARGE
+
+cdef int _forked = 0
+
+
+def mark_forked():
+    """See ``_fastloop_py.mark_forked``."""
+    global _forked
+    _forked = 1
+
 
 cdef inline double _now() noexcept nogil:
     cdef timespec ts
@@ -148,71 +163,60 @@ cdef object _decode(object raw):
         obj = _unpackb(raw, raw=False)
     except Exception as exc:
         raise EnvelopeError(f"not msgpack: {exc.__class__.__name__}: {exc}") from None
-    if type(obj) is not list or len(<list>obj) != 7:
-        raise EnvelopeError("not a 7-item envelope array")
-    version, job_id, topic, attempts, enqueued_at, headers, payload = <list>obj
-    if version != 1:
-        raise EnvelopeError(f"unsupported envelope version {version!r}")
-    if type(job_id) is not str or type(topic) is not str:
-        raise EnvelopeError("id and topic must be strings")
-    if type(attempts) is not int or attempts < 0:
-        raise EnvelopeError("attempts must be a non-negative integer")
-    if type(enqueued_at) is int:
-        enqueued_at = float(enqueued_at)
-    elif type(enqueued_at) is not float:
-        raise EnvelopeError("enqueued_at must be a number")
-    if type(headers) is list and not headers:
-        headers = {}
-    elif type(headers) is not dict:
-        raise EnvelopeError("headers must be a map")
-    return Job(job_id, topic, payload, attempts, enqueued_at, headers)
+    return from_list(obj)
 
 
-def run_batch(list raws, call, buf, Py_ssize_t offset, ctl):
+def run_batch(list raws, call, buf, Py_ssize_t offset, ctl, Py_ssize_t max_bytes):
     """See ``_fastloop_py.run_batch``."""
     cdef unsigned char[::1] view = buf
     cdef char* slot = <char*>&view[0] + offset
     cdef Py_ssize_t i, n = len(raws), idlen
-    cdef long processed = 0
-    cdef int code
     cdef double started, elapsed
     cdef bytes id_b
-    cdef list failures = []
     slot[OFF_STATE] = <char>BUSY
     for i in range(n):
         if ctl.stopping:
-            return processed, failures, raws[i:]
+            return i, None
         raw = raws[i]
+        if len(raw) > max_bytes:
+            slot[OFF_PENDING] = 1
+            return i + 1, Failure(raw, None, C_TOO_LARGE, None, "")
         try:
             job = _decode(raw)
         except EnvelopeError as exc:
-            failures.append((raw, None, MALFORMED, exc, ""))
-            continue
+            slot[OFF_PENDING] = 1
+            return i + 1, Failure(raw, None, C_MALFORMED, exc, "")
         id_b = (<str>job.id).encode()
         idlen = min(len(id_b), JOB_ID_LEN)
         memset(slot + OFF_JOB_ID, 0, JOB_ID_LEN)
         memcpy(slot + OFF_JOB_ID, <char*>id_b, idlen)
         started = _now()
         (<double*>(slot + OFF_JOB_STARTED))[0] = started
-        code = 0
+        code = None
         exc = None
         tb = ""
         try:
             if call(job) is False:
-                code = FAILED_RUN
+                code = C_FAILED
         except Retry as e:
-            code, exc = RETRY, e
+            code, exc = C_RETRY, e
         except Reject as e:
-            code, exc = REJECT, e
+            code, exc = C_REJECT, e
         except (Exception, JobTimeout) as e:
-            code, exc, tb = FAILED_RUN, e, traceback.format_exc()
+            # the consumer is done: no soft timeout may hit the traceback's formatting
+            (<double*>(slot + OFF_JOB_STARTED))[0] = 0.0
+            code, exc, tb = C_FAILED, e, traceback.format_exc()
+        if _forked:  # a copy forked by the consumer: the real worker records the job
+            return i, None
         elapsed = _now() - started
-        if code == 0:
-            (<uint64_t*>(slot + OFF_PROCESSED))[0] += 1
-            processed += 1
-        else:
-            (<uint64_t*>(slot + OFF_FAILED))[0] += 1
-            failures.append((raw, job, code, exc, tb))
+        (<double*>(slot + OFF_JOB_STARTED))[0] = 0.0
         (<uint32_t*>(slot + OFF_HIST + 4 * _bucket(elapsed)))[0] += 1
         (<double*>(slot + OFF_BUSY))[0] += elapsed
-    return processed, failures, []
+        if code is None:
+            (<uint64_t*>(slot + OFF_PROCESSED))[0] += 1
+            (<uint32_t*>(slot + OFF_DONE))[0] += 1
+        else:
+            (<uint64_t*>(slot + OFF_FAILED))[0] += 1
+            slot[OFF_PENDING] = 1
+            return i + 1, Failure(raw, job, code, exc, tb)
+    return n, None

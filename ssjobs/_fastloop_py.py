@@ -1,18 +1,23 @@
 """Pure-Python twin of ``_fastloop.pyx``: the readable spec of the hot loop.
 
-``run_batch`` decodes each fetched envelope, calls the consumer, times it, classifies the
-outcome and keeps the worker's scoreboard slot current, so the worker can settle the whole
-batch with one Redis round trip. Both twins expose the same names and behaviour.
+``run_batch`` runs the jobs of a fetched batch in order: it decodes each envelope, calls the
+consumer, times it, and keeps the worker's scoreboard slot current, including the position
+in the batch that crash recovery reads (docs/design.md, "Crashes"). It stops at the first
+job that does not succeed, so the worker settles that failure before running the next job.
+Both twins expose the same names and behave the same.
 """
 from __future__ import annotations
 
 import struct
 import time
 import traceback
+from typing import Any
 
 from .envelope import decode
 from .errors import EnvelopeError, JobTimeout, Reject, Retry
+from .outcome import Code, Failure
 from .scoreboard import (
+    BATCH_DONE,
     BUSY,
     BUSY_TOTAL,
     FAILED,
@@ -20,6 +25,7 @@ from .scoreboard import (
     JOB_ID_LEN,
     JOB_ID_OFF,
     JOB_STARTED_AT,
+    PENDING_FAILURE,
     PROCESSED,
     STATE,
 )
@@ -27,36 +33,46 @@ from .scoreboard import bucket_of as bucket  # the histogram bucket of a job's d
 
 IMPLEMENTATION = "pure"
 
-# Outcome codes of a failed job (success is not reported per job).
-FAILED_RUN, RETRY, REJECT, MALFORMED = 1, 2, 3, 4
-
 _D = struct.Struct("<d")
 _Q = struct.Struct("<Q")
 _I = struct.Struct("<I")
 _B = struct.Struct("<B")
 
+_forked = False
 
-def run_batch(raws, call, buf, offset, ctl):
-    """Run the jobs of one fetched batch in order.
+
+def mark_forked() -> None:
+    """In a process forked by consumer code: the loop must not record or run anything more
+    (the worker's at-fork hook calls this in the child)."""
+    global _forked
+    _forked = True
+
+
+def run_batch(raws: list[bytes], call: Any, buf: Any, offset: int, ctl: Any,
+              max_bytes: int) -> tuple[int, Failure | None]:
+    """Run ``raws`` in order until one does not succeed or the worker stops.
 
     ``call(job)`` is the consumer; ``buf``/``offset`` locate the worker's scoreboard slot;
-    ``ctl.stopping`` is checked before each job. Returns ``(processed, failures, unstarted)``:
-    ``failures`` holds ``(raw, job or None, code, exception or None, traceback text)``,
-    ``unstarted`` the raw envelopes not begun because the worker is stopping.
+    ``ctl.stopping`` is checked before each job; envelopes over ``max_bytes`` are not decoded.
+    Returns ``(end, failure)``: the jobs before ``end`` were run (or refused) and only the last
+    of them can have failed, then ``failure`` describes it; ``end < len(raws)`` without a
+    failure means the worker is stopping. Each success adds one to the slot's BATCH_DONE; a
+    failure sets PENDING_FAILURE until the worker has settled it.
     """
-    processed = 0
-    failures = []
     n = len(raws)
     _B.pack_into(buf, offset + STATE[0], BUSY)
     for i in range(n):
         if ctl.stopping:
-            return processed, failures, raws[i:]
+            return i, None
         raw = raws[i]
+        if len(raw) > max_bytes:
+            _B.pack_into(buf, offset + PENDING_FAILURE[0], 1)
+            return i + 1, Failure(raw, None, Code.TOO_LARGE, None, "")
         try:
             job = decode(raw)
         except EnvelopeError as bad:
-            failures.append((raw, None, MALFORMED, bad, ""))
-            continue
+            _B.pack_into(buf, offset + PENDING_FAILURE[0], 1)
+            return i + 1, Failure(raw, None, Code.MALFORMED, bad, "")
         job_id = job.id.encode()[:JOB_ID_LEN].ljust(JOB_ID_LEN, b"\0")
         buf[offset + JOB_ID_OFF:offset + JOB_ID_OFF + JOB_ID_LEN] = job_id
         started = time.time()
@@ -66,27 +82,33 @@ def run_batch(raws, call, buf, offset, ctl):
         tb = ""
         try:
             if call(job) is False:
-                code = FAILED_RUN
+                code = Code.FAILED
         except Retry as e:
-            code, exc = RETRY, e
+            code, exc = Code.RETRY, e
         except Reject as e:
-            code, exc = REJECT, e
+            code, exc = Code.REJECT, e
         except (Exception, JobTimeout) as e:
-            code, exc, tb = FAILED_RUN, e, traceback.format_exc()
+            # the consumer is done: no soft timeout may hit the traceback's formatting
+            _D.pack_into(buf, offset + JOB_STARTED_AT[0], 0.0)
+            code, exc, tb = Code.FAILED, e, traceback.format_exc()
+        if _forked:  # we are a copy forked by the consumer: the real worker records the job
+            return i, None
         elapsed = time.time() - started
+        _D.pack_into(buf, offset + JOB_STARTED_AT[0], 0.0)
         _record(buf, offset, elapsed, code == 0)
         if code:
-            failures.append((raw, job, code, exc, tb))
-        else:
-            processed += 1
-    return processed, failures, []
+            _B.pack_into(buf, offset + PENDING_FAILURE[0], 1)
+            return i + 1, Failure(raw, job, Code(code), exc, tb)
+        _add(_I, buf, offset + BATCH_DONE[0], 1)
+    return n, None
 
 
-def _record(buf, offset, elapsed, ok):
-    field = PROCESSED if ok else FAILED
-    pos = offset + field[0]
-    _Q.pack_into(buf, pos, _Q.unpack_from(buf, pos)[0] + 1)
+def _add(fmt: struct.Struct, buf: Any, pos: int, value: Any) -> None:
+    fmt.pack_into(buf, pos, fmt.unpack_from(buf, pos)[0] + value)
+
+
+def _record(buf: Any, offset: int, elapsed: float, ok: bool) -> None:
+    _add(_Q, buf, offset + (PROCESSED if ok else FAILED)[0], 1)
     pos = offset + HIST_OFF + 4 * bucket(elapsed)
     _I.pack_into(buf, pos, (_I.unpack_from(buf, pos)[0] + 1) & 0xFFFFFFFF)
-    pos = offset + BUSY_TOTAL[0]
-    _D.pack_into(buf, pos, _D.unpack_from(buf, pos)[0] + elapsed)
+    _add(_D, buf, offset + BUSY_TOTAL[0], elapsed)

@@ -7,14 +7,23 @@
 from __future__ import annotations
 
 import time
-from typing import Any, Iterable
+from typing import Any, Awaitable, Callable, Iterable
 
 import redis.asyncio as aioredis
 
 from . import envelope
 from .broker import CONNECTION_ERRORS, TopicKeys
+from .delays import push_delay
 from .errors import BrokerUnavailable
-from .producer import check_topic, make_envelope, push_command, queue_pushes
+from .producer import (
+    PUSH_SCRIPT,
+    Tokens,
+    check_topic,
+    chunked_calls,
+    chunks_of,
+    make_envelope,
+    push_call,
+)
 
 
 class AsyncProducer:
@@ -24,7 +33,9 @@ class AsyncProducer:
         self.max_payload_bytes = max_payload_bytes
         self._client = aioredis.Redis.from_url(url, socket_connect_timeout=5.0,
                                                socket_timeout=10.0)
+        self._script = self._client.register_script(PUSH_SCRIPT)
         self._keys: dict[str, TopicKeys] = {}
+        self._tokens = Tokens()   # one per push in flight: pushes run concurrently
 
     def _topic(self, topic: str) -> TopicKeys:
         keys = self._keys.get(topic)
@@ -34,31 +45,54 @@ class AsyncProducer:
         return keys
 
     async def push(self, topic: str, payload: Any = None, *, delay: float = 0) -> str:
-        """Enqueue one job; returns its id. ``delay`` seconds: run no earlier than that."""
+        """Enqueue one job; returns its id. ``delay`` seconds: run no earlier than that.
+        Enqueued once, even when the reply is lost and the push is sent again."""
         keys = self._topic(topic)
+        delay = push_delay(delay)
         now = time.time()
         job_id, env = make_envelope(topic, payload, now, self.max_payload_bytes)
+        tokens = self._tokens.take()
         try:
-            await self._client.execute_command(*push_command(keys, env, now, delay))
-        except CONNECTION_ERRORS as exc:
-            raise BrokerUnavailable(f"cannot push to redis: {exc}") from exc
+            call_keys, call_args = push_call(keys, tokens[0], job_id, [env], now, delay)
+            await self._send(lambda: self._script(keys=call_keys, args=call_args))
+        finally:
+            self._tokens.give(tokens)
         return job_id
 
     async def push_many(self, topic: str, payloads: Iterable[Any], *,
                         delay: float = 0) -> list[str]:
         """Enqueue many jobs, pipelined in chunks; validates all before sending any."""
         keys = self._topic(topic)
+        delay = push_delay(delay)
         now = time.time()
         pairs = [make_envelope(topic, p, now, self.max_payload_bytes) for p in payloads]
         if not pairs:
             return []
+        tokens = self._tokens.take(chunks_of(len(pairs)))
         try:
-            async with self._client.pipeline(transaction=False) as pipe:
-                queue_pushes(pipe, keys, [env for _, env in pairs], now, delay)
-                await pipe.execute()
-        except CONNECTION_ERRORS as exc:
-            raise BrokerUnavailable(f"cannot push to redis: {exc}") from exc
+            calls = chunked_calls(keys, tokens, pairs, now, delay)
+
+            async def send() -> None:
+                async with self._client.pipeline(transaction=False) as pipe:
+                    for call_keys, call_args in calls:
+                        await self._script(keys=call_keys, args=call_args, client=pipe)
+                    await pipe.execute()
+
+            await self._send(send)
+        finally:
+            self._tokens.give(tokens)
         return [job_id for job_id, _ in pairs]
+
+    @staticmethod
+    async def _send(call: Callable[[], Awaitable[Any]]) -> None:
+        """Send, and once more after a lost connection (push.lua makes that safe)."""
+        for attempt in (1, 2):
+            try:
+                await call()
+                return
+            except CONNECTION_ERRORS as exc:
+                if attempt == 2:
+                    raise BrokerUnavailable(f"cannot push to redis: {exc}") from exc
 
     async def queue_size(self, topic: str) -> int:
         """Jobs waiting in ``ready`` (not delayed, not in flight)."""

@@ -8,25 +8,38 @@ from __future__ import annotations
 import time
 from functools import cache
 from importlib import resources
-from typing import Iterable, Sequence
+from typing import NamedTuple, Sequence
 
 import redis
 
-from .errors import BrokerUnavailable
+from .errors import BrokerUnavailable, Fenced
+from .scoreboard import BatchPosition
 
 DEAD_CAP = 10_000            # dead-letter list length kept per topic; older entries trimmed
 PROMOTE_LIMIT = 1_000        # delayed jobs promoted per call, so one call stays short
 CONNECTION_ERRORS = (redis.ConnectionError, redis.TimeoutError, ConnectionError, OSError)
+# Replies of a Redis that is there but cannot serve right now (loading, failing over, out of
+# memory, a replica after failover): waited out like an outage, not a bug.
+_TRANSIENT_REPLIES = ("LOADING", "BUSY", "MASTERDOWN", "CLUSTERDOWN", "TRYAGAIN", "OOM",
+                      "READONLY")
+
+
+def is_transient(exc: BaseException) -> bool:
+    """True for an error that retrying later can cure: Redis down, or busy as above."""
+    if isinstance(exc, CONNECTION_ERRORS + (redis.ReadOnlyError,)):
+        return True
+    return isinstance(exc, redis.ResponseError) and str(exc).startswith(_TRANSIENT_REPLIES)
 
 
 @cache
-def _script_source(name: str) -> str:
+def script_source(name: str) -> str:
+    """The text of ``ssjobs/lua/NAME.lua`` (package data: wheel, editable and binary alike)."""
     return resources.files("ssjobs.lua").joinpath(f"{name}.lua").read_text("utf-8")
 
 
 def _with_take(name: str) -> str:
     """A script that calls take(): take.lua's function, then the script."""
-    return _script_source("take") + "\n" + _script_source(name)
+    return script_source("take") + "\n" + script_source(name)
 
 
 CLUSTER_SCHEMES = ("redis+cluster://", "rediss+cluster://")
@@ -78,8 +91,19 @@ def _sentinel_master(url: str, options: dict) -> redis.Redis:
 
 
 def nodes_key(prefix: str) -> str:
-    """ZSET node -> last master heartbeat (epoch s); fleet-wide, not tied to one topic."""
+    """SET of the nodes (master incarnations) known to the fleet; fleet-wide."""
     return f"{prefix}:nodes"
+
+
+def node_key(prefix: str, node: str) -> str:
+    """STRING a master refreshes every second with a time-to-live of heartbeat_ttl: while it
+    exists, the node is alive (judged on Redis' clock). Its value is the master's summary."""
+    return f"{prefix}:node:{node}"
+
+
+def node_of(worker: str) -> str:
+    """The node (master incarnation) a worker name belongs to: ``node/pid-serial``."""
+    return worker.partition("/")[0]
 
 
 class TopicKeys:
@@ -93,10 +117,29 @@ class TopicKeys:
         self.delayed = f"{self.base}:delayed"
         self.dead = f"{self.base}:dead"
         self.stats = f"{self.base}:stats"
-        self.workers = f"{self.base}:workers"   # HASH worker name -> node
+        self.workers = f"{self.base}:workers"   # HASH worker name -> batch it holds
 
     def inflight(self, worker: str) -> str:
         return f"{self.base}:inflight:{worker}"
+
+    def push_marker(self, token: str) -> str:
+        return f"{self.base}:push:{token}"
+
+
+class Settled(NamedTuple):
+    jobs: list[bytes]         # the jobs the worker now holds besides those it kept, oldest first
+    next_due: float | None    # when nothing came: due time of the next delayed job
+
+
+class Outcomes(NamedTuple):
+    """What a worker reports when it settles: counters and rewritten envelopes."""
+    processed: int = 0
+    failed: int = 0
+    retries: Sequence[tuple[float, bytes]] = ()   # (due time, envelope with attempts + 1)
+    dead: Sequence[bytes] = ()
+
+
+NO_OUTCOMES = Outcomes()
 
 
 class Broker:
@@ -105,73 +148,76 @@ class Broker:
     def __init__(self, client: redis.Redis, prefix: str, topic: str) -> None:
         self.client = client
         self.keys = TopicKeys(prefix, topic)
-        self._fetch = client.register_script(_with_take("fetch"))
         self._settle = client.register_script(_with_take("settle"))
-        self._recover = client.register_script(_script_source("recover"))
-        self._promote = client.register_script(_script_source("promote"))
-        self._requeue_dead = client.register_script(_script_source("requeue_dead"))
+        self._recover = client.register_script(script_source("recover"))
+        self._promote = client.register_script(script_source("promote"))
+        self._requeue_dead = client.register_script(script_source("requeue_dead"))
 
     # -- worker side -----------------------------------------------------------------
-    def fetch(self, worker: str, count: int) -> tuple[list[bytes], float | None]:
-        """Take up to ``count`` jobs. Returns (jobs, None), or ([], due time of the next
-        delayed job or None) when there is nothing to take."""
+    def register_worker(self, worker: str) -> None:
+        """The worker's registration: it holds batch 0 (empty). Idempotent."""
+        self.client.hsetnx(self.keys.workers, worker, 0)
+
+    def rejoin(self, worker: str, seq: int) -> None:
+        """Register again after being fenced, holding batch ``seq`` (empty)."""
+        self.client.hset(self.keys.workers, worker, seq)
+
+    def settle(self, worker: str, seq: int, *, done: int = 0, held: int = 0,
+               give_back: bool = False, outcomes: Outcomes = NO_OUTCOMES,
+               take: int = 0) -> Settled:
+        """Settle batch ``seq``: drop its ``done`` oldest jobs (finished: ``outcomes`` says
+        how), keep the next ``held`` (or put them back in front of ready with
+        ``give_back``), and take up to ``take`` new jobs. A fetch is ``settle(w, seq,
+        take=n)``. The worker then holds batch ``seq + 1``. Safe to repeat; Fenced when
+        Redis no longer knows this worker (or this batch)."""
         k = self.keys
-        items, due = self._fetch(keys=[k.ready, k.delayed, k.inflight(worker)],
-                                 args=[count, time.time(), PROMOTE_LIMIT])
-        return items, (float(due) if due else None)
+        args: list = [worker, seq, done, held, 1 if give_back else 0, outcomes.processed,
+                      outcomes.failed, len(outcomes.retries), len(outcomes.dead), take,
+                      time.time(), PROMOTE_LIMIT, DEAD_CAP]
+        for due, env in outcomes.retries:
+            args += (repr(float(due)), env)
+        args += outcomes.dead
+        try:
+            jobs, due = self._settle(
+                keys=[k.ready, k.delayed, k.inflight(worker), k.dead, k.stats, k.workers],
+                args=args)
+        except redis.ResponseError as exc:
+            if str(exc).startswith("FENCED"):
+                raise Fenced(str(exc)) from None
+            raise
+        return Settled(jobs, float(due) if due else None)
 
     def wait_one(self, worker: str, timeout: float) -> bytes | None:
-        """Block up to ``timeout`` seconds for one job, moved straight into in-flight."""
+        """Block up to ``timeout`` seconds for one job, moved straight into in-flight. Never
+        send it again after a lost reply: the next settle hands back what it moved."""
         return self.client.blmove(self.keys.ready, self.keys.inflight(worker),
                                   timeout, "RIGHT", "LEFT")  # type: ignore[arg-type,return-value]
 
-    def settle(self, worker: str, processed: int, failed: int,
-               retries: Sequence[tuple[float, bytes]] = (), dead: Sequence[bytes] = (),
-               unstarted: Sequence[bytes] = (), fetch_next: int = 0,
-               ) -> tuple[list[bytes], float | None]:
-        """Finish a batch; with ``fetch_next`` take the next one in the same round trip.
-        Returns what ``fetch`` returns."""
-        k = self.keys
-        args: list = [processed, failed, DEAD_CAP, len(retries), len(dead), len(unstarted),
-                      fetch_next, time.time(), PROMOTE_LIMIT]
-        for due, env in retries:
-            args += (repr(due), env)
-        args += dead
-        args += unstarted
-        items, due = self._settle(keys=[k.ready, k.delayed, k.inflight(worker), k.dead, k.stats],
-                                  args=args)
-        return items, (float(due) if due else None)
-
-    def register_worker(self, worker: str, node: str) -> None:
-        self.client.hset(self.keys.workers, worker, node)
-
-    def unregister_worker(self, worker: str) -> None:
-        self.client.hdel(self.keys.workers, worker)
-
     # -- master side -----------------------------------------------------------------
-    def recover(self, worker: str, *, charged_id: str = "", max_retries: int = 3,
-                reason: str = "worker died while running this job") -> tuple[int, int]:
+    def recover(self, worker: str, position: BatchPosition | None = None, *,
+                max_retries: int = 3, reason: str = "worker died while running this job",
+                ) -> tuple[int, int, int]:
+        """Requeue a gone worker's in-flight jobs and fence it. ``position`` (from its
+        scoreboard slot) says which succeeded and which was running; without it everything
+        goes back uncharged. Returns (requeued, dead-lettered, dropped as done)."""
         k = self.keys
-        requeued, dead = self._recover(
-            keys=[k.ready, k.inflight(worker), k.dead, k.stats],
-            args=[charged_id, max_retries, DEAD_CAP, time.time(), worker, reason])
-        self.client.hdel(k.workers, worker)
-        return int(requeued), int(dead)
+        seq, done, running = ("", 0, False) if position is None else position
+        requeued, dead, dropped = self._recover(
+            keys=[k.ready, k.inflight(worker), k.dead, k.stats, k.workers],
+            args=[worker, seq, done, 1 if running else 0, max_retries, DEAD_CAP, time.time(),
+                  reason])
+        return int(requeued), int(dead), int(dropped)
 
     def promote(self, now: float | None = None) -> int:
         k = self.keys
         return int(self._promote(keys=[k.ready, k.delayed],
                                  args=[time.time() if now is None else now, PROMOTE_LIMIT]))
 
-    def workers(self) -> dict[str, str]:
-        """worker name -> node, for every worker of this topic that holds an in-flight list."""
-        found = self.client.hgetall(self.keys.workers)
-        return {_text(w): _text(n) for w, n in found.items()}  # type: ignore[union-attr]
+    def workers(self) -> list[str]:
+        """Every registered worker of this topic (each may hold an in-flight list)."""
+        return [_text(w) for w in self.client.hkeys(self.keys.workers)]  # type: ignore[union-attr]
 
     # -- producer and console side --------------------------------------------------------
-    def push(self, envelopes: Iterable[bytes]) -> None:
-        self.client.lpush(self.keys.ready, *envelopes)
-
     def backlog(self) -> int:
         return int(self.client.llen(self.keys.ready))
 

@@ -22,6 +22,8 @@ from .errors import EnvelopeError
 VERSION = 1
 ARRAY_HEADER = b"\x97"  # fixarray of 7 items
 DEFAULT_MAX_PAYLOAD_BYTES = 1024 * 1024
+MAX_ATTEMPTS = 1_000_000  # far above any max_retries (<= 1000); a counter beyond it is
+                          # corrupt, and a malformed job is dead-lettered, never overflows
 
 _packb = msgpack.packb
 _unpackb = msgpack.unpackb
@@ -106,10 +108,11 @@ def decode(raw: bytes) -> Job:
         obj = _unpackb(raw, raw=False)
     except Exception as exc:  # msgpack raises several unrelated types on garbage
         raise EnvelopeError(f"not msgpack: {exc.__class__.__name__}: {exc}") from None
-    return _from_list(obj)
+    return from_list(obj)
 
 
-def _from_list(obj: Any) -> Job:
+def from_list(obj: Any) -> Job:
+    """The job of an unpacked envelope array; EnvelopeError unless it is exactly one."""
     if type(obj) is not list or len(obj) != 7:
         raise EnvelopeError("not a 7-item envelope array")
     version, job_id, topic, attempts, enqueued_at, headers, payload = obj
@@ -117,8 +120,8 @@ def _from_list(obj: Any) -> Job:
         raise EnvelopeError(f"unsupported envelope version {version!r}")
     if type(job_id) is not str or type(topic) is not str:
         raise EnvelopeError("id and topic must be strings")
-    if type(attempts) is not int or attempts < 0:
-        raise EnvelopeError("attempts must be a non-negative integer")
+    if type(attempts) is not int or not 0 <= attempts < MAX_ATTEMPTS:
+        raise EnvelopeError(f"attempts must be an integer in 0..{MAX_ATTEMPTS - 1}")
     if type(enqueued_at) is int:
         enqueued_at = float(enqueued_at)
     elif type(enqueued_at) is not float:

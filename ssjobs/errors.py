@@ -1,6 +1,8 @@
 """One exception tree for ssjobs, rooted at :class:`SsjobsError`."""
 from __future__ import annotations
 
+from .delays import retry_delay
+
 
 class SsjobsError(Exception):
     """Raised for any ssjobs failure; the root of every ssjobs exception."""
@@ -27,6 +29,12 @@ class BrokerUnavailable(SsjobsError):
     """Raised when Redis cannot be reached or answers with a connection error."""
 
 
+class Fenced(SsjobsError):
+    """Raised when Redis refuses a worker's settle: the worker was recovered (its host was
+    presumed dead) or names a batch Redis does not know, so it must stop touching its
+    in-flight list (docs/design.md, "Hosts")."""
+
+
 class ConsumerImportError(SsjobsError):
     """Raised when a consumer spec cannot be imported or is not callable."""
 
@@ -40,16 +48,19 @@ class NotifyError(SsjobsError):
 
 
 class Retry(Exception):
-    """Raised by a consumer to retry the current job, optionally after ``delay`` seconds."""
+    """Raised by a consumer to retry the current job, optionally after ``delay`` seconds
+    (0 .. a year; NaN or a non-number raises ValueError). Outside the SsjobsError tree: it is
+    the consumer's way to say what to do with its job, not a failure of ssjobs."""
 
     def __init__(self, delay: float | None = None, reason: str = "") -> None:
-        self.delay = delay
+        self.delay = None if delay is None else retry_delay(delay)
         self.reason = reason
         super().__init__(reason or (f"retry in {delay}s" if delay is not None else "retry"))
 
 
 class Reject(Exception):
-    """Raised by a consumer to dead-letter the current job at once, without retrying."""
+    """Raised by a consumer to dead-letter the current job at once, without retrying
+    (outside the SsjobsError tree, like Retry)."""
 
 
 class JobTimeout(BaseException):

@@ -1,10 +1,12 @@
 """Pick the compiled hot loop, or its pure-Python twin when it is missing or when
-``SSJOBS_PURE_PYTHON=1`` asks for it. Both have the same names (see ``_fastloop_py``)."""
+``SSJOBS_PURE_PYTHON=1`` asks for it. Both have the same names (see ``_fastloop_py``); the
+type checker reads the twin's signatures."""
 from __future__ import annotations
 
 import importlib
 import os
 from types import ModuleType
+from typing import TYPE_CHECKING
 
 
 def _pick() -> ModuleType:
@@ -16,12 +18,12 @@ def _pick() -> ModuleType:
     return importlib.import_module("ssjobs._fastloop_py")
 
 
-_impl = _pick()
-IMPLEMENTATION: str = _impl.IMPLEMENTATION
-run_batch = _impl.run_batch
-FAILED_RUN: int = _impl.FAILED_RUN
-RETRY: int = _impl.RETRY
-REJECT: int = _impl.REJECT
-MALFORMED: int = _impl.MALFORMED
+if TYPE_CHECKING:
+    from ._fastloop_py import IMPLEMENTATION, mark_forked, run_batch
+else:
+    _impl = _pick()
+    IMPLEMENTATION = _impl.IMPLEMENTATION
+    run_batch = _impl.run_batch
+    mark_forked = _impl.mark_forked
 
-__all__ = ["FAILED_RUN", "IMPLEMENTATION", "MALFORMED", "REJECT", "RETRY", "run_batch"]
+__all__ = ["IMPLEMENTATION", "mark_forked", "run_batch"]

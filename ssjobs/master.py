@@ -20,19 +20,21 @@ from typing import Any, Callable
 import redis
 
 from . import __version__, logs, scaling, worker
-from .broker import CONNECTION_ERRORS, Broker, connect, nodes_key
+from .broker import CONNECTION_ERRORS, Broker, connect
 from .config import Config, ConfigError, JobConfig, load_config
 from .loader import add_consumer_path
-from .recovery import Recovery
+from .recovery import Heartbeat, Recovery
 from .runtime import (
     ReadyPipe,
     RuntimeFiles,
     drop_privileges,
+    is_process,
+    new_nonce,
     send_signal,
     set_title,
     wait_pids_gone,
 )
-from .scoreboard import BUSY, HEARTBEAT, IDLE, JOB_STARTED_AT, PID, STATE, Scoreboard
+from .scoreboard import BUSY, IDLE, BatchPosition, Scoreboard
 
 log = logging.getLogger("ssjobs.master")
 
@@ -85,7 +87,9 @@ class Master:
         self.files = RuntimeFiles(cfg.process.data_dir)
         self.ready = ReadyPipe.writer(ready_fd)
         self.pid = os.getpid()
-        self.node = f"{socket.gethostname()}:{self.pid}"
+        # one incarnation: the nonce tells this master from an earlier one with the same pid
+        self.node = f"{socket.gethostname()}:{self.pid}:{new_nonce()}"
+        self.serial = 0  # forks so far: part of each worker's name
         self.started_at = time.time()
         self.workers: dict[int, WorkerProc] = {}
         self.topics: dict[str, TopicState] = {}
@@ -97,6 +101,7 @@ class Master:
         self.restarts: dict[str, int] = {}
         self.outage = logs.OutageLogger(log)
         self.recovery = Recovery(self.outage)
+        self.heartbeat: Heartbeat = None  # type: ignore[assignment]  # set by _start
         self._wake_r = self._wake_w = -1
         self._last_housekeeping = self._last_janitor = 0.0
         self.board: Scoreboard = None  # type: ignore[assignment]  # set by _start
@@ -113,6 +118,7 @@ class Master:
             pid = self.files.read_pid()
             self.ready.report(False, f"already running (pid {pid})")
             return 1
+        self.previous_node = self.files.swap_lock_owner(self.node)
         try:
             self._start()
         except Exception as exc:
@@ -132,8 +138,7 @@ class Master:
                            rotate=cfg.log.rotate, keep=cfg.log.keep,
                            handler_class=cfg.log.handler_class, capture_root=True)
         logging.getLogger("redis").setLevel(logging.WARNING)  # its debug chatter is not ours
-        old_pid = self.files.read_pid()
-        leftovers = self.files.leftover_worker_pids()
+        previous = self.files.previous_scoreboard()  # what a SIGKILLed predecessor left
         for fixed in self.files.repair():
             log.warning("data_dir repaired: %s", fixed)
         self.files.write_pid(self.pid)
@@ -144,8 +149,11 @@ class Master:
         for job in cfg.jobs:
             self.topics[job.topic] = TopicState(job, self._broker(job))
         self._install_signals()
-        if old_pid and old_pid != self.pid:
-            self._recover_previous_master(old_pid, leftovers)
+        self.heartbeat = Heartbeat(self.clients.values(), cfg.redis.prefix, self.node,
+                                   cfg.process.heartbeat_ttl, self.master_info, self.outage)
+        self.heartbeat.beat()
+        if self.previous_node and self.previous_node != self.node:
+            self._recover_previous_master(self.previous_node, previous)
         log.info("master started (pid %d, %d topics, node %s)", self.pid, len(self.topics),
                  self.node)
         self._manage_workers()
@@ -199,20 +207,35 @@ class Master:
                 msg = f"workers of {', '.join(map(repr, failed))} exit at start-up (see log)"
                 self.ready.report(False, msg)
                 raise RuntimeError(msg)
-            states = [self.board.slot(w.slot)._get(STATE) for w in self.workers.values()]
+            states = [self.board.slot(w.slot).state for w in self.workers.values()]
             if all(s in (IDLE, BUSY) for s in states):
                 break
             self._wait(0.05)
+            self.heartbeat.beat_if_due()
         self._write_snapshot()
         self.ready.report(True, str(self.pid))
 
-    def _recover_previous_master(self, old_pid: int, leftovers: list[int]) -> None:
-        """A SIGKILLed master's workers finish their job and exit; then requeue what they held."""
-        alive = wait_pids_gone(leftovers, self.cfg.process.stop_timeout)
-        for pid in alive:
-            log.warning("leftover worker %d of the previous master still alive: killing", pid)
-            send_signal(pid, signal.SIGKILL)
-        self.recovery.previous_master(self.topics.values(), f"{socket.gethostname()}:{old_pid}")
+    def _recover_previous_master(self, old_node: str, board: Scoreboard | None) -> None:
+        """A SIGKILLed master's workers finish their job and exit; then requeue what they
+        held, with each one's position in its batch from the scoreboard it left."""
+        positions: dict[str, tuple[str, BatchPosition]] = {}
+        if board is not None:
+            leftovers = [w["pid"] for w in board.workers()
+                         if is_process(w["pid"], w["started_at"])]
+            alive = wait_pids_gone(leftovers, self.cfg.process.stop_timeout,
+                                   while_waiting=self.heartbeat.beat_if_due)
+            for pid in alive:
+                log.warning("leftover worker %d of the previous master still alive: killing",
+                            pid)
+                send_signal(pid, signal.SIGKILL)
+            wait_pids_gone(alive, 5.0)
+            for i in range(board.nslots):
+                slot = board.slot(i)
+                if slot.pid:
+                    name = f"{old_node}/{slot.pid}-{slot.serial}"
+                    positions[name] = (slot.read()["topic"], slot.batch())
+            board.close()
+        self.recovery.previous_master(self.topics, old_node, positions)
 
     # -- the loop ------------------------------------------------------------------------
     def _loop(self) -> None:
@@ -264,7 +287,7 @@ class Master:
     def _on_worker_exit(self, proc: WorkerProc, status: int) -> None:
         slot = self.board.slot(proc.slot)
         info = slot.read()
-        charged = info["job_id"] if info["state"] == "busy" and info["job_started_at"] else ""
+        position = slot.batch()
         slot.release()
         lifetime = time.monotonic() - proc.started
         code = os.waitstatus_to_exitcode(status)
@@ -274,9 +297,10 @@ class Master:
         restart_kind = proc.kill_reason or (CLEAN_EXITS[code] if clean else "crash")
         self.restarts[restart_kind] = self.restarts.get(restart_kind, 0) + 1
         level = logging.INFO if clean else logging.ERROR
+        charged = info["job_id"] if position.running and not clean else ""
         log.log(level, "worker %s #%d (pid %d) exited: %s%s", proc.topic, proc.index, proc.pid,
                 reason, f"; job {charged} charged one attempt" if charged else "")
-        self.recovery.worker_died(proc.broker, proc.name, charged, proc.job.max_retries,
+        self.recovery.worker_died(proc.broker, proc.name, position, proc.job.max_retries,
                                   f"{proc.topic} #{proc.index} (pid {proc.pid})")
         ts = self.topics.get(proc.topic)
         if ts is None or self.stopping:
@@ -298,18 +322,18 @@ class Master:
         now, mono = time.time(), time.monotonic()
         for proc in list(self.workers.values()):
             slot = self.board.slot(proc.slot)
-            state = slot._get(STATE)
+            state = slot.state
             if proc.term_sent_at is not None:
                 if mono - proc.term_sent_at > self.cfg.process.stop_timeout:
                     self._kill(proc, "stop-timeout")
                 continue
             timeout = proc.job.job_timeout
-            started = slot._get(JOB_STARTED_AT)
+            started = slot.job_started_at  # the consumer cannot clear it: see _fastloop_py
             if timeout and state == BUSY and started and now - started > timeout + TIMEOUT_GRACE_S:
                 log.error("worker %s #%d (pid %d): job ran past job_timeout=%ss; killing it",
                           proc.topic, proc.index, proc.pid, timeout)
                 self._kill(proc, "timeout")
-            elif state == IDLE and now - slot._get(HEARTBEAT) > HUNG_AFTER_S:
+            elif state == IDLE and now - slot.heartbeat > HUNG_AFTER_S:
                 log.error("worker %s #%d (pid %d) is hung (no heartbeat for %ds); killing it",
                           proc.topic, proc.index, proc.pid, HUNG_AFTER_S)
                 self._kill(proc, "hung")
@@ -363,8 +387,9 @@ class Master:
             return
         job = ts.job
         slot = self.board.slot(slot_index)
-        slot.claim(0, job.topic, kind, index, time.time())
-        ident = worker.WorkerIdentity(self.node, kind, index, self.pid)
+        self.serial += 1
+        slot.claim(0, job.topic, kind, index, time.time(), self.serial)
+        ident = worker.WorkerIdentity(self.node, kind, index, self.pid, self.serial)
         title = f"{self.cfg.process.name}: worker {job.topic} #{index}"
         rcfg = self.cfg.redis_for(job)
         blocked = signal.pthread_sigmask(signal.SIG_BLOCK, HANDLED_SIGNALS)
@@ -380,9 +405,9 @@ class Master:
                 logging.shutdown()
                 os._exit(code)
         signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
-        slot._put(PID, pid)
+        slot.set_pid(pid)
         self.workers[pid] = WorkerProc(pid, job.topic, kind, index, slot_index,
-                                       f"{self.node}:{pid}", ts.broker, job,
+                                       f"{self.node}/{pid}-{self.serial}", ts.broker, job,
                                        generation=self.generation)
         log.debug("spawned %s worker %s #%d (pid %d)", ("static", "dynamic")[kind], job.topic,
                   index, pid)
@@ -408,13 +433,13 @@ class Master:
         self._last_housekeeping = mono
         now = time.time()
         self.board.master_beat(now)
+        self.heartbeat.beat()
         try:
             self._redis_housekeeping(now)
             if mono - self._last_janitor >= JANITOR_EVERY_S:
                 self._last_janitor = mono
                 self.recovery.dead_hosts(self.clients.values(), list(self.topics.values()),
-                                         self.cfg.redis.prefix, self.cfg.process.heartbeat_ttl,
-                                         self.node, now)
+                                         self.cfg.redis.prefix, self.node)
             self.outage.note_success("redis")
         except CONNECTION_ERRORS as exc:
             self.outage.note_failure("redis", exc)
@@ -425,8 +450,6 @@ class Master:
         self._call_extensions("tick", now)
 
     def _redis_housekeeping(self, now: float) -> None:
-        for client in self.clients.values():
-            client.zadd(nodes_key(self.cfg.redis.prefix), {self.node: now})
         self.recovery.retry_pending()
         for ts in self.topics.values():
             ts.broker.promote(now)
@@ -497,6 +520,7 @@ class Master:
         while self.workers and time.monotonic() < deadline:
             self._wait(0.05)
             self._reap_workers()
+            self.heartbeat.beat_if_due()  # a long stop is not a dead host
         for proc in list(self.workers.values()):
             log.warning("worker %s #%d (pid %d) did not stop within %ss: killing it",
                         proc.topic, proc.index, proc.pid, self.cfg.process.stop_timeout)
@@ -505,14 +529,10 @@ class Master:
             pid, status = os.waitpid(-1, 0)
             if pid in self.workers:
                 self._on_worker_exit(self.workers.pop(pid), status)
-        self.recovery.flush()
+        self.recovery.flush(while_waiting=self.heartbeat.beat_if_due)
         self._call_extensions("stop")
         self.extensions = []
-        try:
-            for client in self.clients.values():
-                client.zrem(nodes_key(self.cfg.redis.prefix), self.node)
-        except CONNECTION_ERRORS:
-            pass
+        self.heartbeat.end()
         self._write_snapshot(running=False)
         log.info("master stopped")
         self._cleanup_files()

@@ -5,6 +5,7 @@ jobs pulls in no click, no process code and no worker-only dependency.
 """
 from __future__ import annotations
 
+import hashlib
 import os
 import threading
 import time
@@ -12,13 +13,18 @@ import weakref
 from typing import Any, Iterable, Mapping
 
 from redis import ConnectionPool
+from redis.exceptions import NoScriptError
 
 from . import envelope
-from .broker import CONNECTION_ERRORS, TopicKeys, connect
+from .broker import CONNECTION_ERRORS, TopicKeys, connect, script_source
+from .delays import push_delay
 from .errors import BrokerUnavailable
 
-CHUNK_SIZE = 1_000   # envelopes per LPUSH: big enough to amortise the round trip,
+CHUNK_SIZE = 1_000   # envelopes per push command: big enough to amortise the round trip,
                      # small enough to keep one command well under Redis' 512 MB limit
+MARKER_TTL_S = 3600  # a push token's marker outlives any retry of its last push by far
+PUSH_SCRIPT = script_source("push")
+PUSH_SHA = hashlib.sha1(PUSH_SCRIPT.encode()).hexdigest()
 
 
 def check_topic(topic: Any) -> None:
@@ -37,22 +43,48 @@ def make_envelope(topic: str, payload: Any, now: float, max_payload_bytes: int,
     return job_id, envelope.build(job_id, topic, body, 0, now, None)
 
 
-def push_command(keys: TopicKeys, env: bytes, now: float, delay: float) -> tuple:
-    """The one Redis command that enqueues ``env``: LPUSH on ready, or ZADD on delayed."""
-    if delay and delay > 0:
-        return ("ZADD", keys.delayed, now + delay, env)
-    return ("LPUSH", keys.ready, env)
+def push_call(keys: TopicKeys, token: str, marker: str, envs: list[bytes], now: float,
+              delay: float) -> tuple[list[str], list[Any]]:
+    """(KEYS, ARGV) of one push.lua call enqueueing ``envs`` once under ``token``."""
+    target = keys.delayed if delay > 0 else keys.ready
+    due = repr(now + delay) if delay > 0 else ""
+    return [target, keys.push_marker(token)], [marker, MARKER_TTL_S, due, *envs]
 
 
-def queue_pushes(pipe: Any, keys: TopicKeys, envs: list[bytes], now: float,
-                 delay: float) -> None:
-    """Add the chunked commands enqueueing ``envs`` to a pipeline (sync or asyncio)."""
-    for start in range(0, len(envs), CHUNK_SIZE):
-        chunk = envs[start:start + CHUNK_SIZE]
-        if delay and delay > 0:
-            pipe.zadd(keys.delayed, dict.fromkeys(chunk, now + delay))
-        else:
-            pipe.lpush(keys.ready, *chunk)
+def chunked_calls(keys: TopicKeys, tokens: list[str], pairs: list[tuple[str, bytes]],
+                  now: float, delay: float) -> list[tuple[list[str], list[Any]]]:
+    """One push.lua call per chunk of CHUNK_SIZE jobs, each under its own token, marked by
+    its first job's id: a retried push_many enqueues every chunk once."""
+    calls = []
+    for token, start in zip(tokens, range(0, len(pairs), CHUNK_SIZE), strict=True):
+        chunk = pairs[start:start + CHUNK_SIZE]
+        calls.append(push_call(keys, token, chunk[0][0], [env for _, env in chunk], now,
+                               delay))
+    return calls
+
+
+def chunks_of(n: int) -> int:
+    return -(-n // CHUNK_SIZE)
+
+
+class Tokens:
+    """Push tokens (docs/design.md, "Lost replies"): a token is used by one push at a time,
+    so its marker key tells a retry of that push from a new one. Tokens are reused; a
+    forked child starts with none of its parent's."""
+
+    def __init__(self) -> None:
+        self._free: list[str] = []
+        self._lock = threading.Lock()
+        os.register_at_fork(after_in_child=self._free.clear)
+
+    def take(self, n: int = 1) -> list[str]:
+        with self._lock:
+            got = [self._free.pop() for _ in range(min(n, len(self._free)))]
+        return got + [os.urandom(8).hex() for _ in range(n - len(got))]
+
+    def give(self, tokens: list[str]) -> None:
+        with self._lock:
+            self._free.extend(tokens)
 
 
 class _Server:
@@ -67,14 +99,15 @@ class _Server:
         self.direct = type(getattr(self.client, "connection_pool", None)) is ConnectionPool
         self.local = threading.local()
         self.own: weakref.WeakSet = weakref.WeakSet()
+        self.script = self.client.register_script(PUSH_SCRIPT)
 
-    def command(self, *args: Any) -> Any:
-        """One command on this thread's own connection (made once and kept), skipping
+    def push(self, keys: list[str], args: list[Any]) -> Any:
+        """One push.lua call on this thread's own connection (made once and kept), skipping
         redis-py's per-call pool and instrumentation work, which costs about a third of a
-        single push. One reconnect on a dropped link."""
+        single push. Sent again once on a dropped link: push.lua makes that safe."""
         if not self.direct:  # a cluster or sentinel client must route each command itself
             try:
-                return self.client.execute_command(*args)
+                return self.script(keys=keys, args=args)
             except CONNECTION_ERRORS as exc:
                 raise BrokerUnavailable(f"cannot push to redis: {exc}") from exc
         local = self.local
@@ -88,8 +121,12 @@ class _Server:
                 local.pid = os.getpid()
                 self.own.add(conn)
             try:
-                conn.send_command(*args)
-                return conn.read_response()
+                try:
+                    conn.send_command("EVALSHA", PUSH_SHA, len(keys), *keys, *args)
+                    return conn.read_response()
+                except NoScriptError:
+                    conn.send_command("EVAL", PUSH_SCRIPT, len(keys), *keys, *args)
+                    return conn.read_response()
             except CONNECTION_ERRORS as exc:
                 conn.disconnect()
                 if attempt == 2:
@@ -121,48 +158,75 @@ class Producer:
             self._routes[topic] = servers[where]
         self._servers = list(servers.values())
         self._topics: dict[str, tuple[TopicKeys, _Server]] = {}
+        self._tokens = Tokens()
+        self._declared: frozenset[str] | None = None   # from_config: the topics it declares
+        self._config_path = ""
 
     @classmethod
     def from_config(cls, path: str | os.PathLike, **options: Any) -> Producer:
-        """A producer for the config's Redis, routing topics with their own [jobs.redis]."""
+        """A producer for the config's Redis and prefix, routing topics with their own
+        [jobs.redis]; it refuses topics the config does not declare (a typo would strand
+        its jobs: no worker ever serves them)."""
         from .config import load_config  # only when asked: keeps `import producer` light
 
         cfg = load_config(path)
         routes = {job.topic: (job.redis.url, job.redis.prefix) for job in cfg.jobs
                   if job.redis is not None and job.redis != cfg.redis}
-        return cls(cfg.redis.url, prefix=cfg.redis.prefix, routes=routes, **options)
+        producer = cls(cfg.redis.url, prefix=cfg.redis.prefix, routes=routes, **options)
+        producer._declared = frozenset(job.topic for job in cfg.jobs)
+        producer._config_path = str(cfg.path)
+        return producer
 
     def _topic(self, topic: str) -> tuple[TopicKeys, _Server]:
         found = self._topics.get(topic)
         if found is None:
             check_topic(topic)
+            if self._declared is not None and topic not in self._declared:
+                raise ValueError(f"unknown topic {topic!r}: {self._config_path} declares "
+                                 f"{', '.join(sorted(self._declared))}")
             server = self._routes.get(topic, self._default)
             found = self._topics[topic] = (TopicKeys(server.prefix, topic), server)
         return found
 
     def push(self, topic: str, payload: Any = None, *, delay: float = 0) -> str:
-        """Enqueue one job; returns its id. ``delay`` seconds: run no earlier than that."""
+        """Enqueue one job; returns its id. ``delay`` seconds: run no earlier than that.
+        Enqueued once, even when the reply is lost and the push is sent again."""
         keys, server = self._topic(topic)
+        delay = push_delay(delay)
         now = time.time()
         job_id, env = make_envelope(topic, payload, now, self.max_payload_bytes)
-        server.command(*push_command(keys, env, now, delay))
+        tokens = self._tokens.take()
+        try:
+            server.push(*push_call(keys, tokens[0], job_id, [env], now, delay))
+        finally:
+            self._tokens.give(tokens)
         return job_id
 
     def push_many(self, topic: str, payloads: Iterable[Any], *, delay: float = 0) -> list[str]:
-        """Enqueue many jobs, pipelined in chunks; validates all before sending any."""
+        """Enqueue many jobs, pipelined in chunks; validates all before sending any. Sent
+        again once after a lost connection: each chunk is enqueued once all the same."""
         keys, server = self._topic(topic)
+        delay = push_delay(delay)
         now = time.time()
         pairs = [make_envelope(topic, p, now, self.max_payload_bytes) for p in payloads]
         if not pairs:
             return []
-        ids = [job_id for job_id, _ in pairs]
+        tokens = self._tokens.take(chunks_of(len(pairs)))
         try:
-            pipe = server.client.pipeline(transaction=False)
-            queue_pushes(pipe, keys, [env for _, env in pairs], now, delay)
-            pipe.execute()
-        except CONNECTION_ERRORS as exc:
-            raise BrokerUnavailable(f"cannot push to redis: {exc}") from exc
-        return ids
+            calls = chunked_calls(keys, tokens, pairs, now, delay)
+            for attempt in (1, 2):
+                try:
+                    pipe = server.client.pipeline(transaction=False)
+                    for call_keys, call_args in calls:
+                        server.script(keys=call_keys, args=call_args, client=pipe)
+                    pipe.execute()
+                    break
+                except CONNECTION_ERRORS as exc:
+                    if attempt == 2:
+                        raise BrokerUnavailable(f"cannot push to redis: {exc}") from exc
+        finally:
+            self._tokens.give(tokens)
+        return [job_id for job_id, _ in pairs]
 
     def queue_size(self, topic: str) -> int:
         """Jobs waiting in ``ready`` (not delayed, not in flight)."""

@@ -1,20 +1,26 @@
-"""Requeue what dead workers and dead hosts held (SPEC §6, at-least-once).
+"""Requeue what gone workers and gone hosts held (at-least-once), and keep this master's own
+heartbeat, by which the others judge it alive (docs/design.md, "Crashes" and "Hosts").
 
-The master calls these; each one is Redis work, queued when Redis is down and retried
-from housekeeping, so a worker that dies during an outage loses nothing."""
+Recovery is Redis work: when Redis is down it is queued and retried from housekeeping, so a
+worker that dies during an outage loses nothing."""
 from __future__ import annotations
 
+import json
 import logging
 import time
-from typing import Iterable, Protocol
+from typing import Any, Callable, Iterable, Mapping, Protocol
 
-from .broker import CONNECTION_ERRORS, Broker, nodes_key
+import redis
+
+from .broker import CONNECTION_ERRORS, Broker, node_key, node_of, nodes_key
 from .config import JobConfig
 from .logs import OutageLogger
+from .scoreboard import BatchPosition
 
 log = logging.getLogger("ssjobs.master")
 
 FLUSH_AT_STOP_S = 10.0   # a stopping master keeps retrying queued recoveries this long
+HEARTBEAT_EVERY_S = 1.0  # how often a master refreshes its node key (its TTL: heartbeat_ttl)
 
 
 class _Topic(Protocol):     # what recovery needs of the master's per-topic state
@@ -22,72 +28,148 @@ class _Topic(Protocol):     # what recovery needs of the master's per-topic stat
     job: JobConfig
 
 
+class _Pending:
+    __slots__ = ("broker", "name", "position", "max_retries", "label")
+
+    def __init__(self, broker: Broker, name: str, position: BatchPosition | None,
+                 max_retries: int, label: str) -> None:
+        self.broker, self.name, self.position = broker, name, position
+        self.max_retries, self.label = max_retries, label
+
+
 class Recovery:
     def __init__(self, outage: OutageLogger) -> None:
         self.outage = outage
-        # (broker, worker name, charged job id, max_retries, label) awaiting Redis
-        self.pending: list[tuple[Broker, str, str, int, str]] = []
+        self.pending: list[_Pending] = []   # recoveries awaiting Redis
 
-    def worker_died(self, broker: Broker, name: str, charged: str, max_retries: int,
-                    label: str) -> None:
-        """Requeue a dead worker's in-flight jobs, charging ``charged`` one attempt."""
+    def worker_died(self, broker: Broker, name: str, position: BatchPosition | None,
+                    max_retries: int, label: str) -> None:
+        """Requeue a gone worker's in-flight jobs: those it finished are dropped, the one it
+        was running is charged one attempt (``position``, from its scoreboard slot)."""
+        pending = _Pending(broker, name, position, max_retries, label)
         try:
-            self._recover(broker, name, charged, max_retries, label)
+            self._recover(pending)
         except CONNECTION_ERRORS as exc:
             self.outage.note_failure("redis", exc)
-            self.pending.append((broker, name, charged, max_retries, label))
+            self.pending.append(pending)
 
-    def _recover(self, broker: Broker, name: str, charged: str, max_retries: int,
-                 label: str) -> None:
-        requeued, dead = broker.recover(name, charged_id=charged, max_retries=max_retries)
+    def _recover(self, p: _Pending) -> None:
+        requeued, dead, dropped = p.broker.recover(p.name, p.position,
+                                                   max_retries=p.max_retries)
         if requeued or dead:
-            log.warning("requeued %d in-flight jobs of worker %s; %d dead-lettered as poison",
-                        requeued, label, dead)
+            log.warning("requeued %d in-flight jobs of worker %s (%d it had finished dropped); "
+                        "%d dead-lettered as poison", requeued, p.label, dropped, dead)
 
     def retry_pending(self) -> None:
         """Housekeeping: run queued recoveries; raises a connection error if still down."""
         while self.pending:
-            self._recover(*self.pending[0])
+            self._recover(self.pending[0])
             self.pending.pop(0)
 
-    def flush(self, timeout: float = FLUSH_AT_STOP_S) -> None:
+    def flush(self, timeout: float = FLUSH_AT_STOP_S,
+              while_waiting: Callable[[], Any] | None = None) -> None:
         deadline = time.monotonic() + timeout
         while self.pending and time.monotonic() < deadline:
             try:
                 self.retry_pending()
             except CONNECTION_ERRORS:
                 time.sleep(0.5)
-        for _, name, *_ in self.pending:
+                if while_waiting is not None:
+                    while_waiting()
+        for p in self.pending:
             log.error("could not requeue the in-flight jobs of %s (redis down); another "
-                      "master will after heartbeat_ttl", name)
+                      "master will once this host's heartbeat expires", p.label)
 
-    def previous_master(self, topics: Iterable[_Topic], old_node: str) -> None:
-        """After a SIGKILLed master on this host (its workers have exited by now)."""
-        for ts in topics:
+    def previous_master(self, topics: Mapping[str, _Topic], old_node: str,
+                        positions: Mapping[str, tuple[str, BatchPosition]]) -> None:
+        """After a SIGKILLed master on this data_dir (its workers have exited by now): every
+        worker of that incarnation, from its scoreboard (with its position) or from Redis."""
+        for topic, ts in topics.items():
             try:
-                for name, node in ts.broker.workers().items():
-                    if node == old_node:
-                        requeued, _ = ts.broker.recover(name, max_retries=ts.job.max_retries)
-                        log.info("recovered %d jobs of %s (previous master)", requeued, name)
+                names = {n for n in ts.broker.workers() if node_of(n) == old_node}
+                names |= {n for n, (t, _) in positions.items() if t == topic}
+                for name in sorted(names):
+                    position = positions.get(name, ("", None))[1]
+                    requeued, dead, dropped = ts.broker.recover(
+                        name, position, max_retries=ts.job.max_retries,
+                        reason="its master was killed while it ran this job")
+                    log.info("recovered %d jobs of %s (previous master; %d finished, %d "
+                             "dead-lettered)", requeued, name, dropped, dead)
             except CONNECTION_ERRORS as exc:
                 self.outage.note_failure("redis", exc)
 
     @staticmethod
-    def dead_hosts(clients: Iterable, topics: list[_Topic], prefix: str, ttl: float,
-                   own_node: str, now: float) -> None:
-        """Requeue the in-flight jobs of every master whose heartbeat expired."""
-        key = nodes_key(prefix)
+    def dead_hosts(clients: Iterable[redis.Redis], topics: list[_Topic], prefix: str,
+                   own_node: str) -> None:
+        """Requeue the in-flight jobs of every node whose heartbeat key has expired (on
+        Redis' clock), and forget the node. Recovery fences: should the host be alive, its
+        workers' next settle is refused."""
         for client in clients:
-            dead_nodes = {n.decode() for n in client.zrangebyscore(key, "-inf", now - ttl)}
-            dead_nodes.discard(own_node)
-            if not dead_nodes:
+            members: set[bytes] = client.smembers(nodes_key(prefix))  # type: ignore[assignment]
+            nodes = sorted(n.decode() for n in members if n.decode() != own_node)
+            if not nodes:
+                continue
+            pipe = client.pipeline(transaction=False)
+            for node in nodes:
+                pipe.exists(node_key(prefix, node))
+            dead = {node for node, alive in zip(nodes, pipe.execute(), strict=True) if not alive}
+            if not dead:
                 continue
             for ts in topics:
                 if ts.broker.client is not client:
                     continue
-                for name, node in ts.broker.workers().items():
-                    if node in dead_nodes:
-                        requeued, _ = ts.broker.recover(name, max_retries=ts.job.max_retries)
-                        log.warning("host %s is gone: requeued %d in-flight jobs of %s",
-                                    node, requeued, name)
-            client.zrem(key, *dead_nodes)
+                for name in ts.broker.workers():
+                    if node_of(name) in dead:
+                        requeued, _, _ = ts.broker.recover(name, None,
+                                                           max_retries=ts.job.max_retries)
+                        log.warning("host %s is gone (heartbeat expired): requeued %d "
+                                    "in-flight jobs of %s", node_of(name), requeued, name)
+            client.srem(nodes_key(prefix), *dead)
+
+
+class Heartbeat:
+    """This master's liveness in every Redis it uses: ``P:node:NODE`` with a time-to-live of
+    heartbeat_ttl, refreshed each second, and NODE in the ``P:nodes`` set. Its value is a
+    small JSON summary of the master (for dashboards of other hosts)."""
+
+    def __init__(self, clients: Iterable[redis.Redis], prefix: str, node: str, ttl: float,
+                 summary: Callable[[], dict], outage: OutageLogger) -> None:
+        self.clients = clients   # the master's live view: a reload may add a Redis
+        self.prefix = prefix
+        self.node = node
+        self.ttl_ms = max(1000, int(ttl * 1000))
+        self.summary = summary
+        self.outage = outage
+        self._last = 0.0
+        self._beaten: set[int] = set()   # clients that have seen our key at least once
+
+    def beat(self) -> None:
+        self._last = time.monotonic()
+        value = json.dumps(self.summary(), separators=(",", ":"))
+        for client in self.clients:
+            try:
+                pipe = client.pipeline(transaction=False)
+                pipe.set(node_key(self.prefix, self.node), value, px=self.ttl_ms, get=True)
+                pipe.sadd(nodes_key(self.prefix), self.node)
+                previous, _ = pipe.execute()
+            except CONNECTION_ERRORS as exc:
+                self.outage.note_failure("redis", exc)
+                continue
+            if previous is None and id(client) in self._beaten:
+                log.warning("this host's heartbeat had expired (paused, cut off or too busy "
+                            "for heartbeat_ttl): other masters may have requeued its workers' "
+                            "jobs; those workers are refused and replaced")
+            self._beaten.add(id(client))
+
+    def beat_if_due(self) -> None:
+        if time.monotonic() - self._last >= HEARTBEAT_EVERY_S:
+            self.beat()
+
+    def end(self) -> None:
+        """At a clean stop, after the last worker exited: this node is gone for good."""
+        for client in self.clients:
+            try:
+                client.delete(node_key(self.prefix, self.node))
+                client.srem(nodes_key(self.prefix), self.node)
+            except CONNECTION_ERRORS:
+                pass

@@ -10,14 +10,23 @@ import signal
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Callable
 
 from .errors import ControlError
+
+if TYPE_CHECKING:
+    from .scoreboard import Scoreboard
 
 LOCK_NAME = "ssjobs.lock"
 PID_NAME = "ssjobs.pid"
 SCOREBOARD_NAME = "scoreboard.shm"
 SNAPSHOT_NAME = "status.json"
+
+
+def new_nonce() -> str:
+    """8 random hex digits: with hostname and pid, a master incarnation's unique name (pids
+    repeat: a container's master is always PID 1)."""
+    return os.urandom(4).hex()
 
 
 def write_atomic(path: Path, data: bytes, mode: int = 0o600) -> None:
@@ -60,6 +69,20 @@ class RuntimeFiles:
             raise
         self._lock_fd = fd
         return True
+
+    def swap_lock_owner(self, node: str) -> str | None:
+        """With the lock held: record ``node`` as its owner in the lock file; returns the
+        node the previous master on this data_dir recorded (None if none or unreadable).
+        That is how a master finds the in-flight jobs of a SIGKILLed predecessor, whatever
+        its pid was (docs/design.md, "Names")."""
+        assert self._lock_fd is not None
+        try:
+            previous = os.pread(self._lock_fd, 4096, 0).decode().strip() or None
+        except (OSError, UnicodeDecodeError):
+            previous = None
+        os.ftruncate(self._lock_fd, 0)
+        os.pwrite(self._lock_fd, f"{node}\n".encode(), 0)
+        return previous
 
     @property
     def lock_fd(self) -> int | None:
@@ -126,20 +149,17 @@ class RuntimeFiles:
         return data if isinstance(data, dict) else None
 
     # -- repair --------------------------------------------------------------------------
-    def leftover_worker_pids(self) -> list[int]:
-        """Pids of workers a SIGKILLed master left in its scoreboard that are still alive."""
+    def previous_scoreboard(self) -> Scoreboard | None:
+        """The scoreboard a SIGKILLed master left, opened before repair() removes its file:
+        its slots say where each of that master's workers was in its batch."""
         from .scoreboard import Scoreboard
 
         if not self.scoreboard_path.exists():
-            return []
+            return None
         try:
-            board = Scoreboard.open(self.scoreboard_path)
+            return Scoreboard.open(self.scoreboard_path)
         except (OSError, ValueError):
-            return []
-        try:
-            return [w["pid"] for w in board.workers() if pid_alive(w["pid"])]
-        finally:
-            board.close()
+            return None
 
     def repair(self) -> list[str]:
         """With the lock held: remove what a crashed master left. Returns what was fixed."""
@@ -181,6 +201,26 @@ def children(pid: int) -> list[tuple[int, str]]:
             if fields and int(fields[1]) == pid:
                 found.append((int(entry), fields[0].decode()))
     return found
+
+
+def process_started_at(pid: int) -> float | None:
+    """When ``pid`` started (epoch seconds, to the clock tick); None when it is gone."""
+    fields = proc_stat(pid)
+    if fields is None:
+        return None
+    try:
+        with open("/proc/stat", "rb") as f:
+            boot = next(int(line.split()[1]) for line in f if line.startswith(b"btime "))
+    except (OSError, StopIteration, ValueError):
+        return None
+    return boot + int(fields[19]) / os.sysconf("SC_CLK_TCK")
+
+
+def is_process(pid: int, started_at: float, slack_s: float = 2.0) -> bool:
+    """True if ``pid`` is alive and is the process that started at ``started_at`` (a pid
+    from an old scoreboard may since belong to an unrelated process)."""
+    begun = process_started_at(pid)
+    return begun is not None and pid_alive(pid) and abs(begun - started_at) <= slack_s
 
 
 def send_signal(pid: int, sig: int) -> bool:
@@ -242,12 +282,16 @@ def set_title(title: str) -> None:
     setproctitle.setproctitle(title)
 
 
-def wait_pids_gone(pids: list[int], timeout: float) -> list[int]:
-    """Wait until none of ``pids`` is alive; returns those still alive at the deadline."""
+def wait_pids_gone(pids: list[int], timeout: float,
+                   while_waiting: Callable[[], Any] | None = None) -> list[int]:
+    """Wait until none of ``pids`` is alive, calling ``while_waiting`` now and then; returns
+    those still alive at the deadline."""
     deadline = time.monotonic() + timeout
     alive = [p for p in pids if pid_alive(p)]
     while alive and time.monotonic() < deadline:
         time.sleep(0.05)
+        if while_waiting is not None:
+            while_waiting()
         alive = [p for p in alive if pid_alive(p)]
     return alive
 

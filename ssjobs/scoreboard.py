@@ -7,31 +7,52 @@ checks that both agree).
 """
 from __future__ import annotations
 
+import enum
 import mmap
 import os
 import struct
 import time
 from pathlib import Path
+from typing import Any, NamedTuple
 
 MAGIC = b"SSJB"
-LAYOUT_VERSION = 2
+LAYOUT_VERSION = 3
 HEADER = struct.Struct("<4sIIIdd32x")          # magic, version, nslots, master pid, started, beat
 HEADER_SIZE = HEADER.size                        # 64
-SLOT_SIZE = 256
+SLOT_SIZE = 512
 
-# Slot fields: (offset, struct format). pid 0 means the slot is free.
+# Slot fields: (offset, struct format), little-endian (the compiled loop writes the counters
+# through native pointers: ssjobs runs on little-endian Linux machines). pid 0 = free slot.
 PID, STATE, KIND, INDEX = (0, "<I"), (4, "<B"), (5, "<B"), (6, "<H")
 STARTED_AT, HEARTBEAT = (8, "<d"), (16, "<d")
 PROCESSED, FAILED = (24, "<Q"), (32, "<Q")
-JOB_STARTED_AT, RSS = (40, "<d"), (48, "<Q")
-TOPIC_OFF, TOPIC_LEN = 56, 64
-JOB_ID_OFF, JOB_ID_LEN = 120, 32
-HIST_OFF, HIST_BUCKETS = 152, 24                # u32 counts of job durations
-BUSY_TOTAL = (248, "<d")                        # seconds spent inside consumers
+JOB_STARTED_AT, RSS = (40, "<d"), (48, "<Q")     # JOB_STARTED_AT: 0 unless a consumer runs
+# Crash recovery (docs/design.md): the batch the worker holds, how many of its oldest jobs
+# succeeded since the last settle, and whether a failure of the next one awaits its settle.
+BATCH_SEQ, BATCH_DONE, PENDING_FAILURE = (56, "<Q"), (64, "<I"), (68, "<B")
+SERIAL = (72, "<I")                             # the master's fork counter: part of the name
+BUSY_TOTAL = (80, "<d")                         # seconds spent inside consumers
+HIST_OFF, HIST_BUCKETS = 88, 24                 # u32 counts of job durations
+TOPIC_OFF, TOPIC_LEN = 184, 64
+JOB_ID_OFF, JOB_ID_LEN = 248, 128               # ids of other producers may be this long
 
-STATES = ("free", "starting", "idle", "busy", "stopping")
-FREE, STARTING, IDLE, BUSY, STOPPING = range(5)
-KINDS = ("static", "dynamic")
+
+class State(enum.IntEnum):
+    FREE = 0
+    STARTING = 1
+    IDLE = 2
+    BUSY = 3
+    STOPPING = 4
+
+
+class Kind(enum.IntEnum):
+    STATIC = 0
+    DYNAMIC = 1
+
+
+FREE, STARTING, IDLE, BUSY, STOPPING = State
+STATES = tuple(s.name.lower() for s in State)
+KINDS = tuple(k.name.lower() for k in Kind)
 
 # Histogram bucket i counts jobs that took < HIST_BOUNDS_S[i] (the last one is +inf):
 # 100 µs doubling, so 24 buckets reach ~7 min before the overflow bucket (job_timeout is
@@ -47,7 +68,9 @@ def bucket_of(seconds: float) -> int:
 
 
 class Slot:
-    """One worker's slot; methods write straight into the shared mapping."""
+    """One worker's slot; methods write straight into the shared mapping. The worker writes
+    its own slot (the hot loop through a pointer); the master and the console only read,
+    except for ``claim``/``set_pid``/``release`` around a worker's life."""
 
     __slots__ = ("buf", "offset")
 
@@ -55,23 +78,27 @@ class Slot:
         self.buf = buf
         self.offset = offset
 
-    def _put(self, field: tuple[int, str], value) -> None:
+    def _put(self, field: tuple[int, str], value: Any) -> None:
         struct.pack_into(field[1], self.buf, self.offset + field[0], value)
 
-    def _get(self, field: tuple[int, str]):
+    def _get(self, field: tuple[int, str]) -> Any:
         return struct.unpack_from(field[1], self.buf, self.offset + field[0])[0]
 
-    def claim(self, pid: int, topic: str, kind: int, index: int, now: float) -> None:
+    def claim(self, pid: int, topic: str, kind: int, index: int, now: float,
+              serial: int = 0) -> None:
         self.buf[self.offset:self.offset + SLOT_SIZE] = bytes(SLOT_SIZE)
         topic_b = topic.encode()[:TOPIC_LEN]
         self.buf[self.offset + TOPIC_OFF:self.offset + TOPIC_OFF + len(topic_b)] = topic_b
         for field, value in ((STATE, STARTING), (KIND, kind), (INDEX, index),
-                             (STARTED_AT, now), (HEARTBEAT, now), (PID, pid)):
+                             (STARTED_AT, now), (HEARTBEAT, now), (SERIAL, serial), (PID, pid)):
             self._put(field, value)
 
     def release(self) -> None:
         self._put(PID, 0)
         self._put(STATE, FREE)
+
+    def set_pid(self, pid: int) -> None:
+        self._put(PID, pid)
 
     def set_state(self, state: int) -> None:
         self._put(STATE, state)
@@ -82,9 +109,41 @@ class Slot:
     def set_rss(self, rss: int) -> None:
         self._put(RSS, rss)
 
+    def hold_batch(self, seq: int) -> None:
+        """The worker holds batch ``seq``, none of it finished yet."""
+        self._put(BATCH_SEQ, seq)
+        self._put(BATCH_DONE, 0)
+        self._put(PENDING_FAILURE, 0)
+
+    def job_ended(self) -> None:
+        self._put(JOB_STARTED_AT, 0.0)
+
     @property
     def pid(self) -> int:
         return self._get(PID)
+
+    @property
+    def state(self) -> State:
+        value = self._get(STATE)
+        return State(value) if value < len(State) else State.FREE
+
+    @property
+    def heartbeat(self) -> float:
+        return self._get(HEARTBEAT)
+
+    @property
+    def job_started_at(self) -> float:
+        """When the running job started (0.0: no consumer is running)."""
+        return self._get(JOB_STARTED_AT)
+
+    @property
+    def serial(self) -> int:
+        return self._get(SERIAL)
+
+    def batch(self) -> BatchPosition:
+        """Where the worker is in its batch, as crash recovery needs it."""
+        return BatchPosition(self._get(BATCH_SEQ), self._get(BATCH_DONE),
+                             bool(self.job_started_at) or bool(self._get(PENDING_FAILURE)))
 
     def read(self) -> dict:
         o, buf = self.offset, self.buf
@@ -106,6 +165,12 @@ class Slot:
             "busy_seconds": self._get(BUSY_TOTAL),
             "histogram": list(struct.unpack_from(f"<{HIST_BUCKETS}I", buf, o + HIST_OFF)),
         }
+
+
+class BatchPosition(NamedTuple):
+    seq: int         # the batch the worker holds (its number in the protocol)
+    done: int        # its oldest jobs that succeeded since the last settle
+    running: bool    # the next job was running, or failed and its settle is pending
 
 
 class Scoreboard:

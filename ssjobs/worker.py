@@ -1,5 +1,9 @@
 """One worker process consuming one topic: fetch a batch → run it → settle it, until told
-to stop or recycled. The master forks it; ``python -m ssjobs.worker`` runs one alone."""
+to stop or recycled. The master forks it; ``python -m ssjobs.worker`` runs one alone.
+
+Every Redis command the worker sends again after a lost reply is safe to repeat, and its
+scoreboard slot always says how far it got, so a crash re-runs only the job it was running
+(docs/design.md)."""
 from __future__ import annotations
 
 import logging
@@ -9,14 +13,16 @@ import signal
 import socket
 import time
 from dataclasses import dataclass
+from types import FrameType
 
-from . import envelope, fastloop
-from .broker import CONNECTION_ERRORS, Broker, connect
+from . import envelope, fastloop, logs
+from .broker import CONNECTION_ERRORS, Broker, Outcomes, Settled, connect, is_transient
 from .config import JobConfig
-from .errors import ConsumerImportError, JobTimeout, Retry
+from .errors import ConsumerImportError, Fenced, JobTimeout, Retry
 from .loader import Consumer, load_consumer
-from .runtime import set_title
-from .scoreboard import IDLE, JOB_STARTED_AT, STOPPING, Slot
+from .outcome import Code, Failure
+from .runtime import new_nonce, set_title
+from .scoreboard import IDLE, STOPPING, Slot
 
 log = logging.getLogger("ssjobs.worker")
 
@@ -29,37 +35,53 @@ EXIT_RECYCLE_TIME = 11     # lived max_execute_time seconds
 EXIT_RECYCLE_MEMORY = 12   # RSS passed max_memory_mb
 EXIT_IDLE = 13             # dynamic worker idle for dynamic_idle_time
 EXIT_ORPHANED = 14         # the master died
+EXIT_FORKED_CHILD = 16     # a process forked by consumer code returned into the loop
 
 IDLE_WAIT_S = 1.0          # blocking wait per idle round: ~1 Redis command/s while idle
 IDLE_PROMOTE_EVERY_S = 5.0 # an idle worker still promotes due delayed jobs this often
 TICK_S = 1.0               # timer period for job timeouts, lifetime and memory checks
 BACKOFF_MAX_S = 5.0        # cap of the reconnect back-off while Redis is down
-STOPPING_RETRY_S = 30.0    # how long a stopping worker keeps trying to settle its batch
+STOPPING_RETRY_S = 2.0     # a stopping worker rides out this much of an outage, then leaves
+                           # its position in the slot for its master's recovery
 BATCH_WORK_S = 0.02        # fetch about this much work at once: slow jobs are then shared
                            # fairly between workers, fast ones still come 100s per trip
+REJOIN_SEQ_GAP = 1 << 32   # a worker registering again skips this many batch numbers
+TOO_LARGE_KEPT_BYTES = 64 * 1024  # a too-large envelope's dead letter keeps this much of it
 _PAGE = os.sysconf("SC_PAGE_SIZE")
+# Modules of the loop's own bookkeeping: a soft timeout is never raised while one of them
+# runs, only inside the consumer (so it cannot charge a job that already finished).
+_LOOP_MODULES = frozenset({"ssjobs.worker", "ssjobs._fastloop_py", "ssjobs.scoreboard",
+                           "ssjobs.envelope", "ssjobs.outcome", "ssjobs.broker"})
 
 
 @dataclass
 class WorkerIdentity:
-    node: str                 # "hostname:masterpid"
+    node: str                 # the master's incarnation: "hostname:masterpid:nonce"
     kind: int = 0             # 0 static, 1 dynamic
     index: int = 0            # worker number within its topic
     master_pid: int | None = None
+    serial: int = 0           # the master's fork counter: a reused pid still gets a new name
 
     @property
     def name(self) -> str:
-        return f"{self.node}:{os.getpid()}"
+        return f"{self.node}/{os.getpid()}-{self.serial}"
+
+
+class _Interrupted(BaseException):
+    """Raised by the SIGTERM handler to end an idle wait (a blocking fetch, a back-off
+    sleep) at once; never raised anywhere else."""
 
 
 class Control:
-    """Flags set by signal handlers and the tick; read by the loop between jobs."""
+    """Flags set by signal handlers, the tick and the at-fork hook; read by the loop."""
 
-    __slots__ = ("stopping", "exit_code")
+    __slots__ = ("stopping", "exit_code", "waiting", "forked")
 
     def __init__(self) -> None:
         self.stopping = False
         self.exit_code = EXIT_OK
+        self.waiting = False   # in an idle wait that a stop may interrupt
+        self.forked = False    # this process is a copy forked by the consumer
 
     def stop(self, code: int = EXIT_OK) -> None:
         if not self.stopping:
@@ -88,12 +110,16 @@ class Worker:
         self.ctl = Control()
         self.broker = Broker(connect(redis_url, socket_timeout=IDLE_WAIT_S + 10), prefix,
                              job_cfg.topic)
+        self.max_bytes = getattr(job_cfg, "max_payload_bytes",
+                                 envelope.DEFAULT_MAX_PAYLOAD_BYTES)
+        self.seq = 0                  # the batch this worker holds, as Redis numbers it
+        self.batch: list[bytes] = []  # its jobs, oldest first (the in-flight list)
         self.handled = 0
         self.started = time.time()
         self.last_job_at = self.started
         self.job_time: float | None = None  # moving average of seconds per job
-        self._down_since: float | None = None
-        self._failures_while_down = 0
+        self._soft_timeout_for = 0.0        # start time of the job last sent JobTimeout
+        self._outage = logs.OutageLogger(log)
 
     # -- lifecycle -----------------------------------------------------------------------
     def run(self) -> int:
@@ -109,37 +135,61 @@ class Worker:
             except Exception:
                 log.exception("consumer %r setup() failed", self.cfg.consumer)
                 return EXIT_SETUP_FAILED
-        self._redis(self.broker.register_worker, self.name, self.ident.node)
-        self.slot.set_state(IDLE)
-        log.info("worker started (consumer %s)", self.cfg.consumer)
         try:
+            self._redis(self.broker.register_worker, self.name)
+            self.slot.hold_batch(self.seq)
+            self.slot.set_state(IDLE)
+            log.info("worker started (consumer %s)", self.cfg.consumer)
             self._loop(consumer)
+        except _Interrupted:
+            pass
         finally:
             self.slot.set_state(STOPPING)
             signal.setitimer(signal.ITIMER_REAL, 0)
-            if consumer.teardown is not None:
+            if consumer.teardown is not None and not self.ctl.forked:
                 try:
                     consumer.teardown()
                 except Exception:
                     log.exception("consumer %r teardown() failed", self.cfg.consumer)
-        self._redis(self.broker.unregister_worker, self.name, give_up=True)
+        self._retire()
         log.info("worker exiting after %d jobs (status %d)", self.handled, self.ctl.exit_code)
         return self.ctl.exit_code
 
+    def _retire(self) -> None:
+        """Give back what is still held and end the registration (the master's recovery
+        after we exit does the same, so a failure here loses nothing)."""
+        try:
+            self._redis(self.broker.recover, self.name, self.slot.batch(), give_up=True)
+        except _Interrupted:
+            pass
+
     def _install_signals(self) -> None:
         ctl = self.ctl
-        signal.signal(signal.SIGTERM, lambda *_: ctl.stop())
-        signal.signal(signal.SIGINT, lambda *_: ctl.stop())
+
+        def on_stop(*_: object) -> None:
+            ctl.stop()
+            if ctl.waiting:
+                ctl.waiting = False
+                raise _Interrupted
+
+        signal.signal(signal.SIGTERM, on_stop)
+        signal.signal(signal.SIGINT, on_stop)
         signal.signal(signal.SIGHUP, signal.SIG_IGN)
         signal.signal(signal.SIGALRM, self._tick)
         signal.setitimer(signal.ITIMER_REAL, TICK_S, TICK_S)
-        try:
-            from . import logs
-            signal.signal(signal.SIGUSR1, lambda *_: logs.reopen_logs())
-        except ImportError:
-            pass
+        signal.signal(signal.SIGUSR1, lambda *_: logs.reopen_logs())
+        os.register_at_fork(after_in_child=self._in_forked_child)
 
-    def _tick(self, *_: object) -> None:
+    def _in_forked_child(self) -> None:
+        """A process the consumer forked: it must never run, fetch or settle a job of ours
+        (docs/design.md, "Processes a consumer forks"), and it dies with the worker."""
+        self.ctl.forked = True
+        self.ctl.stopping = True
+        fastloop.mark_forked()
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        _die_with_parent(signal.SIGTERM)
+
+    def _tick(self, _signum: int, frame: FrameType | None) -> None:
         """Once a second: soft job timeout, lifetime, memory, orphan check."""
         now = time.time()
         cfg, ctl = self.cfg, self.ctl
@@ -151,17 +201,20 @@ class Worker:
         self.slot.set_rss(rss)
         if cfg.max_memory_mb and rss > cfg.max_memory_mb * 1024 * 1024:
             ctl.stop(EXIT_RECYCLE_MEMORY)
-        if cfg.job_timeout:
-            started = self.slot._get(JOB_STARTED_AT)
-            if started and now - started > cfg.job_timeout:
-                self.slot._put(JOB_STARTED_AT, 0.0)
-                raise JobTimeout(f"job ran past job_timeout={cfg.job_timeout}s")
+        if not cfg.job_timeout or ctl.forked:
+            return
+        started = self.slot.job_started_at
+        if started and now - started > cfg.job_timeout and started != self._soft_timeout_for \
+                and (frame is None or frame.f_globals.get("__name__") not in _LOOP_MODULES):
+            # Once per job, inside the consumer only. The start time stays in the slot:
+            # the master's hard kill and the stuck_job alert still see it.
+            self._soft_timeout_for = started
+            raise JobTimeout(f"job ran past job_timeout={cfg.job_timeout}s")
 
     # -- the loop ------------------------------------------------------------------------
     def _loop(self, consumer: Consumer) -> None:
         ctl, slot = self.ctl, self.slot
         next_fetch = 0.0  # when to look at ready + delayed again while idle
-        batch: list[bytes] = []  # the next batch, when settling the last one fetched it
         while not ctl.stopping:
             now = time.time()
             slot.beat(now)
@@ -169,22 +222,22 @@ class Worker:
             if want <= 0:
                 ctl.stop(EXIT_RECYCLE_COUNT)
                 break
-            if not batch and now >= next_fetch:
-                fetched = self._redis(self.broker.fetch, self.name, want)
-                batch, due = fetched if fetched else ([], None)
-                if not batch:
+            if not self.batch and now >= next_fetch:
+                due = self._settle(take=want).next_due
+                if not self.batch:
                     next_fetch = now + IDLE_PROMOTE_EVERY_S
                     if due is not None:
                         next_fetch = min(next_fetch, due)
-            if not batch:
-                batch = self._wait(max(0.01, min(IDLE_WAIT_S, next_fetch - now)))
-                if not batch:
+            if not self.batch:
+                if not self._wait(max(0.01, min(IDLE_WAIT_S, next_fetch - now))):
+                    next_fetch = 0.0  # the wait's reply was lost: settle picks up its job
+                if not self.batch:
                     self._idle_check(now)
-                    continue
-            batch = self._run(consumer, batch)
+                continue
+            self._run(consumer)
             next_fetch = 0.0  # busy: fetch straight away next round
-        if batch:  # fetched with the last settle, then told to stop: hand them back
-            self._redis(self.broker.settle, self.name, 0, 0, (), (), batch)
+        if self.batch and not ctl.forked:  # held, not begun, and told to stop: hand back
+            self._settle(held=len(self.batch), give_back=True)
 
     def _fetch_size(self) -> int:
         want = self._batch_limit()
@@ -192,14 +245,26 @@ class Worker:
             want = min(want, self.cfg.max_consumer_count - self.handled)
         return want
 
-    def _wait(self, timeout: float) -> list[bytes]:
-        """Block for one job. It runs at once, without first fetching more: the first job
-        after an idle spell waits for no second round trip (pickup latency)."""
-        first = self._redis(self.broker.wait_one, self.name, timeout)
-        if first is not None and self.ctl.stopping:  # a stop came while we waited: hand back
-            self._redis(self.broker.settle, self.name, 0, 0, (), (), [first])
-            return []
-        return [first] if first is not None else []
+    def _wait(self, timeout: float) -> bool:
+        """Block for one job; it runs at once, without first fetching more: the first job
+        after an idle spell waits for no second round trip (pickup latency). False when the
+        wait failed without an answer (it may have moved a job all the same)."""
+        if self.ctl.forked:
+            self._forked_exit()
+        self.ctl.waiting = True
+        try:
+            if self.ctl.stopping:
+                return True
+            first = self.broker.wait_one(self.name, timeout)
+        except CONNECTION_ERRORS as exc:
+            self._note_down(exc)
+            self._sleep(0.05)
+            return False
+        finally:
+            self.ctl.waiting = False
+        if first is not None:
+            self.batch = [first]
+        return True
 
     def _batch_limit(self) -> int:
         """How many jobs to fetch: ~BATCH_WORK_S of work at the recent job time, at most
@@ -215,54 +280,95 @@ class Worker:
         if self.ident.kind == 1 and idle_limit and now - self.last_job_at > idle_limit:
             self.ctl.stop(EXIT_IDLE)
 
-    def _run(self, consumer: Consumer, batch: list[bytes]) -> list[bytes]:
-        """Run a batch and settle it; the settle also fetches the next batch (returned)
-        unless the worker is stopping or at its job limit: one round trip per batch."""
-        slot = self.slot
+    def _run(self, consumer: Consumer) -> None:
+        """Run the batch up to its end, its first failure or a stop, then settle that part;
+        the settle after a whole batch also takes the next one: one round trip per batch
+        (a failure costs one more, so that a crash never loses its outcome)."""
+        slot, batch = self.slot, self.batch
         started = time.perf_counter()
-        processed, failures, unstarted = fastloop.run_batch(
-            batch, consumer.call, slot.buf, slot.offset, self.ctl)
-        ran = len(batch) - len(unstarted)
-        if ran:
-            per_job = (time.perf_counter() - started) / ran
+        end, failure = fastloop.run_batch(batch, consumer.call, slot.buf, slot.offset,
+                                          self.ctl, self.max_bytes)
+        if self.ctl.forked:
+            self._forked_exit()
+        if end:
+            per_job = (time.perf_counter() - started) / end
             self.job_time = per_job if self.job_time is None else (
                 0.7 * self.job_time + 0.3 * per_job)
-        slot._put(JOB_STARTED_AT, 0.0)
+            self.handled += end
+            self.last_job_at = time.time()
         slot.set_state(IDLE)
-        self.handled += ran
-        self.last_job_at = time.time()
-        retries, dead = self._classify(failures)
-        ran_and_failed = sum(1 for f in failures if f[1] is not None)
-        fetch_next = 0 if self.ctl.stopping else max(0, self._fetch_size())
-        result = self._redis(self.broker.settle, self.name, processed, ran_and_failed, retries,
-                             dead, unstarted, fetch_next)
-        return result[0] if result else []
+        outcomes = Outcomes(processed=end - (failure is not None))
+        if failure is not None:
+            outcomes = self._outcome(failure, outcomes.processed)
+        held = len(batch) - end
+        if held and failure is None:  # stopping: the jobs not begun go back
+            self._settle(done=end, held=held, give_back=True, outcomes=outcomes)
+            return
+        take = 0 if held or self.ctl.stopping else max(0, self._fetch_size())
+        self._settle(done=end, held=held, outcomes=outcomes, take=take)
 
-    def _classify(self, failures: list) -> tuple[list[tuple[float, bytes]], list[bytes]]:
-        retries: list[tuple[float, bytes]] = []
-        dead: list[bytes] = []
+    def _settle(self, *, done: int = 0, held: int = 0, give_back: bool = False,
+                outcomes: Outcomes = Outcomes(), take: int = 0) -> Settled:
+        """Settle through the broker, retried until Redis answers (a repeat is safe), then
+        hold the batch it leaves us. Once stopping, an outage ends the attempt: the slot
+        still says how far we got, for the master's recovery."""
+        try:
+            settled = self._redis(self.broker.settle, self.name, self.seq, done=done,
+                                  held=held, give_back=give_back, outcomes=outcomes, take=take,
+                                  give_up=True)
+        except Fenced as exc:
+            self._rejoin(exc)
+            return Settled([], None)
+        if settled is None:
+            return Settled([], None)
+        kept = [] if give_back else self.batch[done:done + held]
+        self.batch = kept + settled.jobs
+        self.seq += 1
+        self.slot.hold_batch(self.seq)
+        return settled
+
+    def _rejoin(self, exc: Fenced) -> None:
+        """Redis no longer knows our batch: we were recovered (our host presumed dead while
+        alive) or Redis lost its data. What we held was requeued by whoever recovered us;
+        drop what we finished since, give back anything else, and register afresh, with
+        batch numbers no stale command of ours can match (docs/design.md, "Hosts")."""
+        log.warning("redis refused this worker's settle (%s): it was recovered elsewhere "
+                    "or redis lost its data; the %d jobs it held are not run here, it "
+                    "registers again and carries on", exc, len(self.batch))
+        self._redis(self.broker.recover, self.name, self.slot.batch(), give_up=True)
+        self.batch = []
+        self.seq += REJOIN_SEQ_GAP
+        self._redis(self.broker.rejoin, self.name, self.seq, give_up=True)
+        self.slot.hold_batch(self.seq)
+
+    # -- outcomes of failed jobs ---------------------------------------------------------
+    def _outcome(self, failure: Failure, processed: int) -> Outcomes:
         now = time.time()
-        for raw, job, code, exc, tb in failures:
-            if job is None:
-                dead.append(self._malformed(raw, exc, now))
-                continue
-            job.attempts += 1
-            error = self._error(exc, tb, now)
-            if code == fastloop.REJECT:
-                error["reason"] = "rejected"
-            elif job.attempts > self.cfg.max_retries:
-                error["reason"] = "failed"
-            else:
-                delay = exc.delay if isinstance(exc, Retry) and exc.delay is not None \
-                    else retry_delay(self.cfg, job.attempts)
-                job.headers["last_error"] = error
-                retries.append((now + delay, envelope.encode_job(job)))
-                self._log_failure(job, error, tb, f"retry in {delay:.1f}s")
-                continue
+        job = failure.job
+        if job is None:
+            return Outcomes(processed, 0, (), [self._malformed(failure, now)])
+        error = self._error(failure.exc, failure.traceback, now)
+        if job.attempts + 1 >= envelope.MAX_ATTEMPTS:
+            error["reason"] = "malformed"
             job.headers["error"] = error
-            dead.append(envelope.encode_job(job))
-            self._log_failure(job, error, tb, f"dead-lettered ({error['reason']})")
-        return retries, dead
+            self._log_failure(job, error, failure.traceback, "dead-lettered (attempts counter "
+                              "at its limit)")
+            return Outcomes(processed, 1, (), [envelope.encode_job(job)])
+        job.attempts += 1
+        if failure.code == Code.REJECT:
+            error["reason"] = "rejected"
+        elif job.attempts > self.cfg.max_retries:
+            error["reason"] = "failed"
+        else:
+            exc = failure.exc
+            delay = exc.delay if isinstance(exc, Retry) and exc.delay is not None \
+                else retry_delay(self.cfg, job.attempts)
+            job.headers["last_error"] = error
+            self._log_failure(job, error, failure.traceback, f"retry in {delay:.1f}s")
+            return Outcomes(processed, 1, [(now + delay, envelope.encode_job(job))], ())
+        job.headers["error"] = error
+        self._log_failure(job, error, failure.traceback, f"dead-lettered ({error['reason']})")
+        return Outcomes(processed, 1, (), [envelope.encode_job(job)])
 
     def _error(self, exc: BaseException | None, tb: str, now: float) -> dict:
         if exc is None:
@@ -272,63 +378,85 @@ class Worker:
         return {"type": etype, "message": message, "traceback": tb, "failed_at": now,
                 "worker": self.name}
 
-    def _malformed(self, raw: bytes, exc: BaseException, now: float) -> bytes:
-        log.error("malformed job on topic %r dead-lettered: %s", self.cfg.topic, exc)
-        error = {"reason": "malformed", "type": "EnvelopeError", "message": str(exc),
-                 "traceback": "", "failed_at": now, "worker": self.name}
+    def _malformed(self, failure: Failure, now: float) -> bytes:
+        raw = failure.raw
+        if failure.code == Code.TOO_LARGE:
+            reason, etype = "too_large", "TooLarge"
+            message = f"envelope is {len(raw)} bytes, over max_payload_bytes={self.max_bytes}"
+            raw = raw[:TOO_LARGE_KEPT_BYTES]
+        else:
+            reason, etype, message = "malformed", "EnvelopeError", str(failure.exc)
+        log.error("%s job on topic %r dead-lettered: %s", reason.replace("_", " "),
+                  self.cfg.topic, message)
+        error = {"reason": reason, "type": etype, "message": message, "traceback": "",
+                 "failed_at": now, "worker": self.name, "size": len(failure.raw)}
         return envelope.encode(envelope.new_id(now), self.cfg.topic, raw, 0, now,
                                {"error": error})
 
     def _log_failure(self, job: envelope.Job, error: dict, tb: str, outcome: str) -> None:
-        # SPEC §4b: every failed run (explicit Retry included) once, at ERROR
+        # every failed run (explicit Retry included) is logged once, at ERROR
         extra = {"job_id": job.id, "topic": job.topic, "attempt": job.attempts}
         log.log(logging.ERROR, "job %s on %r failed (attempt %d): %s: %s; %s%s", job.id, job.topic,
                 job.attempts, error["type"], error["message"], outcome,
                 ("\n" + tb.rstrip()) if tb else "", extra=extra)
 
     # -- Redis outages -------------------------------------------------------------------
-    def _redis(self, op, *args, give_up: bool = False):
-        """Run a Redis operation, retrying with back-off while Redis is down; the outage is
-        logged once when it starts and once when it ends. Once stopping, a fetch is
-        abandoned at once and anything else after STOPPING_RETRY_S (the master or a
-        surviving host then recovers this worker's in-flight list)."""
+    def _redis(self, op, *args, give_up: bool = False, **kwargs):
+        """Run a Redis operation, retrying with back-off while Redis is down (every one
+        the worker sends is safe to repeat); the outage is logged once when it starts and
+        once when it ends. Once stopping, ``give_up`` operations are abandoned after
+        STOPPING_RETRY_S (returning None). Fenced propagates (see _rejoin)."""
+        if self.ctl.forked:
+            self._forked_exit()
         delay = 0.05
         deadline = None
         while True:
             try:
-                result = op(*args)
-            except CONNECTION_ERRORS as exc:
-                if self.ctl.stopping:
-                    deadline = deadline or time.time() + STOPPING_RETRY_S
-                    is_fetch = op in (self.broker.fetch, self.broker.wait_one)
-                    if is_fetch or time.time() > deadline:
-                        give_up = True
-                if give_up:
-                    return None
+                result = op(*args, **kwargs)
+            except Fenced:
+                raise
+            except Exception as exc:
+                if not is_transient(exc):
+                    raise
+                if self.ctl.stopping and give_up:
+                    deadline = deadline or time.monotonic() + STOPPING_RETRY_S
+                    if time.monotonic() > deadline:
+                        return None
                 self._note_down(exc)
-                time.sleep(delay + random.uniform(0, delay / 2))
+                self._sleep(delay + random.uniform(0, delay / 2))
                 delay = min(delay * 2, BACKOFF_MAX_S)
                 continue
-            if self._down_since is not None:
-                log.warning("redis is back after %.1fs (%d failed attempts)",
-                            time.time() - self._down_since, self._failures_while_down)
-                self._down_since = None
+            self._outage.note_success("redis")
             return result
+
+    def _sleep(self, seconds: float) -> None:
+        """A back-off sleep that a stop ends at once."""
+        if self.ctl.stopping:
+            time.sleep(min(seconds, 0.05))
+            return
+        self.ctl.waiting = True
+        try:
+            time.sleep(seconds)
+        except _Interrupted:
+            pass
+        finally:
+            self.ctl.waiting = False
 
     def _note_down(self, exc: BaseException) -> None:
         self.slot.beat(time.time())  # waiting out an outage is not hanging
-        if self._down_since is None:
-            self._down_since = time.time()
-            self._failures_while_down = 0
-            log.warning("redis unavailable (%s); retrying with back-off", exc)
-        self._failures_while_down += 1
+        self._outage.note_failure("redis", exc)
+
+    def _forked_exit(self) -> None:
+        log.error("a process forked by consumer %r returned into the worker loop; it exits "
+                  "without touching the worker's jobs (fork only to exec or _exit)",
+                  self.cfg.consumer)
+        os._exit(EXIT_FORKED_CHILD)
 
 
 def main(argv: list[str] | None = None) -> int:
     """Run one worker alone (tests, debugging): python -m ssjobs.worker -c CFG TOPIC."""
     import argparse
 
-    from . import logs
     from .config import load_config
     from .loader import add_consumer_path
     from .scoreboard import private_slot
@@ -345,13 +473,9 @@ def main(argv: list[str] | None = None) -> int:
     add_consumer_path(cfg.process.consumer_path)
     slot = private_slot()
     slot.claim(os.getpid(), job_cfg.topic, 0, 0, time.time())
-    ident = WorkerIdentity(node=f"{socket.gethostname()}:{os.getpid()}")
+    ident = WorkerIdentity(node=f"{socket.gethostname()}:{os.getpid()}:{new_nonce()}")
     redis_cfg = cfg.redis_for(job_cfg)
     return Worker(job_cfg, redis_cfg.url, redis_cfg.prefix, slot, ident).run()
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
 
 
 def run_forked(job_cfg: JobConfig, redis_url: str, prefix: str, slot: Slot,
@@ -369,17 +493,13 @@ def run_forked(job_cfg: JobConfig, redis_url: str, prefix: str, slot: Slot,
             os.close(fd)
         except OSError:
             pass
-    _die_with_parent()
+    _die_with_parent(signal.SIGTERM)
     signal.pthread_sigmask(signal.SIG_SETMASK, set())
     if ident.master_pid is not None and os.getppid() != ident.master_pid:
         return EXIT_ORPHANED  # the master died before we could ask to be told
     random.seed()
     set_title(title)
-    try:
-        from . import logs
-        logs.set_role(title.removeprefix("ssjobs: ").split(": ", 1)[-1])
-    except ImportError:
-        pass
+    logs.set_role(title.removeprefix("ssjobs: ").split(": ", 1)[-1])
     # [notifier] log_notify: this worker's ERROR lines go to the master's relay (a no-op
     # while the master has none); its own socket, created after fork (ssjobs.notify.relay)
     from .notify.relay import install_worker_forwarder
@@ -387,13 +507,17 @@ def run_forked(job_cfg: JobConfig, redis_url: str, prefix: str, slot: Slot,
     return Worker(job_cfg, redis_url, prefix, slot, ident).run()
 
 
-def _die_with_parent() -> None:
-    """Ask Linux to SIGTERM us when the master (the thread that forked us) exits."""
+def _die_with_parent(sig: int) -> None:
+    """Ask Linux to send ``sig`` when our parent (the thread that forked us) exits."""
     try:
         import ctypes
 
         libc = ctypes.CDLL(None, use_errno=True)
         PR_SET_PDEATHSIG = 1
-        libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+        libc.prctl(PR_SET_PDEATHSIG, sig, 0, 0, 0)
     except (OSError, AttributeError):  # not Linux: the getppid() check in the tick remains
         pass
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -144,8 +144,8 @@ def test_sigkill_mid_batch_then_recovery_requeues_exactly_its_inflight(setup, pr
     ready_before = rclient.llen(keys().ready)
     name = inflight_key.decode().split(":inflight:", 1)[1]
     broker = Broker(connect(project.redis_url), "t", "q")
-    requeued, dead = broker.recover(name, max_retries=3)
-    assert (requeued, dead) == (len(inflight), 0)
+    requeued, dead, dropped = broker.recover(name, None, max_retries=3)
+    assert (requeued, dead, dropped) == (len(inflight), 0, 0)
     assert rclient.llen(keys().ready) == ready_before + len(inflight)
     # nothing lost: everything not yet handled is in ready, in FIFO order
     done = {row[0] for row in handled(out)}
@@ -224,8 +224,8 @@ def test_redis_restart_under_a_running_worker(setup, procs, rclient, redis_serve
     wait_for(lambda: len(handled(out)) == 3, timeout=15, what="worker resumed")
     assert worker.poll() is None
     log = project.log_text()
-    assert log.count("redis unavailable") == 1
-    assert log.count("redis is back") == 1
+    assert log.count("'redis' unavailable") == 1
+    assert log.count("'redis' recovered after") == 1
 
 
 def test_unimportable_consumer_exits_with_its_own_status(setup, procs):

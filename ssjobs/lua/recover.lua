@@ -1,23 +1,38 @@
--- recover: requeue the in-flight jobs of a worker that died, to the front of ready.
--- The job it was running (if known) is charged one attempt; past max_retries it is
--- dead-lettered as a poison job instead (reason "crashed").
+-- recover: requeue what a worker that is gone held, and delete its registration (which
+-- fences it, should it be alive after all: its next settle is refused). Safe to run twice.
+-- With the worker's position in its batch (its master reads it from the scoreboard), the
+-- oldest `done` entries succeeded (dropped, counted processed), the next one was running
+-- (charged one attempt; past max_retries dead-lettered as a poison job, reason "crashed"),
+-- and the rest go back to the front of ready in order, uncharged. Without it (a dead host),
+-- everything goes back uncharged. See docs/design.md, "Crashes".
 -- KEYS[1] ready     LIST
--- KEYS[2] inflight  LIST  the dead worker's in-flight jobs, newest on the left
+-- KEYS[2] inflight  LIST  the worker's batch, oldest on the right
 -- KEYS[3] dead      LIST
 -- KEYS[4] stats     HASH
--- ARGV[1] id of the job the worker was running, or '' if none/unknown
--- ARGV[2] max_retries   ARGV[3] dead cap   ARGV[4] now   ARGV[5] worker name
--- ARGV[6] error message for the charged job
--- returns {requeued, dead-lettered}
-local charged, max_retries = ARGV[1], tonumber(ARGV[2])
-local items = redis.call('LRANGE', KEYS[2], 0, -1)
-local requeued, dead = 0, 0
+-- KEYS[5] workers   HASH  worker name -> number of the batch it holds
+-- ARGV[1] worker name
+-- ARGV[2] seq       the batch the worker's slot names, '' when unknown
+-- ARGV[3] done      ARGV[4] running ('1': charge the entry after the done ones)
+-- ARGV[5] max_retries   ARGV[6] dead cap   ARGV[7] now   ARGV[8] error message
+-- returns {requeued, dead-lettered, dropped as done}
+local name = ARGV[1]
+local done, running = tonumber(ARGV[3]) or 0, ARGV[4] == '1'
+local max_retries = tonumber(ARGV[5])
+local stored = redis.call('HGET', KEYS[5], name)
+if ARGV[2] == '' then
+  done, running = 0, false
+elseif stored and tonumber(stored) ~= tonumber(ARGV[2]) then
+  -- its last settle ran (or the slot is stale): the list holds a batch it never began
+  done, running = 0, false
+end
+-- (no registration: the worker was fenced, and what its list holds it took after the fence,
+-- which is what its slot describes)
 
 -- Envelope layout: 0x97, version, id, topic, attempts, enqueued_at, headers, payload.
 local function charge(env)
-  local o1, _, id = cmsgpack.unpack_limit(env, 3, 1)
-  if id ~= charged then return env, false end
+  local o1 = cmsgpack.unpack_limit(env, 3, 1)
   local o2, attempts = cmsgpack.unpack_limit(env, 1, o1)
+  if type(attempts) ~= 'number' then error('attempts') end
   attempts = attempts + 1
   local head = string.sub(env, 1, o1) .. cmsgpack.pack(attempts)
   if attempts <= max_retries then
@@ -25,25 +40,31 @@ local function charge(env)
   end
   local o3 = cmsgpack.unpack_limit(env, 1, o2)
   local o4, headers = cmsgpack.unpack_limit(env, 1, o3)
-  headers['error'] = {reason = 'crashed', type = 'WorkerCrashed', message = ARGV[6],
-                      traceback = '', failed_at = tonumber(ARGV[4]), worker = ARGV[5]}
+  headers['error'] = {reason = 'crashed', type = 'WorkerCrashed', message = ARGV[8],
+                      traceback = '', failed_at = tonumber(ARGV[7]), worker = name}
   return head .. string.sub(env, o2 + 1, o3) .. cmsgpack.pack(headers) ..
          string.sub(env, o4 + 1), true
 end
 
-for i = 1, #items do  -- newest first: RPUSH leaves the oldest rightmost, next to run
+local items = redis.call('LRANGE', KEYS[2], 0, -1)  -- newest first: items[#items] is oldest
+local n = #items
+local dropped = math.min(done, n)
+local requeued, dead = 0, 0
+if dropped > 0 then redis.call('HINCRBY', KEYS[4], 'processed', dropped) end
+local was_running = n - dropped  -- index of the entry after the done ones
+for i = 1, n - dropped do  -- newest first: RPUSH leaves the oldest rightmost, next to run
   local env, is_dead = items[i], false
-  if charged ~= '' and string.byte(env, 1) == 0x97 then
-    local ok, new_env, poisoned = pcall(charge, env)
-    if ok then env, is_dead = new_env, poisoned end
-    if ok and new_env ~= items[i] then
-      redis.call('HINCRBY', KEYS[4], 'failed', 1)
-      if not poisoned then redis.call('HINCRBY', KEYS[4], 'retried', 1) end
+  if running and i == was_running then
+    redis.call('HINCRBY', KEYS[4], 'failed', 1)
+    if string.byte(env, 1) == 0x97 then
+      local ok, new_env, poisoned = pcall(charge, env)
+      if ok then env, is_dead = new_env, poisoned end
     end
+    if not is_dead then redis.call('HINCRBY', KEYS[4], 'retried', 1) end
   end
   if is_dead then
     redis.call('LPUSH', KEYS[3], env)
-    redis.call('LTRIM', KEYS[3], 0, tonumber(ARGV[3]) - 1)
+    redis.call('LTRIM', KEYS[3], 0, tonumber(ARGV[6]) - 1)
     redis.call('HINCRBY', KEYS[4], 'dead', 1)
     dead = dead + 1
   else
@@ -52,4 +73,5 @@ for i = 1, #items do  -- newest first: RPUSH leaves the oldest rightmost, next t
   end
 end
 redis.call('DEL', KEYS[2])
-return {requeued, dead}
+redis.call('HDEL', KEYS[5], name)
+return {requeued, dead, dropped}

@@ -1,21 +1,77 @@
--- settle: finish a fetched batch and (optionally) fetch the next one, in one round trip.
--- The worker's in-flight list holds exactly the batch, so it is dropped whole; failures and
--- unstarted jobs are re-added; then, like fetch.lua, up to ARGV[7] jobs are taken
--- (take.lua).
--- KEYS[1] ready     LIST
--- KEYS[2] delayed   ZSET
--- KEYS[3] inflight  LIST  this worker's in-flight jobs
+-- settle: finish what a worker has done of the batch it holds, and take the next jobs, in
+-- one round trip. A fetch is the settle of an empty batch. Safe to send twice: the worker
+-- names the batch by its sequence number, and a repeat of an applied settle changes nothing
+-- and returns the same jobs again (docs/design.md, "Lost replies").
+-- KEYS[1] ready     LIST  producers LPUSH, workers take from the right (FIFO)
+-- KEYS[2] delayed   ZSET  envelope -> due time (epoch seconds)
+-- KEYS[3] inflight  LIST  this worker's batch, oldest on the right
 -- KEYS[4] dead      LIST  dead-lettered envelopes (error in headers.error), newest left
 -- KEYS[5] stats     HASH  processed, failed, retried, dead
--- ARGV[1] processed   ARGV[2] failed   ARGV[3] dead cap (max length of dead)
--- ARGV[4] n_retry     ARGV[5] n_dead   ARGV[6] n_return
--- ARGV[7] jobs to fetch next (0: none)   ARGV[8] now (epoch s)   ARGV[9] promote limit
--- then n_retry pairs (due time, envelope), n_dead envelopes, n_return envelopes
--- (unstarted jobs, oldest first: they go back to the front of ready in order)
--- returns {jobs fetched (oldest first), next_due} as fetch.lua does
-redis.call('DEL', KEYS[3])
-local n_retry, n_dead, n_return = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6])
-local i = 10
+-- KEYS[6] workers   HASH  worker name -> number of the batch it holds (its registration)
+-- ARGV[1] worker name
+-- ARGV[2] seq       the number of the batch being settled
+-- ARGV[3] done      its oldest entries the worker finished: they are dropped (the failures
+--                   among them come back below as retries or dead letters)
+-- ARGV[4] held      entries after those that the worker has not run
+-- ARGV[5] give_back 1: the held entries go back to the front of ready (the worker stops);
+--                   0: the worker keeps them and runs them next
+-- ARGV[6] processed ARGV[7] failed   counter increments
+-- ARGV[8] n_retry   ARGV[9] n_dead
+-- ARGV[10] take     jobs to take next (0: none)
+-- ARGV[11] now (epoch s)   ARGV[12] promote limit   ARGV[13] dead cap (max length of dead)
+-- then n_retry pairs (due time, envelope), then n_dead envelopes
+-- returns {jobs, next_due}: the jobs the worker did not know of yet (what a lost BLMOVE
+-- moved, then the ones just taken), oldest first; next_due is '' unless there are none,
+-- then the due time of the next delayed job ('' if none).
+-- error 'FENCED ...' when the worker is not registered (it was recovered) or names a batch
+-- that is neither the current one nor the one just settled.
+local name, seq = ARGV[1], tonumber(ARGV[2])
+local done, held = tonumber(ARGV[3]), tonumber(ARGV[4])
+local give_back = ARGV[5] == '1'
+local keep = held
+if give_back then keep = 0 end
+
+local stored = redis.call('HGET', KEYS[6], name)
+if not stored then
+  return redis.error_reply('FENCED worker ' .. name .. ' is not registered')
+end
+stored = tonumber(stored)
+if stored == seq + 1 then  -- a repeat: the first call ran and its reply was lost
+  local jobs = unheld(KEYS[3], keep)
+  if #jobs > 0 then return {jobs, ''} end
+  return {jobs, next_due(KEYS[2])}
+end
+if stored ~= seq then
+  return redis.error_reply('FENCED worker ' .. name .. ' settles batch ' .. seq ..
+                           ', holds ' .. stored)
+end
+
+-- Validate before writing anything: a script that fails halfway keeps its first writes.
+local n_retry, n_dead = tonumber(ARGV[8]), tonumber(ARGV[9])
+local first = 14
+for j = 0, n_retry - 1 do
+  local due = tonumber(ARGV[first + 2 * j])
+  if not due or due ~= due or due == math.huge or due == -math.huge then
+    return redis.error_reply('ERR settle: retry due time is not a finite number')
+  end
+end
+local len = redis.call('LLEN', KEYS[3])
+local extra = len - done - held
+if extra < 0 then
+  return redis.error_reply('FENCED worker ' .. name .. ' holds ' .. len ..
+                           ' jobs, settles ' .. (done + held))
+end
+
+if done > 0 then
+  if done == len then redis.call('DEL', KEYS[3]) else redis.call('LTRIM', KEYS[3], 0, -done - 1) end
+end
+if give_back and held > 0 then
+  local back = redis.call('RPOP', KEYS[3], held)  -- oldest first
+  local newest_first = {}
+  for j = #back, 1, -1 do newest_first[#newest_first + 1] = back[j] end
+  redis.call('RPUSH', KEYS[1], unpack(newest_first))  -- the oldest ends up next in line
+end
+local i = first
 for _ = 1, n_retry do
   redis.call('ZADD', KEYS[2], ARGV[i], ARGV[i + 1])
   i = i + 2
@@ -24,17 +80,18 @@ for _ = 1, n_dead do
   redis.call('LPUSH', KEYS[4], ARGV[i])
   i = i + 1
 end
-if n_dead > 0 then
-  redis.call('LTRIM', KEYS[4], 0, tonumber(ARGV[3]) - 1)
-end
-for j = i + n_return - 1, i, -1 do
-  redis.call('RPUSH', KEYS[1], ARGV[j])
-end
-if ARGV[1] ~= '0' then redis.call('HINCRBY', KEYS[5], 'processed', ARGV[1]) end
-if ARGV[2] ~= '0' then redis.call('HINCRBY', KEYS[5], 'failed', ARGV[2]) end
+if n_dead > 0 then redis.call('LTRIM', KEYS[4], 0, tonumber(ARGV[13]) - 1) end
+if ARGV[6] ~= '0' then redis.call('HINCRBY', KEYS[5], 'processed', ARGV[6]) end
+if ARGV[7] ~= '0' then redis.call('HINCRBY', KEYS[5], 'failed', ARGV[7]) end
 if n_retry > 0 then redis.call('HINCRBY', KEYS[5], 'retried', n_retry) end
 if n_dead > 0 then redis.call('HINCRBY', KEYS[5], 'dead', n_dead) end
-if ARGV[7] == '0' then
-  return {{}, ''}
+
+local taken = {}
+if ARGV[10] ~= '0' then
+  taken = take(KEYS[1], KEYS[2], KEYS[3], ARGV[10], ARGV[11], ARGV[12])
 end
-return take(KEYS[1], KEYS[2], KEYS[3], ARGV[7], ARGV[8], ARGV[9])
+redis.call('HSET', KEYS[6], name, seq + 1)
+local jobs = taken
+if extra > 0 then jobs = unheld(KEYS[3], keep) end
+if #jobs > 0 then return {jobs, ''} end
+return {jobs, next_due(KEYS[2])}
