@@ -13,6 +13,7 @@ import weakref
 from typing import Any, Iterable, Mapping
 
 from redis import ConnectionPool
+from redis.cluster import RedisCluster
 from redis.exceptions import NoScriptError
 
 from . import envelope
@@ -132,6 +133,19 @@ class _Server:
                 if attempt == 2:
                     raise BrokerUnavailable(f"cannot push to redis: {exc}") from exc
 
+    def push_calls(self, calls: list[tuple[list[str], list[Any]]]) -> None:
+        """Several push.lua calls, pipelined in one round trip where the client can (a
+        cluster client refuses scripts in a pipeline: one call each; they are few, one per
+        CHUNK_SIZE jobs)."""
+        if isinstance(self.client, RedisCluster):
+            for call_keys, call_args in calls:
+                self.script(keys=call_keys, args=call_args)
+            return
+        pipe = self.client.pipeline(transaction=False)
+        for call_keys, call_args in calls:
+            self.script(keys=call_keys, args=call_args, client=pipe)
+        pipe.execute()
+
     def close(self) -> None:
         for conn in list(self.own):
             conn.disconnect()
@@ -216,10 +230,7 @@ class Producer:
             calls = chunked_calls(keys, tokens, pairs, now, delay)
             for attempt in (1, 2):
                 try:
-                    pipe = server.client.pipeline(transaction=False)
-                    for call_keys, call_args in calls:
-                        server.script(keys=call_keys, args=call_args, client=pipe)
-                    pipe.execute()
+                    server.push_calls(calls)
                     break
                 except CONNECTION_ERRORS as exc:
                     if attempt == 2:

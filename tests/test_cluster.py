@@ -8,8 +8,9 @@ from masters import MasterProc
 from redis_server import RedisClusterServers
 
 from ssjobs import envelope
-from ssjobs.broker import Broker, TopicKeys, connect
+from ssjobs.broker import Broker, Outcomes, TopicKeys, connect
 from ssjobs.producer import Producer
+from ssjobs.scoreboard import BatchPosition
 
 
 @pytest.fixture(scope="module")
@@ -34,11 +35,13 @@ def test_topics_land_on_different_nodes_and_scripts_work_there(cluster):
             ids = p.push_many(topic, list(range(5)))
             p.push(topic, 99, delay=0.01)
         time.sleep(0.02)
-        got, _ = broker.fetch("w1", 10)
+        broker.register_worker("w1")
+        got = broker.settle("w1", 0, take=10).jobs
         assert [envelope.decode(r).id for r in got][:5] == ids
-        assert broker.recover("w1", charged_id=ids[0], max_retries=3) == (6, 0)
-        more, _ = broker.fetch("w2", 10)
-        broker.settle("w2", processed=len(more), failed=0)
+        assert broker.recover("w1", BatchPosition(1, 0, True), max_retries=3) == (6, 0, 0)
+        broker.register_worker("w2")
+        more = broker.settle("w2", 0, take=10).jobs
+        broker.settle("w2", 1, done=len(more), outcomes=Outcomes(processed=len(more)))
         assert broker.counts()["processed"] == 6
 
 

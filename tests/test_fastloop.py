@@ -1,9 +1,8 @@
 """The hot loop, run through both the compiled module and its pure-Python twin."""
 import importlib
 
-import pytest
-
 import msgpack
+import pytest
 
 from ssjobs import _fastloop_py, envelope, scoreboard
 from ssjobs.errors import Reject, Retry

@@ -334,12 +334,13 @@ def test_dead_host_inflight_is_recovered_by_a_surviving_master(env, rclient):
     # another host took two jobs, registered its worker and then vanished
     broker = Broker(connect(project.redis_url), "t", "q")
     ids = Producer(project.redis_url, prefix="t").push_many("q", [1, 2])
-    broker.fetch("otherhost:99:100", 2)
-    broker.register_worker("otherhost:99:100", "otherhost:99")
-    rclient.zadd(nodes_key("t"), {"otherhost:99": time.time() - 60})
+    broker.register_worker("otherhost:99:cafe0001/100-1")
+    broker.settle("otherhost:99:cafe0001/100-1", 0, take=2)
+    rclient.sadd(nodes_key("t"), "otherhost:99:cafe0001")  # known, but its heartbeat key is gone
     m.start()
     wait_for(lambda: ids_done(out) == set(ids), timeout=20)
-    assert "host otherhost:99 is gone" in project.log_text()
+    assert "host otherhost:99:cafe0001 is gone" in project.log_text()
+    assert not rclient.sismember(nodes_key("t"), "otherhost:99:cafe0001")
 
 
 def test_no_zombies_while_workers_churn(env):

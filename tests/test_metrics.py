@@ -22,7 +22,15 @@ from redis_server import free_port
 from ssjobs.config import load_config
 from ssjobs.metrics import JobTimes, MetricsExtension, percentiles_ms, quantile
 from ssjobs.producer import Producer
-from ssjobs.scoreboard import BUSY_TOTAL, HIST_BUCKETS, HIST_OFF, IDLE, Scoreboard
+from ssjobs.scoreboard import (
+    BUSY_TOTAL,
+    HEADER_SIZE,
+    HIST_BUCKETS,
+    HIST_OFF,
+    IDLE,
+    SLOT_SIZE,
+    Scoreboard,
+)
 
 WORK = """
 def run(job):
@@ -63,7 +71,7 @@ def test_percentiles_ms():
 # -- job times survive workers exiting -------------------------------------------------------
 
 def write_hist(board: Scoreboard, index: int, h: list[int], busy: float) -> None:
-    offset = 64 + index * 256
+    offset = HEADER_SIZE + index * SLOT_SIZE
     struct.pack_into(f"<{HIST_BUCKETS}I", board.buf, offset + HIST_OFF, *h)
     struct.pack_into("<d", board.buf, offset + BUSY_TOTAL[0], busy)
 
