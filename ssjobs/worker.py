@@ -37,8 +37,10 @@ EXIT_IDLE = 13             # dynamic worker idle for dynamic_idle_time
 EXIT_ORPHANED = 14         # the master died
 EXIT_FORKED_CHILD = 16     # a process forked by consumer code returned into the loop
 
-IDLE_WAIT_S = 1.0          # blocking wait per idle round: ~1 Redis command/s while idle
-IDLE_PROMOTE_EVERY_S = 5.0 # an idle worker still promotes due delayed jobs this often
+IDLE_WAIT_S = 2.0          # blocking wait per idle round: a stop interrupts it, so it can be
+                           # long: half a Redis command a second per idle worker
+IDLE_PROMOTE_EVERY_S = 30.0  # an idle worker looks at delayed jobs itself this often (its
+                           # master promotes due ones every second; a known due time wakes it)
 TICK_S = 1.0               # timer period for job timeouts, lifetime and memory checks
 BACKOFF_MAX_S = 5.0        # cap of the reconnect back-off while Redis is down
 STOPPING_RETRY_S = 2.0     # a stopping worker rides out this much of an outage, then leaves
