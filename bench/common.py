@@ -81,5 +81,16 @@ def record(name: str, line: str) -> None:
     """Print one result line and append it (dated, with the machine) to RESULTS.md."""
     print(line, flush=True)
     stamp = datetime.datetime.now().strftime("%Y-%m-%d %H:%M")
-    with RESULTS.open("a") as f:
-        f.write(f"| {stamp} | {name} | {line} | {machine()} |\n")
+    row = f"| {stamp} | {name} | {line} | {machine()} |"
+    lines = RESULTS.read_text().splitlines() if RESULTS.exists() else []
+    # the row goes at the end of the first table (the results), above the analysis
+    in_table = False
+    for i, text in enumerate(lines):
+        if text.startswith("|"):
+            in_table = True
+        elif in_table:
+            lines.insert(i, row)
+            break
+    else:
+        lines.append(row)
+    RESULTS.write_text("\n".join(lines) + "\n")

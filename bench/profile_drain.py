@@ -32,7 +32,7 @@ def main(jobs: int = 200_000) -> None:
         slot = private_slot()
         slot.claim(1, "bench", 0, 0, time.time())
         cfg = JobConfig(topic="bench", consumer="noop:noop", job_timeout=0)
-        worker = Worker(cfg, r.url, "b", slot, WorkerIdentity(node="prof"))
+        worker = Worker(cfg, r.url, "b", slot, WorkerIdentity(node="prof:0:00000000"))
         client = r.client()
 
         def stop_when_done():

@@ -27,7 +27,7 @@ def fork_workers(url: str, topic: str, consumer: str, count: int, *, batch: int 
                 os.read(gate, 1)
             slot = private_slot()
             slot.claim(os.getpid(), topic, 0, i, time.time())
-            os._exit(Worker(job_cfg, url, "b", slot, WorkerIdentity(node="bench")).run())
+            os._exit(Worker(job_cfg, url, "b", slot, WorkerIdentity(node="bench:0:00000000")).run())
         pids.append(pid)
     return pids
 
