@@ -144,7 +144,7 @@ def check_redis(cfg: Config, timeout: float = REDIS_CHECK_TIMEOUT_S) -> list[str
     import redis
 
     from .broker import connect
-    from .status import redact_url
+    from .redact import redact_url
 
     users: dict[str, list[str]] = {}
     for job in cfg.jobs:

@@ -18,6 +18,7 @@ from pathlib import Path
 
 from .config import Config, load_config, load_data_dir
 from .errors import ConfigError, ControlError
+from .redact import redact
 from .runtime import (
     ReadyPipe,
     RuntimeFiles,
@@ -47,14 +48,15 @@ PIPE_WIDTH = 160                # columns of `status` tables written to a pipe o
 # -- output ----------------------------------------------------------------------------------
 
 def say(message: str) -> None:
-    print(message, flush=True)
+    """One line (or block) on stdout, secrets masked."""
+    print(redact(message), flush=True)
 
 
 def fail(message: str, hint: str | None = None) -> None:
-    """One error line on stderr (and an optional hint line)."""
-    print(f"ssjobs: {message}", file=sys.stderr, flush=True)
+    """One error line on stderr (and an optional hint line), secrets masked."""
+    print(f"ssjobs: {redact(message)}", file=sys.stderr, flush=True)
     if hint:
-        print(f"hint: {hint}", file=sys.stderr, flush=True)
+        print(f"hint: {redact(hint)}", file=sys.stderr, flush=True)
 
 
 def config_error_lines(exc: ConfigError) -> list[str]:

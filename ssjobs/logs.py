@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import ConfigError, SsjobsError
+from .redact import redact
 
 LOG_FILE_NAME = "ssjobs.log"
 INODE_CHECK_INTERVAL_S = 1.0  # how long a moved file may stay in use: one stat() a second
@@ -47,12 +48,12 @@ def record_dict(record: logging.LogRecord) -> dict[str, Any]:
         "ts": _dt.datetime.fromtimestamp(record.created).astimezone()
         .isoformat(timespec="milliseconds"),
         "level": record.levelname, "pid": os.getpid(), "role": _role,
-        "logger": record.name, "msg": record.getMessage(),
+        "logger": record.name, "msg": redact(record.getMessage()),
     }
     if record.exc_info and not record.exc_text:
         record.exc_text = logging.Formatter().formatException(record.exc_info)
     if exc := "\n".join(p for p in (record.exc_text, record.stack_info) if p):
-        out["exc"] = exc
+        out["exc"] = redact(exc)
     for key, value in vars(record).items():
         if key not in _STANDARD_ATTRS and key not in out and not key.startswith("_"):
             out[key] = value

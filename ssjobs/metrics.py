@@ -245,7 +245,7 @@ def _topic_brokers(cfg: Any) -> dict[str, tuple[str, Any]]:
     """topic -> (name of its Redis for the log, Broker), on connections of our own (short
     timeouts)."""
     from .broker import Broker, connect
-    from .status import redact_url
+    from .redact import redact_url
 
     clients: dict[str, Any] = {}
     brokers = {}

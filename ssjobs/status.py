@@ -18,11 +18,11 @@ import os
 import socket
 import time
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 from . import __version__
 from .config import Config
 from .metrics import percentiles_ms, topic_histograms
+from .redact import redact, redact_url
 from .runtime import RuntimeFiles, proc_stat, write_atomic
 
 RATES_NAME = "rates.json"
@@ -143,7 +143,7 @@ def topic_counters(cfg: Config, extra_topics: list[str],
                 topics[topic] = {k: counts[k] for k in COUNTER_FIELDS}
                 continue
             except Exception as exc:  # noqa: BLE001 - any Redis failure: report and go on
-                error = failed[rcfg.url] = f"redis {redact_url(rcfg.url)}: {_describe(exc)}"
+                error = failed[rcfg.url] = redact(f"redis {redact_url(rcfg.url)}: {_describe(exc)}")
         first_error = first_error or error
         topics[topic] = {**dict.fromkeys(COUNTER_FIELDS), "redis_error": error}
     return topics, first_error
@@ -163,20 +163,6 @@ def _client(url: str, timeout: float) -> Any:
 def _describe(exc: BaseException) -> str:
     text = str(exc).strip() or type(exc).__name__
     return text if type(exc).__name__ in text else f"{type(exc).__name__}: {text}"
-
-
-def redact_url(url: str) -> str:
-    """The URL without its password (Redis URLs may carry one)."""
-    try:
-        parts = urlsplit(url)
-        if parts.password is None:
-            return url
-        user = parts.username or ""
-        host = parts.hostname or ""
-        netloc = f"{user}:***@{host}" + (f":{parts.port}" if parts.port else "")
-        return urlunsplit(parts._replace(netloc=netloc))
-    except ValueError:
-        return "<invalid url>"
 
 
 def _started_at(pid: int, header: dict | None) -> float | None:
