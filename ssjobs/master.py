@@ -23,11 +23,11 @@ from . import __version__, logs, scaling, worker
 from .broker import CONNECTION_ERRORS, Broker, connect, nodes_key
 from .config import Config, ConfigError, JobConfig, load_config
 from .loader import add_consumer_path
+from .privileges import drop_privileges
 from .recovery import Recovery
 from .runtime import (
     ReadyPipe,
     RuntimeFiles,
-    drop_privileges,
     send_signal,
     set_title,
     wait_pids_gone,
@@ -138,7 +138,7 @@ class Master:
             log.warning("data_dir repaired: %s", fixed)
         self.files.write_pid(self.pid)
         set_title(f"{cfg.process.name}: master")
-        drop_privileges(cfg.process.user, [self.files.dir, cfg.log.dir])
+        drop_privileges(cfg.process.user, self.files.dir, cfg.log.dir)
         add_consumer_path(cfg.process.consumer_path)
         self.board = Scoreboard.create(self.files.scoreboard_path, self._slots_needed(cfg))
         for job in cfg.jobs:

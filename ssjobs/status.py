@@ -17,13 +17,14 @@ import json
 import os
 import socket
 import time
+from pathlib import Path
 from typing import Any
 
 from . import __version__
 from .config import Config
 from .metrics import percentiles_ms, topic_histograms
 from .redact import redact, redact_url
-from .runtime import RuntimeFiles, proc_stat, write_atomic
+from .runtime import RuntimeFiles, proc_stat, read_file, write_atomic
 
 RATES_NAME = "rates.json"
 RATE_WINDOW_S = 60.0         # rate_1m: the window the rate is measured over
@@ -226,8 +227,7 @@ def compute_rates(samples: list[tuple[float, dict[str, int]]], processed: dict[s
 
 def _read_samples(path: os.PathLike) -> list[tuple[float, dict[str, int]]]:
     try:
-        with open(path, "rb") as f:
-            raw = json.load(f).get("samples", [])
+        raw = json.loads(read_file(Path(path))).get("samples", [])
         return [(float(t), {str(k): int(v) for k, v in counts.items()}) for t, counts in raw]
     except (OSError, ValueError, TypeError, AttributeError):
         return []

@@ -26,8 +26,8 @@ from typing import Any
 from ..broker import Broker, connect
 from ..config import Config
 from ..metrics import percentiles_ms, topic_histograms
-from ..runtime import RuntimeFiles, StopSignals
 from ..redact import redact, redact_url
+from ..runtime import RuntimeFiles, StopSignals
 from ..scoreboard import Scoreboard
 from . import common
 
