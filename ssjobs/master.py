@@ -23,6 +23,7 @@ from . import __version__, logs, scaling, worker
 from .broker import CONNECTION_ERRORS, Broker, connect, nodes_key
 from .config import Config, ConfigError, JobConfig, load_config
 from .loader import add_consumer_path
+from .notify import relay
 from .privileges import drop_privileges
 from .recovery import Recovery
 from .runtime import (
@@ -148,6 +149,8 @@ class Master:
             self._recover_previous_master(old_pid, leftovers)
         log.info("master started (pid %d, %d topics, node %s)", self.pid, len(self.topics),
                  self.node)
+        if cfg.notifier is not None and cfg.notifier.log_notify:
+            relay.prepare_channel()  # before the first fork: every worker inherits its end
         self._manage_workers()
         self._start_extensions()  # before "ready": metrics and alerts are up when start returns
         self._wait_ready()

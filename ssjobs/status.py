@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from . import __version__
+from . import __version__, problems
 from .config import Config
 from .metrics import percentiles_ms, topic_histograms
 from .redact import redact, redact_url
@@ -82,6 +82,11 @@ def collect_status(cfg: Config | None, files: RuntimeFiles, *, running_pid: int 
                                for kind in ("static", "dynamic")}
         counters.update(percentiles_ms(job_times.get(topic)))
     status["topics"] = topics
+    # What the master runs without: its own registry in the master, else its last snapshot.
+    found = problems.current() if master_info is not None else \
+        (files.read_snapshot() or {}).get("problems")
+    if found and isinstance(found, dict):
+        status["problems"] = {str(k): redact(str(v)) for k, v in found.items()}
     return status
 
 
@@ -255,6 +260,7 @@ def render_status(status: dict, *, now: float | None = None) -> Any:
                    "job for"]
     notes = sorted({c["redis_error"] for c in (status.get("topics") or {}).values()
                     if isinstance(c, dict) and c.get("redis_error")})
+    notes += [str(v) for v in (status.get("problems") or {}).values()]
     try:
         from rich import box
         from rich.console import Group
