@@ -6,15 +6,21 @@ are root's 0700). The targets an attack aims at are root-only files in ``tmp_pat
 """
 from __future__ import annotations
 
+import json
 import os
 import pwd
 import re
 import shutil
+import signal
+import socket
 import stat
 import subprocess
 import sys
 import tempfile
 import textwrap
+import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -272,3 +278,277 @@ def test_write_atomic_replaces_a_planted_link_never_its_target(tmp_path):
     assert not path.is_symlink() and path.read_bytes() == b"new\n"
     assert target.read_bytes() == b"keep\n"
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
+
+
+# -- 3. the relay: a squatter as nobody hears nothing ---------------------------------------
+
+SQUATTER = r'''
+import json, os, socket, sys, time
+out, master_pid, seconds = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
+with open(f"/proc/{master_pid}/stat", "rb") as f:
+    start_time = f.read().rsplit(b")", 1)[1].split()[19]
+name = b"\0ssjobs-notify/%d/%s" % (master_pid, start_time)  # the relay's old address
+sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+got, bound, deadline = [], False, time.monotonic() + seconds
+while time.monotonic() < deadline:
+    if not bound:
+        try:
+            sock.bind(name)
+            sock.settimeout(0.1)
+            bound = True
+        except OSError:
+            time.sleep(0.001)  # a master holds it: try again the moment it lets go
+            continue
+    try:
+        got.append(sock.recv(65536).decode(errors="replace"))
+    except OSError:
+        pass
+# and forge an ERROR line to every ssjobs socket this user can find
+forged = 0
+with open("/proc/net/unix") as f:
+    names = [line.split()[-1] for line in f if "ssjobs" in line]
+for n in names:
+    try:
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        s.sendto(b'{"msg": "FORGED by nobody", "level": "ERROR"}',
+                 b"\0" + n[1:].encode() if n.startswith("@") else n.encode())
+        forged += 1
+    except OSError:
+        pass
+with open(out, "w") as f:
+    json.dump({"bound": bound, "got": got, "forged_to": forged}, f)
+'''
+
+
+@pytest.fixture(autouse=True)
+def _no_proxy(monkeypatch):
+    for name in ("http_proxy", "https_proxy", "HTTP_PROXY", "HTTPS_PROXY", "all_proxy",
+                 "ALL_PROXY"):
+        monkeypatch.delenv(name, raising=False)  # the masters post to 127.0.0.1 directly
+
+
+@AS_NOBODY
+def test_a_squatter_as_nobody_never_receives_a_failing_jobs_error(project, shared_root):
+    from test_alerts import Hook, notifier_toml
+
+    hook = Hook()
+    project.consumer("c", """
+        def leak(job):
+            raise RuntimeError(f"card {job.payload['card']} was declined")
+    """)
+    project.write_config([{"topic": "pay", "consumer": "c:leak", "max_retries": 0,
+                           "static_workers": 2}], extra=notifier_toml(hook.url))
+    m = MasterProc(project.config, project.data_dir)
+    try:
+        m.start()
+        wait_for(lambda: "notifier webhook:" in project.log_text(), what="notifier started")
+        # given a squatter running as nobody, trying to take the relay's address
+        script, out = shared_root / "squat.py", shared_root / "out"
+        script.write_text(SQUATTER)
+        out.mkdir(mode=0o777)
+        out.chmod(0o777)
+        squatter = subprocess.Popen(
+            ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups",
+             sys.executable, "-I", str(script), str(out / "got.json"), str(m.pid), "12"])
+        time.sleep(0.5)  # let it start trying before the relay is restarted
+        # when the master reloads (the relay restarts) and a job fails with a secret in it
+        m.signal(signal.SIGHUP)
+        wait_for(lambda: project.log_text().count("notifier webhook:") == 2, what="reload")
+        wait_for(lambda: len(m.workers()) == 2 and all(w["state"] == "idle"
+                                                       for w in m.workers()), timeout=20,
+                 what="the new workers")
+        with Producer(project.redis_url, prefix="t") as p:
+            p.push("pay", {"card": "4111-SECRET-1111"})
+        # then the master still logs the error and relays it to the notifier
+        wait_for(lambda: [b for b in hook.bodies if "4111-SECRET-1111" in b["text"]],
+                 timeout=20, what="the error line at the notifier")
+        assert "4111-SECRET-1111" in project.log_text()
+        assert squatter.wait(30) == 0
+        heard = json.loads((out / "got.json").read_text())
+        # and the squatter heard nothing, and its forged line was not relayed
+        assert heard["got"] == []
+        assert not any("4111-SECRET-1111" in g for g in heard["got"])
+        time.sleep(0.5)
+        assert not [b for b in hook.bodies if "FORGED" in b["text"]]
+        assert "Address already in use" not in project.log_text()
+        assert m.stop() == 0
+    finally:
+        m.kill_all()
+        hook.stop()
+
+
+# -- 4. secrets never printed ---------------------------------------------------------------
+
+REDIS_PASSWORD = "r3dis-SECRET-pw"
+METRICS_TOKEN = "m3trics-SECRET-token"
+HOOK_TOKEN = "h00k-SECRET-path"
+
+
+@pytest.fixture(scope="module")
+def locked_redis(tmp_path_factory):
+    from redis_server import RedisServer
+
+    server = RedisServer(tmp_path_factory.mktemp("locked-redis"), password=REDIS_PASSWORD)
+    server.start()
+    yield server
+    server.stop()
+
+
+def test_passwords_and_tokens_appear_in_no_output_log_or_scrape(tmp_path, locked_redis,
+                                                                monkeypatch):
+    from test_alerts import Hook
+
+    # given a config whose Redis URL carries the password in its query, a metrics token and
+    # a webhook whose path is its token, and a consumer whose error quotes the URL
+    hook = Hook()
+    url = f"redis://127.0.0.1:{locked_redis.port}/0?password={REDIS_PASSWORD}"
+    monkeypatch.setenv("LEAKY_URL", url)
+    project = Project(tmp_path, url)
+    project.consumer("c", """
+        import os
+        def leak(job):
+            raise RuntimeError(f"cannot reach {os.environ['LEAKY_URL']}")
+    """)
+    port = free_port()
+    project.write_config([{"topic": "q", "consumer": "c:leak", "max_retries": 0}],
+                         extra=textwrap.dedent(f"""
+        [metrics]
+        listen = "127.0.0.1:{port}"
+        token = "{METRICS_TOKEN}"
+
+        [notifier]
+        class = "webhook"
+        [notifier.params]
+        url = "{hook.url}/{HOOK_TOKEN}"
+        """))
+    cfg = str(project.config)
+    seen: list[str] = []
+
+    def run(*args: str) -> subprocess.CompletedProcess:
+        done = ssjobs(*args, "-c", cfg, cwd=tmp_path)
+        seen.append(done.stdout + done.stderr)
+        return done
+
+    try:
+        assert run("check").returncode == 0, seen[-1]
+        assert run("start").returncode == 0, seen[-1]
+        with Producer(url, prefix="t") as p:
+            job_id = p.push("q", 1)
+        wait_for(lambda: [b for b in hook.bodies if job_id in b["text"]], timeout=20,
+                 what="the failure at the notifier")
+        wait_for(lambda: run("status", "--json").returncode == 0 and
+                 json.loads(seen[-1])["topics"]["q"]["dead"] == 1, what="the dead job")
+        run("status")
+        run("top")
+        run("dead", "show", "q", job_id)
+        request = urllib.request.Request(f"http://127.0.0.1:{port}/metrics",
+                                         headers={"Authorization": f"Bearer {METRICS_TOKEN}"})
+        with urllib.request.urlopen(request, timeout=5) as resp:
+            seen.append(resp.read().decode())
+        # and the same with Redis down: the errors name the server
+        locked_redis.stop()
+        run("status", "--json")
+        run("check")
+        run("stop")
+    finally:
+        if locked_redis.proc is None:
+            locked_redis.start(locked_redis.port)
+        ssjobs("stop", "--timeout", "5", "-c", cfg, cwd=tmp_path)
+        hook.stop()
+    seen.append(project.log_text())
+    seen.append((project.data_dir / "status.json").read_text())
+    seen += [json.dumps(b) for b in hook.bodies]
+    # then no password or token appears anywhere, though the failures were shown
+    everything = "\n".join(seen)
+    for secret in (REDIS_PASSWORD, METRICS_TOKEN, HOOK_TOKEN):
+        assert secret not in everything, secret
+    assert "password=***" in everything and "cannot reach" in everything
+    assert "ssjobs_backlog" in everything
+
+
+# -- 5. check imports consumers as process.user; the metrics endpoint is bounded -----------
+
+@AS_NOBODY
+def test_check_as_root_imports_consumers_as_the_service_user(redis_url, shared_root):
+    # given a consumer that records who imports it, and process.user = "nobody"
+    out = shared_root / "out"
+    out.mkdir(mode=0o777)
+    out.chmod(0o777)
+    project = Project(shared_root, redis_url)
+    project.consumer("who", f"""
+        import os
+        with open({str(out / "uid")!r}, "a") as f:
+            f.write(f"{{os.getuid()}} {{os.getgid()}}\\n")
+        def run(job):
+            pass
+    """)
+    project.write_config([{"topic": "q", "consumer": "who:run"}], process='user = "nobody"')
+    # when root runs `ssjobs check`
+    done = ssjobs("check", "-c", str(project.config), cwd=shared_root)
+    # then the consumer was imported once, as nobody, and the check passed
+    assert done.returncode == 0, done.stdout + done.stderr
+    nobody = pwd.getpwnam("nobody")
+    assert (out / "uid").read_text().split() == [str(nobody.pw_uid), str(nobody.pw_gid)]
+
+
+def scrape_status(port: int, token: str | None = None, timeout: float = 5) -> int:
+    headers = {"Authorization": f"Bearer {token}"} if token is not None else {}
+    request = urllib.request.Request(f"http://127.0.0.1:{port}/metrics", headers=headers)
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as resp:
+            resp.read()
+            return resp.status
+    except urllib.error.HTTPError as exc:
+        return exc.code
+
+
+def threads_of(pid: int) -> int:
+    return len(os.listdir(f"/proc/{pid}/task"))
+
+
+def test_the_metrics_endpoint_needs_its_token_and_survives_a_connection_flood(project):
+    from ssjobs.metrics import MAX_CONNECTIONS, REQUEST_DEADLINE_S
+
+    # given a master serving metrics behind a token
+    project.consumer("rec", RECORD_IDS)
+    port = free_port()
+    project.write_config([{"topic": "q", "consumer": "rec:run"}], extra=textwrap.dedent(f"""
+        [metrics]
+        listen = "127.0.0.1:{port}"
+        token = "{METRICS_TOKEN}"
+        """))
+    m = MasterProc(project.config, project.data_dir)
+    flood: list[socket.socket] = []
+    try:
+        m.start()
+        wait_for(lambda: "metrics served" in project.log_text(), what="metrics up")
+        # then a scrape without the token, or with a wrong one, is refused
+        assert scrape_status(port) == 401
+        assert scrape_status(port, "wrong") == 401
+        assert scrape_status(port, METRICS_TOKEN) == 200
+        # when a client opens 60 connections and sends nothing, or a byte now and then
+        before = threads_of(m.pid)
+        for _ in range(60):
+            flood.append(socket.create_connection(("127.0.0.1", port), timeout=5))
+        flood[0].sendall(b"GET /metrics HTTP/1.1\r\n")
+        time.sleep(1.0)
+        # then the master holds at most MAX_CONNECTIONS threads for them
+        assert threads_of(m.pid) <= before + MAX_CONNECTIONS
+        # and a scrape gets through within the deadline of the connections ahead of it
+        started = time.monotonic()
+        wait_for(lambda: scrape_status(port, METRICS_TOKEN, timeout=2) == 200,
+                 timeout=REQUEST_DEADLINE_S + 10, what="a scrape during the flood")
+        assert time.monotonic() - started < REQUEST_DEADLINE_S + 10
+        # and the slow client was cut off: the connection is closed by the master
+        flood[0].settimeout(REQUEST_DEADLINE_S + 5)
+        try:
+            while flood[0].recv(4096):
+                pass
+        except ConnectionError:
+            pass
+        assert m.proc.poll() is None
+        assert m.stop() == 0
+    finally:
+        for conn in flood:
+            conn.close()
+        m.kill_all()
