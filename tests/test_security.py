@@ -290,12 +290,13 @@ with open(f"/proc/{master_pid}/stat", "rb") as f:
 name = b"\0ssjobs-notify/%d/%s" % (master_pid, start_time)  # the relay's old address
 sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
 got, bound, deadline = [], False, time.monotonic() + seconds
-while time.monotonic() < deadline:
+while time.monotonic() < deadline and not os.path.exists(out + ".stop"):
     if not bound:
         try:
             sock.bind(name)
             sock.settimeout(0.1)
             bound = True
+            open(out + ".bound", "w").close()
         except OSError:
             time.sleep(0.001)  # a master holds it: try again the moment it lets go
             continue
@@ -336,33 +337,36 @@ def test_a_squatter_as_nobody_never_receives_a_failing_jobs_error(project, share
         def leak(job):
             raise RuntimeError(f"card {job.payload['card']} was declined")
     """)
-    project.write_config([{"topic": "pay", "consumer": "c:leak", "max_retries": 0,
-                           "static_workers": 2}], extra=notifier_toml(hook.url))
+    jobs = [{"topic": "pay", "consumer": "c:leak", "max_retries": 0, "static_workers": 2}]
+    project.write_config(jobs)
     m = MasterProc(project.config, project.data_dir)
     try:
         m.start()
-        wait_for(lambda: "notifier webhook:" in project.log_text(), what="notifier started")
-        # given a squatter running as nobody, trying to take the relay's address
+        # given a squatter running as nobody that takes the relay's address first
         script, out = shared_root / "squat.py", shared_root / "out"
         script.write_text(SQUATTER)
         out.mkdir(mode=0o777)
         out.chmod(0o777)
         squatter = subprocess.Popen(
             ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups",
-             sys.executable, "-I", str(script), str(out / "got.json"), str(m.pid), "12"])
-        time.sleep(0.5)  # let it start trying before the relay is restarted
-        # when the master reloads (the relay restarts) and a job fails with a secret in it
+             sys.executable, "-I", str(script), str(out / "got.json"), str(m.pid), "60"])
+        wait_for(lambda: (out / "got.json.bound").exists(), what="the squatter bound")
+        # when a reload turns the notifier on and a job fails with a secret in its error
+        old = {w["pid"] for w in m.workers()}
+        project.write_config(jobs, extra=notifier_toml(hook.url))
         m.signal(signal.SIGHUP)
-        wait_for(lambda: project.log_text().count("notifier webhook:") == 2, what="reload")
-        wait_for(lambda: len(m.workers()) == 2 and all(w["state"] == "idle"
-                                                       for w in m.workers()), timeout=20,
-                 what="the new workers")
+        wait_for(lambda: "notifier webhook:" in project.log_text(), what="reload")
+        wait_for(lambda: (ws := m.workers()) and len(ws) == 2 and all(
+            w["pid"] not in old and w["state"] == "idle" for w in ws), timeout=20,
+            what="the new workers")
         with Producer(project.redis_url, prefix="t") as p:
             p.push("pay", {"card": "4111-SECRET-1111"})
         # then the master still logs the error and relays it to the notifier
         wait_for(lambda: [b for b in hook.bodies if "4111-SECRET-1111" in b["text"]],
                  timeout=20, what="the error line at the notifier")
         assert "4111-SECRET-1111" in project.log_text()
+        time.sleep(0.5)  # a datagram sent to the squatter would be there by now
+        (out / "got.json.stop").touch()
         assert squatter.wait(30) == 0
         heard = json.loads((out / "got.json").read_text())
         # and the squatter heard nothing, and its forged line was not relayed
