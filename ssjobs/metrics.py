@@ -359,6 +359,11 @@ def _make_server(host: str, port: int, app: Any) -> Any:
         allow_reuse_address = True
         address_family = socket.AF_INET6 if ":" in host else socket.AF_INET
 
+        def __init__(self, *args: Any, **kw: Any) -> None:
+            self.slots = threading.BoundedSemaphore(MAX_CONNECTIONS)
+            self.active: dict[Any, float] = {}  # connection -> monotonic time accepted
+            super().__init__(*args, **kw)  # binds: a failed bind calls server_close
+
         def server_bind(self) -> None:
             # WSGIServer's own looks up the host's FQDN: a DNS call we do not need.
             import socketserver
@@ -366,8 +371,6 @@ def _make_server(host: str, port: int, app: Any) -> Any:
             socketserver.TCPServer.server_bind(self)
             self.server_name, self.server_port = host, self.server_address[1]
             self.setup_environ()
-            self.slots = threading.BoundedSemaphore(MAX_CONNECTIONS)
-            self.active: dict[Any, float] = {}  # connection -> monotonic time accepted
 
         def process_request(self, request: Any, client_address: Any) -> None:
             if not self.slots.acquire(blocking=False):

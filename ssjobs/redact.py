@@ -19,7 +19,8 @@ import re
 from urllib.parse import unquote, urlsplit
 
 MASK = "***"
-MIN_SECRET_CHARS = 4  # shorter values are too likely to occur by chance in ordinary text
+MIN_SECRET_CHARS = 8  # shorter values occur by chance in ordinary text ("xxxx"); in a URL
+                      # or a name=value pair, a short one is still masked by the patterns
 MIN_WEBHOOK_TAIL_CHARS = 8  # "/hook" is no secret; "/services/T0/B0/XXXX" is
 # Names whose value is a credential: "password", "access_token", "sentinel_password",
 # "api_key", "sign" (DingTalk's signature) ... A false positive only hides a harmless value.
