@@ -11,6 +11,11 @@ if __name__ == "__main__":
     if "multiprocessing" in sys.modules:
         sys.modules["multiprocessing"].freeze_support()
 
+    # Before anything outside the bundle could be imported: never the current directory
+    # or PYTHONPATH (the master runs as root until it drops privileges).
+    from ssjobs.syspath import isolate
+
+    isolate()
     from ssjobs.cli import main
 
     main()

@@ -39,6 +39,7 @@ from . import logs, scaling
 from .broker import CONNECTION_ERRORS
 from .notify import AsyncSender, error_sink, make_notifier
 from .notify.relay import RelayServer
+from .notify.relay import report_failure as report_relay_failure
 from .scoreboard import BUSY, JOB_STARTED_AT, STATE
 
 log = logging.getLogger("ssjobs.alerts")
@@ -371,8 +372,7 @@ class AlertsExtension:
                 try:
                     self.relay = RelayServer(self._sink)
                 except OSError as exc:
-                    log.warning("workers' ERROR lines will not be notified: relay socket: %s",
-                                exc)
+                    report_relay_failure(f"cannot start: {exc.strerror or exc}")
         if self._sink is not None:
             logs.add_error_sink(self._sink)
         if self.cfg.jobs_check_notify:

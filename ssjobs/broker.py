@@ -84,10 +84,16 @@ def _sentinel_master(url: str, options: dict) -> redis.Redis:
     if not service:
         raise ValueError("a sentinel URL names the service: redis+sentinel://host:port/NAME")
     password = unquote(parts.password) if parts.password else None
+    username = unquote(parts.username) if parts.username else None
+    tls = url.startswith("rediss")
+    # The Sentinels get the same credentials and TLS as the master: a Sentinel with
+    # requirepass refuses them otherwise, and its answers (which master) travel in clear.
     sentinel = Sentinel(hosts, sentinel_kwargs={"socket_timeout": 5.0,
-                                                "socket_connect_timeout": 5.0})
+                                                "socket_connect_timeout": 5.0,
+                                                "password": password, "username": username,
+                                                "ssl": tls})
     return sentinel.master_for(service, db=int(db or 0), password=password,
-                               ssl=url.startswith("rediss"), **options)
+                               username=username, ssl=tls, **options)
 
 
 def nodes_key(prefix: str) -> str:

@@ -8,11 +8,14 @@ import select
 import signal
 import sys
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .config import Config, load_config
 from .control import EXIT_FAILED, EXIT_INVALID, EXIT_OK, fail, report_config_error, say
 from .errors import ConfigError, SsjobsError
+
+if TYPE_CHECKING:
+    from .privileges import ServiceUser
 
 CHECK_IMPORT_TIMEOUT_S = 60.0   # importing every consumer must not take longer
 REDIS_CHECK_TIMEOUT_S = 3.0     # a healthy Redis answers PING at once
@@ -49,7 +52,14 @@ def check_consumers(cfg: Config, timeout: float = CHECK_IMPORT_TIMEOUT_S) -> lis
     for path in cfg.process.consumer_path:
         if not path.is_dir():
             fail(f"warning: process.consumer_path: {path} is not a directory")
-    results = _import_in_child(cfg, list(topics), timeout)
+    from .errors import ControlError
+    from .privileges import service_user
+
+    try:
+        user = service_user(cfg.process.user)  # run as root: import as the workers would
+    except ControlError as exc:
+        return [str(exc)]
+    results = _import_in_child(cfg, list(topics), timeout, user)
     lines = []
     for spec, names in topics.items():
         where = f"topic{'s' if len(names) > 1 else ''} {', '.join(names)}"
@@ -61,15 +71,17 @@ def check_consumers(cfg: Config, timeout: float = CHECK_IMPORT_TIMEOUT_S) -> lis
     return lines
 
 
-def _import_in_child(cfg: Config, specs: list[str], timeout: float) -> dict[str, str | None]:
-    """spec -> None (imported) or the error, from a forked child reporting line by line."""
+def _import_in_child(cfg: Config, specs: list[str], timeout: float,
+                     user: ServiceUser | None = None) -> dict[str, str | None]:
+    """spec -> None (imported) or the error, from a forked child reporting line by line;
+    the child first becomes ``user`` (process.user, when check runs as root)."""
     read_fd, write_fd = os.pipe()
     sys.stdout.flush()
     sys.stderr.flush()
     pid = os.fork()
     if pid == 0:  # the child: never returns
         os.close(read_fd)
-        _import_child(cfg, specs, write_fd)
+        _import_child(cfg, specs, write_fd, user)
     os.close(write_fd)
     results: dict[str, str | None] = {}
     current = None
@@ -111,14 +123,26 @@ def _import_in_child(cfg: Config, specs: list[str], timeout: float) -> dict[str,
     return results
 
 
-def _import_child(cfg: Config, specs: list[str], write_fd: int) -> None:
-    """In the forked child: report each import as JSON lines, then leave with os._exit."""
+def _import_child(cfg: Config, specs: list[str], write_fd: int,
+                  user: ServiceUser | None) -> None:
+    """In the forked child: report each import as JSON lines, then leave with os._exit.
+    Consumer code is imported only after the switch to ``user``: never as root when the
+    workers would not run as root either."""
     try:
         from .loader import add_consumer_path, load_consumer
+        from .privileges import become
 
         devnull = os.open(os.devnull, os.O_RDWR)
         for fd in (0, 1, 2):  # consumer modules may print; keep check's output clean
             os.dup2(devnull, fd)
+        if user is not None:
+            try:
+                become(user)
+            except OSError as exc:
+                for spec in specs:
+                    _emit(write_fd, ["done", spec, f"consumer {spec!r}: not imported: cannot "
+                                                   f"become {user.name}: {exc.strerror}"])
+                return
         add_consumer_path(cfg.process.consumer_path)
         for spec in specs:
             _emit(write_fd, ["begin", spec])
@@ -144,7 +168,7 @@ def check_redis(cfg: Config, timeout: float = REDIS_CHECK_TIMEOUT_S) -> list[str
     import redis
 
     from .broker import connect
-    from .status import redact_url
+    from .redact import redact_url
 
     users: dict[str, list[str]] = {}
     for job in cfg.jobs:

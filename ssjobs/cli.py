@@ -273,9 +273,11 @@ def top(ctx: click.Context, config: str | None) -> int:
 # -- entry point -----------------------------------------------------------------------------
 
 def _error(message: str, hint: str | None = None) -> None:
-    click.echo(f"ssjobs: {message}", err=True)
+    from .redact import redact
+
+    click.echo(f"ssjobs: {redact(message)}", err=True)
     if hint:
-        click.echo(f"hint: {hint}", err=True)
+        click.echo(f"hint: {redact(hint)}", err=True)
 
 
 def run(argv: list[str] | None = None) -> int:

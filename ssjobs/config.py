@@ -25,6 +25,7 @@ try:
 except ImportError:  # Python 3.10
     import tomli as tomllib  # type: ignore[no-redef]
 
+from . import redact
 from .errors import ConfigError
 from .tomllines import key_lines, line_of
 
@@ -32,6 +33,7 @@ CONFIG_ENV = "SSJOBS_CONFIG"
 DEFAULT_CONFIG_NAME = "ssjobs.toml"
 NOTIFIER_KINDS = ("dingtalk", "webhook", "slack", "feishu", "wecom")
 MAX_TOPIC_BYTES = 64  # the topic is part of every Redis key name of its queue
+MAX_PAYLOAD_LIMIT = 512 * 1024 * 1024  # Redis' own limit on one string (proto-max-bulk-len)
 _HINT = "pass -c PATH or set SSJOBS_CONFIG; start from config_example.toml"
 
 
@@ -121,6 +123,18 @@ def _sentinel_url(v: str) -> str | None:
     return None if not db or (db.isascii() and db.isdigit()) else "database must be a number"
 
 
+def is_loopback(host: str) -> bool:
+    """True for "localhost" and literal loopback addresses (a name is not resolved)."""
+    import ipaddress
+
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
 def _listen(v: str) -> str | None:
     host, _, port = v.rpartition(":")
     if not re.fullmatch(r"[^\s\[\]:]+|\[[0-9A-Fa-f:.]+\]", host):
@@ -207,6 +221,16 @@ class NotifierConfig:
 class MetricsConfig:
     listen: str = setting(doc="Prometheus text format at /metrics, served by the master",
                           rule=_listen, example="127.0.0.1:9108")
+    token: str = setting("", 'scrapes must send "Authorization: Bearer <token>"; "": none')
+    allow_public: bool = setting(False, "serve a non-loopback listen address without a token")
+
+    def cross_check(self) -> list[tuple[str, str]]:
+        """(key, message) of what the keys together do not allow."""
+        if self.token or self.allow_public or is_loopback(self.address[0]):
+            return []
+        return [("listen", f"{_show(self.listen)} is not a loopback address, so anyone who "
+                           "reaches it could scrape the metrics: set metrics.token, or "
+                           "allow_public = true")]
 
     @property
     def address(self) -> tuple[str, int]:
@@ -239,6 +263,9 @@ class JobConfig:
     max_memory_mb: int = setting(0, "recycle a worker whose RSS passes this; 0: no limit",
                                  rule=between(0))
     batch_size: int = setting(100, "jobs fetched per Redis round trip", rule=between(1, 1000))
+    max_payload_bytes: int = setting(
+        1024 * 1024, "a fetched envelope larger than this is dead-lettered as too_large",
+        rule=between(1024, MAX_PAYLOAD_LIMIT))
     redis: RedisConfig | None = None  # [jobs.redis]: this topic on another Redis
 
 
@@ -388,7 +415,12 @@ def _table(cls: type, raw: Any, path: str, ctx: _Ctx, defaults: Mapping[str, Any
         if spec.rule and (message := spec.rule.test(values[spec.attr])):
             ctx.error(where, message)
     _unknown(raw, [s.key for s in specs(cls)] + list(extra or ()), path, ctx)
-    return cls(**values) if len(ctx.errors) == before else None
+    if len(ctx.errors) != before:
+        return None
+    built = cls(**values)
+    for key, message in getattr(built, "cross_check", list)():
+        ctx.error(f"{path}.{key}", message)
+    return built if len(ctx.errors) == before else None
 
 
 def _unknown(raw: dict, known: list[str], path: str, ctx: _Ctx) -> None:
@@ -466,7 +498,23 @@ def load_config(path: str | os.PathLike) -> Config:
     config = _build(doc, ctx, file)
     if config is None:
         raise _fail(ctx, text, file)
+    _register_secrets(config)
     return config
+
+
+def _register_secrets(cfg: Config) -> None:
+    """Tell :mod:`ssjobs.redact` the secrets this config holds, so that no line ssjobs
+    prints, logs or sends shows them, even bare (a notifier's error quoting its token)."""
+    for rcfg in {cfg.redis, *(job.redis for job in cfg.jobs if job.redis is not None)}:
+        redact.register_url_secrets(rcfg.url)
+    if cfg.notifier is not None:
+        for key, value in cfg.notifier.params.items():
+            if isinstance(value, str) and value.startswith(("http://", "https://")):
+                redact.register_url_secrets(value, path_too=True)
+            elif redact.looks_secret(key):
+                redact.register_secret(value)
+    if cfg.metrics is not None:
+        redact.register_secret(cfg.metrics.token)
 
 
 def load_data_dir(path: str | os.PathLike) -> Path:

@@ -16,8 +16,12 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from . import fsguard
 from .config import Config, load_config, load_data_dir
-from .errors import ConfigError, ControlError
+from .errors import ConfigError, ControlError, SsjobsError
+from .logs import DAEMON_OUTPUT_NAME, LOG_FILE_MODE
+from .privileges import prepare_dirs
+from .redact import redact
 from .runtime import (
     ReadyPipe,
     RuntimeFiles,
@@ -26,6 +30,7 @@ from .runtime import (
     pid_alive,
     send_signal,
 )
+from .syspath import ISOLATED_FLAGS
 
 # Exit statuses (SPEC §4).
 EXIT_OK = 0
@@ -39,7 +44,6 @@ STOP_MARGIN_S = 15.0            # stop waits stop_timeout + this before it SIGKI
 DEFAULT_STOP_TIMEOUT_S = 30.0   # process.stop_timeout's default, when the config is unreadable
 ORPHAN_WAIT_S = 5.0             # workers of a SIGKILLed master exit on their own within this
 WATCH_INTERVAL_S = 1.0          # `status --watch` refresh period
-DAEMON_OUTPUT_NAME = "ssjobs.stderr"  # in log.dir: what the daemon writes to stderr
 DAEMON_OUTPUT_TAIL_BYTES = 65536      # read back on a failed start to quote its last line
 PIPE_WIDTH = 160                # columns of `status` tables written to a pipe or file
 
@@ -47,14 +51,15 @@ PIPE_WIDTH = 160                # columns of `status` tables written to a pipe o
 # -- output ----------------------------------------------------------------------------------
 
 def say(message: str) -> None:
-    print(message, flush=True)
+    """One line (or block) on stdout, secrets masked."""
+    print(redact(message), flush=True)
 
 
 def fail(message: str, hint: str | None = None) -> None:
-    """One error line on stderr (and an optional hint line)."""
-    print(f"ssjobs: {message}", file=sys.stderr, flush=True)
+    """One error line on stderr (and an optional hint line), secrets masked."""
+    print(f"ssjobs: {redact(message)}", file=sys.stderr, flush=True)
     if hint:
-        print(f"hint: {hint}", file=sys.stderr, flush=True)
+        print(f"hint: {redact(hint)}", file=sys.stderr, flush=True)
 
 
 def config_error_lines(exc: ConfigError) -> list[str]:
@@ -89,9 +94,11 @@ def start(cfg_path: str | os.PathLike, *, foreground: bool, ready_fd: int | None
         return EXIT_FAILED
     files = RuntimeFiles(cfg.process.data_dir)
     try:
+        # Before anything is opened as root: no link, nothing another user could change.
+        prepare_dirs(cfg.process.data_dir, cfg.log.dir, cfg.process.user)
         files.ensure_dir()
         pid = files.running_pid()
-    except ControlError as exc:
+    except SsjobsError as exc:
         ready.report(False, str(exc))
         raise
     if pid:
@@ -106,10 +113,11 @@ def start(cfg_path: str | os.PathLike, *, foreground: bool, ready_fd: int | None
 
 
 def self_command(*args: str) -> list[str]:
-    """argv that runs this ssjobs again: the frozen binary itself, else ``python -m ssjobs``."""
+    """argv that runs this ssjobs again: the frozen binary itself, else ``python -I -m
+    ssjobs`` (isolated: neither the current directory nor PYTHONPATH on sys.path)."""
     if getattr(sys, "frozen", False):
         return [sys.executable, *args]
-    return [sys.executable, "-m", "ssjobs", *args]
+    return [sys.executable, *ISOLATED_FLAGS, "-m", "ssjobs", *args]
 
 
 def daemon_environ() -> dict[str, str]:
@@ -173,8 +181,7 @@ def _spawn_daemon(cfg: Config) -> int:
 def _open_daemon_output(path: Path) -> tuple[int, int]:
     """(fd, size before) of the daemon's output file; /dev/null when it cannot be opened."""
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o640)
+        fd = fsguard.open_file(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, LOG_FILE_MODE)
         return fd, os.fstat(fd).st_size
     except OSError:
         return subprocess.DEVNULL, 0

@@ -39,6 +39,11 @@ class ConsumerImportError(SsjobsError):
     """Raised when a consumer spec cannot be imported or is not callable."""
 
 
+class UnsafePathError(SsjobsError):
+    """Raised when a file or directory ssjobs would use is a link, or could be changed by a
+    user other than root and the service user (``process.user``)."""
+
+
 class ControlError(SsjobsError):
     """Raised when the console cannot act on a master (not running, no permission, timeout)."""
 

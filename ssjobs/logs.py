@@ -19,9 +19,14 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from .errors import ConfigError, SsjobsError
+from . import fsguard
+from .errors import ConfigError, SsjobsError, UnsafePathError
+from .redact import redact
 
 LOG_FILE_NAME = "ssjobs.log"
+DAEMON_OUTPUT_NAME = "ssjobs.stderr"  # what a daemonized master writes to stderr
+LOG_FILE_MODE = 0o640  # tracebacks and payload fragments: not for every local user
+LOG_DIR_MODE = 0o750
 INODE_CHECK_INTERVAL_S = 1.0  # how long a moved file may stay in use: one stat() a second
 _LEVELS = ("debug", "info", "warning", "error", "critical")
 _SIZE_UNITS = {"": 1, "B": 1, "KB": 1024, "MB": 1024**2, "GB": 1024**3}
@@ -32,6 +37,12 @@ _STANDARD_ATTRS = {*vars(logging.LogRecord("", 0, "", 0, "", None, None)), "mess
 _role = "master"
 _state: dict[str, Any] = {"handlers": [], "saved": [], "file": None, "rotate": None}
 _sinks: list[tuple[int, Callable[[dict[str, Any]], None]]] = []  # (pid that added it, sink)
+
+
+def is_log_file(name: str) -> bool:
+    """True for the names ssjobs writes in log.dir (the log, its rotated copies, the
+    daemon's stderr): the only entries of a shared log.dir it checks or hands over."""
+    return name.startswith(LOG_FILE_NAME) or name == DAEMON_OUTPUT_NAME
 
 
 def set_role(role: str) -> None:
@@ -47,12 +58,12 @@ def record_dict(record: logging.LogRecord) -> dict[str, Any]:
         "ts": _dt.datetime.fromtimestamp(record.created).astimezone()
         .isoformat(timespec="milliseconds"),
         "level": record.levelname, "pid": os.getpid(), "role": _role,
-        "logger": record.name, "msg": record.getMessage(),
+        "logger": record.name, "msg": redact(record.getMessage()),
     }
     if record.exc_info and not record.exc_text:
         record.exc_text = logging.Formatter().formatException(record.exc_info)
     if exc := "\n".join(p for p in (record.exc_text, record.stack_info) if p):
-        out["exc"] = exc
+        out["exc"] = redact(exc)
     for key, value in vars(record).items():
         if key not in _STANDARD_ATTRS and key not in out and not key.startswith("_"):
             out[key] = value
@@ -87,8 +98,14 @@ class SharedFileHandler(logging.Handler):
         self._open()
 
     def _open(self) -> None:
-        flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC
-        old, self._fd = self._fd, os.open(self.path, flags, 0o644)
+        # Never through a link: the master opens it as root, in a dir its service user owns.
+        fd = fsguard.open_file(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, LOG_FILE_MODE)
+        try:
+            if os.fstat(fd).st_mode & 0o777 & ~LOG_FILE_MODE:  # made 0644 by an older ssjobs
+                os.fchmod(fd, LOG_FILE_MODE)
+        except OSError:  # not ours to change (a worker reopening root's file): keep it
+            pass
+        old, self._fd = self._fd, fd
         self._checked_at, self.reopen_requested = time.monotonic(), False
         if old >= 0:
             os.close(old)
@@ -200,8 +217,10 @@ def setup_logging(log_dir: Path | None, *, level: str = "info", fmt: str = "text
     file_handler = None
     if log_dir is not None:
         try:
-            Path(log_dir).mkdir(parents=True, exist_ok=True)
+            fsguard.make_dirs(Path(log_dir), LOG_DIR_MODE)
             file_handler = SharedFileHandler(Path(log_dir) / LOG_FILE_NAME)
+        except UnsafePathError as e:
+            raise UnsafePathError(f"cannot open the log file: {e}") from None
         except OSError as e:
             raise SsjobsError(f"cannot open the log file in {log_dir}: {e.strerror or e}") from e
     handlers: list[logging.Handler] = [

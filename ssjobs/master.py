@@ -23,11 +23,12 @@ from . import __version__, logs, scaling, worker
 from .broker import CONNECTION_ERRORS, Broker, connect
 from .config import Config, ConfigError, JobConfig, load_config
 from .loader import add_consumer_path
+from .notify import relay
+from .privileges import drop_privileges
 from .recovery import Heartbeat, Recovery
 from .runtime import (
     ReadyPipe,
     RuntimeFiles,
-    drop_privileges,
     is_process,
     new_nonce,
     send_signal,
@@ -143,7 +144,7 @@ class Master:
             log.warning("data_dir repaired: %s", fixed)
         self.files.write_pid(self.pid)
         set_title(f"{cfg.process.name}: master")
-        drop_privileges(cfg.process.user, [self.files.dir, cfg.log.dir])
+        drop_privileges(cfg.process.user, self.files.dir, cfg.log.dir)
         add_consumer_path(cfg.process.consumer_path)
         self.board = Scoreboard.create(self.files.scoreboard_path, self._slots_needed(cfg))
         for job in cfg.jobs:
@@ -156,6 +157,8 @@ class Master:
             self._recover_previous_master(self.previous_node, previous)
         log.info("master started (pid %d, %d topics, node %s)", self.pid, len(self.topics),
                  self.node)
+        if cfg.notifier is not None and cfg.notifier.log_notify:
+            relay.prepare_channel()  # before the first fork: every worker inherits its end
         self._manage_workers()
         self._start_extensions()  # before "ready": metrics and alerts are up when start returns
         self._wait_ready()

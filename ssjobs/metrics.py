@@ -23,12 +23,17 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from . import problems
 from .logs import OutageLogger
 from .scoreboard import HIST_BOUNDS_S, HIST_BUCKETS, KINDS, STARTED_AT, STATE, STATES
 
 log = logging.getLogger("ssjobs.metrics")
 
 REFRESH_EVERY_S = 1.0        # Redis counters are at most this stale in a scrape
+MAX_CONNECTIONS = 4          # scrapes served at once; more are closed unanswered (Prometheus
+                             # scrapes one at a time: 4 leaves room for a curl or two)
+READ_TIMEOUT_S = 5.0         # a client that sends nothing for this long is dropped
+REQUEST_DEADLINE_S = 10.0    # and none keeps a connection longer (a byte every 4 s included)
 REDIS_TIMEOUT_S = 2.0        # the refresher's socket timeout: an outage shows within seconds
 SHUTDOWN_JOIN_S = 1.0        # stop() waits at most this for each thread (both are daemons)
 RESTART_REASONS = ("crash", "recycle-count", "recycle-time", "recycle-memory", "timeout")
@@ -158,6 +163,7 @@ class MetricsExtension:
 
     def __init__(self, master: Any) -> None:
         self.host, self.port = master.cfg.metrics.address
+        self.token = master.cfg.metrics.token
         self._key = (os.getpid(), master.started_at)
         self.job_times = self._carried.pop(self._key, JobTimes())
         self.view: MasterView | None = None
@@ -176,11 +182,15 @@ class MetricsExtension:
         registry = CollectorRegistry(auto_describe=False)
         registry.register(_Collector(self))
         try:
-            self.server = _make_server(self.host, self.port, make_wsgi_app(registry))
+            self.server = _make_server(self.host, self.port,
+                                       bearer_guard(make_wsgi_app(registry), self.token))
         except OSError as exc:
-            log.error("metrics: cannot listen on %s:%d: %s (metrics disabled)", self.host,
-                      self.port, exc.strerror or exc)
+            message = f"metrics: cannot listen on {self.host}:{self.port}: " \
+                      f"{exc.strerror or exc} (metrics disabled)"
+            log.error("%s", message)
+            problems.report("metrics", message)
             return
+        problems.clear("metrics")
         self._spawn(self.server.serve_forever, "ssjobs-metrics-http")
         self._spawn(self._refresh_loop, "ssjobs-metrics-redis")
         log.info("metrics served at http://%s:%d/metrics", self.host, self.port)
@@ -245,7 +255,7 @@ def _topic_brokers(cfg: Any) -> dict[str, tuple[str, Any]]:
     """topic -> (name of its Redis for the log, Broker), on connections of our own (short
     timeouts)."""
     from .broker import Broker, connect
-    from .status import redact_url
+    from .redact import redact_url
 
     clients: dict[str, Any] = {}
     brokers = {}
@@ -318,15 +328,41 @@ class _Collector:
         return fam
 
 
+def bearer_guard(app: Any, token: str) -> Any:
+    """``app`` behind ``Authorization: Bearer <token>`` (``[metrics] token``); as is
+    without a token. The comparison takes the same time wherever the tokens differ."""
+    if not token:
+        return app
+    import hmac
+
+    expected = f"Bearer {token}".encode()
+
+    def guarded(environ: dict, start_response: Any) -> Any:
+        given = str(environ.get("HTTP_AUTHORIZATION", "")).encode("latin-1", "replace")
+        if hmac.compare_digest(given, expected):
+            return app(environ, start_response)
+        start_response("401 Unauthorized", [("Content-Type", "text/plain; charset=utf-8"),
+                                            ("WWW-Authenticate", 'Bearer realm="ssjobs"')])
+        return [b"a bearer token is required (metrics.token)\n"]
+
+    return guarded
+
+
 def _make_server(host: str, port: int, app: Any) -> Any:
-    """A threaded WSGI server bound to host:port (IPv6 when the host has a colon)."""
-    from socketserver import ThreadingMixIn
+    """A WSGI server bound to host:port (IPv6 when the host has a colon) that serves at
+    most MAX_CONNECTIONS clients at once, each on its own daemon thread, and gives none of
+    them more than READ_TIMEOUT_S of silence or REQUEST_DEADLINE_S in all: a flood of
+    idle or slow connections costs a few threads, never one per connection."""
     from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
-    class Server(ThreadingMixIn, WSGIServer):
-        daemon_threads = True
+    class Server(WSGIServer):
         allow_reuse_address = True
         address_family = socket.AF_INET6 if ":" in host else socket.AF_INET
+
+        def __init__(self, *args: Any, **kw: Any) -> None:
+            self.slots = threading.BoundedSemaphore(MAX_CONNECTIONS)
+            self.active: dict[Any, float] = {}  # connection -> monotonic time accepted
+            super().__init__(*args, **kw)  # binds: a failed bind calls server_close
 
         def server_bind(self) -> None:
             # WSGIServer's own looks up the host's FQDN: a DNS call we do not need.
@@ -336,8 +372,51 @@ def _make_server(host: str, port: int, app: Any) -> Any:
             self.server_name, self.server_port = host, self.server_address[1]
             self.setup_environ()
 
+        def process_request(self, request: Any, client_address: Any) -> None:
+            if not self.slots.acquire(blocking=False):
+                self.shutdown_request(request)  # every slot taken: close it unanswered
+                return
+            self.active[request] = time.monotonic()
+            threading.Thread(target=self._serve_one, args=(request, client_address),
+                             name="ssjobs-metrics-client", daemon=True).start()
+
+        def _serve_one(self, request: Any, client_address: Any) -> None:
+            try:
+                self.finish_request(request, client_address)
+            except Exception:  # noqa: BLE001 - a broken client must not end the server
+                self.handle_error(request, client_address)
+            finally:
+                self.active.pop(request, None)
+                self.shutdown_request(request)
+                self.slots.release()
+
+        def service_actions(self) -> None:
+            """Every poll of serve_forever: cut connections past REQUEST_DEADLINE_S."""
+            now = time.monotonic()
+            for request, since in list(self.active.items()):
+                if now - since > REQUEST_DEADLINE_S:
+                    _hang_up(request)
+
+        def server_close(self) -> None:
+            super().server_close()
+            for request in list(self.active):
+                _hang_up(request)
+
+        def handle_error(self, request: Any, client_address: Any) -> None:
+            log.debug("metrics: a client from %s failed", client_address, exc_info=True)
+
     class QuietHandler(WSGIRequestHandler):
+        timeout = READ_TIMEOUT_S  # StreamRequestHandler sets it on the connection
+
         def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - stdlib's name
             pass
 
     return make_server(host, port, app, server_class=Server, handler_class=QuietHandler)
+
+
+def _hang_up(request: Any) -> None:
+    """End a connection a client thread is blocked on: its read returns at once."""
+    try:
+        request.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass

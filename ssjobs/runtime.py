@@ -2,17 +2,19 @@
 status snapshot; their repair after a crash; the readiness pipe of a starting master."""
 from __future__ import annotations
 
+import contextlib
 import errno
 import fcntl
 import json
 import os
 import signal
-import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
-from .errors import ControlError
+from . import fsguard
+from .errors import ControlError, UnsafePathError
 
 if TYPE_CHECKING:
     from .scoreboard import Scoreboard
@@ -21,6 +23,8 @@ LOCK_NAME = "ssjobs.lock"
 PID_NAME = "ssjobs.pid"
 SCOREBOARD_NAME = "scoreboard.shm"
 SNAPSHOT_NAME = "status.json"
+DATA_DIR_MODE = 0o700  # pid file, lock, scoreboard, snapshot: nobody else's business
+MAX_READ_BYTES = 16 * 1024 * 1024  # a snapshot of 10,000 workers is ~3 MB
 
 
 def new_nonce() -> str:
@@ -30,13 +34,36 @@ def new_nonce() -> str:
 
 
 def write_atomic(path: Path, data: bytes, mode: int = 0o600) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    """Replace ``path`` with ``data`` at once: a new file of an unpredictable name in the
+    same dir (``mkstemp``: ``O_EXCL``, no link followed), then ``rename`` over the path
+    (which replaces a link there, never its target)."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
-        os.write(fd, data)
+        try:
+            os.fchmod(fd, mode)
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view):]
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+def read_file(path: Path, limit: int = MAX_READ_BYTES) -> bytes:
+    """The bytes of a small file in data_dir, never read through a link (``status`` may run
+    as root in a dir the service user owns); OSError when missing or unsafe."""
+    try:
+        fd = fsguard.open_file(path, os.O_RDONLY)
+    except UnsafePathError as exc:
+        raise OSError(str(exc)) from None
+    try:
+        return os.read(fd, limit)
     finally:
         os.close(fd)
-    os.replace(tmp, path)
 
 
 class RuntimeFiles:
@@ -50,7 +77,7 @@ class RuntimeFiles:
 
     def ensure_dir(self) -> None:
         try:
-            self.dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+            fsguard.make_dirs(self.dir, DATA_DIR_MODE)
         except OSError as exc:
             raise ControlError(f"cannot create data_dir {self.dir}: {exc.strerror}") from None
         if not os.access(self.dir, os.W_OK | os.X_OK):
@@ -59,7 +86,7 @@ class RuntimeFiles:
     # -- the lock ------------------------------------------------------------------------
     def acquire_lock(self) -> bool:
         """Take the exclusive lock (kept until release or exit); False if another holds it."""
-        fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+        fd = fsguard.open_file(self.lock_path, os.O_RDWR | os.O_CREAT, 0o600)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as exc:
@@ -96,7 +123,7 @@ class RuntimeFiles:
     def is_locked(self) -> bool:
         """True if some process (a running master) holds the lock."""
         try:
-            fd = os.open(self.lock_path, os.O_RDONLY)
+            fd = fsguard.open_file(self.lock_path, os.O_RDONLY)
         except FileNotFoundError:
             return False
         except PermissionError:
@@ -115,8 +142,8 @@ class RuntimeFiles:
 
     def read_pid(self) -> int | None:
         try:
-            text = self.pid_path.read_text().strip()
-        except (FileNotFoundError, PermissionError, UnicodeDecodeError):
+            text = read_file(self.pid_path, 64).decode().strip()
+        except (OSError, UnicodeDecodeError):
             return None
         return int(text) if text.isdigit() and int(text) > 0 else None
 
@@ -143,7 +170,7 @@ class RuntimeFiles:
 
     def read_snapshot(self) -> dict | None:
         try:
-            data = json.loads(self.snapshot_path.read_text())
+            data = json.loads(read_file(self.snapshot_path))
         except (OSError, ValueError):
             return None
         return data if isinstance(data, dict) else None
@@ -244,33 +271,6 @@ def pid_alive(pid: int) -> bool:
         return True
     fields = proc_stat(pid)
     return fields is not None and fields[0] != b"Z"
-
-
-def drop_privileges(user: str, dirs: list[Path]) -> None:
-    """As root, become ``user`` ("name" or "name:group") after handing it ``dirs`` and the
-    files in them; a no-op without a user or when not root."""
-    if not user or os.getuid() != 0:
-        return
-    import grp
-    import pwd
-
-    name, _, group = user.partition(":")
-    try:
-        pw = pwd.getpwnam(name)
-        gid = grp.getgrnam(group).gr_gid if group else pw.pw_gid
-    except KeyError:
-        raise ControlError(f"process.user: no such user or group {user!r}") from None
-    for d in dirs:
-        for path in (d, *d.iterdir()):
-            os.chown(path, pw.pw_uid, gid)
-    bundle = getattr(sys, "_MEIPASS", None)
-    if bundle:  # a one-file binary unpacked as root: its modules must stay importable
-        for parent, subdirs, files in os.walk(bundle):
-            for entry in (parent, *(os.path.join(parent, f) for f in subdirs + files)):
-                os.lchown(entry, pw.pw_uid, gid)
-    os.setgid(gid)
-    os.initgroups(name, gid)
-    os.setuid(pw.pw_uid)
 
 
 def set_title(title: str) -> None:

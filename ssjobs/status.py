@@ -17,13 +17,14 @@ import json
 import os
 import socket
 import time
+from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
-from . import __version__
+from . import __version__, problems
 from .config import Config
 from .metrics import percentiles_ms, topic_histograms
-from .runtime import RuntimeFiles, proc_stat, write_atomic
+from .redact import redact, redact_url
+from .runtime import RuntimeFiles, proc_stat, read_file, write_atomic
 
 RATES_NAME = "rates.json"
 RATE_WINDOW_S = 60.0         # rate_1m: the window the rate is measured over
@@ -81,6 +82,11 @@ def collect_status(cfg: Config | None, files: RuntimeFiles, *, running_pid: int 
                                for kind in ("static", "dynamic")}
         counters.update(percentiles_ms(job_times.get(topic)))
     status["topics"] = topics
+    # What the master runs without: its own registry in the master, else its last snapshot.
+    found = problems.current() if master_info is not None else \
+        (files.read_snapshot() or {}).get("problems")
+    if found and isinstance(found, dict):
+        status["problems"] = {str(k): redact(str(v)) for k, v in found.items()}
     return status
 
 
@@ -143,7 +149,7 @@ def topic_counters(cfg: Config, extra_topics: list[str],
                 topics[topic] = {k: counts[k] for k in COUNTER_FIELDS}
                 continue
             except Exception as exc:  # noqa: BLE001 - any Redis failure: report and go on
-                error = failed[rcfg.url] = f"redis {redact_url(rcfg.url)}: {_describe(exc)}"
+                error = failed[rcfg.url] = redact(f"redis {redact_url(rcfg.url)}: {_describe(exc)}")
         first_error = first_error or error
         topics[topic] = {**dict.fromkeys(COUNTER_FIELDS), "redis_error": error}
     return topics, first_error
@@ -163,20 +169,6 @@ def _client(url: str, timeout: float) -> Any:
 def _describe(exc: BaseException) -> str:
     text = str(exc).strip() or type(exc).__name__
     return text if type(exc).__name__ in text else f"{type(exc).__name__}: {text}"
-
-
-def redact_url(url: str) -> str:
-    """The URL without its password (Redis URLs may carry one)."""
-    try:
-        parts = urlsplit(url)
-        if parts.password is None:
-            return url
-        user = parts.username or ""
-        host = parts.hostname or ""
-        netloc = f"{user}:***@{host}" + (f":{parts.port}" if parts.port else "")
-        return urlunsplit(parts._replace(netloc=netloc))
-    except ValueError:
-        return "<invalid url>"
 
 
 def _started_at(pid: int, header: dict | None) -> float | None:
@@ -240,8 +232,7 @@ def compute_rates(samples: list[tuple[float, dict[str, int]]], processed: dict[s
 
 def _read_samples(path: os.PathLike) -> list[tuple[float, dict[str, int]]]:
     try:
-        with open(path, "rb") as f:
-            raw = json.load(f).get("samples", [])
+        raw = json.loads(read_file(Path(path))).get("samples", [])
         return [(float(t), {str(k): int(v) for k, v in counts.items()}) for t, counts in raw]
     except (OSError, ValueError, TypeError, AttributeError):
         return []
@@ -269,6 +260,7 @@ def render_status(status: dict, *, now: float | None = None) -> Any:
                    "job for"]
     notes = sorted({c["redis_error"] for c in (status.get("topics") or {}).values()
                     if isinstance(c, dict) and c.get("redis_error")})
+    notes += [str(v) for v in (status.get("problems") or {}).values()]
     try:
         from rich import box
         from rich.console import Group

@@ -18,7 +18,7 @@ def free_port() -> int:
 
 
 class RedisServer:
-    def __init__(self, workdir: Path, *, durable: bool = False) -> None:
+    def __init__(self, workdir: Path, *, durable: bool = False, password: str = "") -> None:
         binary = shutil.which("redis-server")
         if binary is None:
             raise RuntimeError("redis-server not found: apt-get install -y redis-server")
@@ -27,6 +27,9 @@ class RedisServer:
         # durable: an fsync'd append-only file, so a killed server comes back with its data
         self.persistence = (["--appendonly", "yes", "--appendfsync", "always"] if durable
                             else ["--appendonly", "no"])
+        self.password = password
+        if password:
+            self.persistence = [*self.persistence, "--requirepass", password]
         self.port = 0
         self.proc: subprocess.Popen | None = None
 
@@ -50,7 +53,8 @@ class RedisServer:
         raise RuntimeError(f"redis-server did not start; see {self.workdir / 'redis.log'}")
 
     def _wait_ready(self, timeout: float = 5.0) -> bool:
-        client = redis.Redis(port=self.port, socket_timeout=0.5, socket_connect_timeout=0.5)
+        client = redis.Redis(port=self.port, socket_timeout=0.5, socket_connect_timeout=0.5,
+                             password=self.password or None)
         deadline = time.time() + timeout
         try:
             while time.time() < deadline:
@@ -79,7 +83,7 @@ class RedisServer:
         self.start(port)
 
     def client(self) -> redis.Redis:
-        return redis.Redis(port=self.port, socket_timeout=10)
+        return redis.Redis(port=self.port, socket_timeout=10, password=self.password or None)
 
 
 
@@ -124,28 +128,34 @@ def _mkdir(path: Path) -> Path:
 
 
 class SentinelServers:
-    """A Redis master watched by one Sentinel (quorum 1), service name ``mymaster``."""
+    """A Redis master watched by one Sentinel (quorum 1), service name ``mymaster``; with
+    ``password``, both the master and the Sentinel require it."""
 
-    def __init__(self, workdir: Path) -> None:
+    def __init__(self, workdir: Path, password: str = "") -> None:
         self.workdir = workdir
-        self.master = RedisServer(_mkdir(workdir / "master"))
+        self.password = password
+        self.master = RedisServer(_mkdir(workdir / "master"), password=password)
         self.port = 0
         self.proc: subprocess.Popen | None = None
 
     @property
     def url(self) -> str:
-        return f"redis+sentinel://127.0.0.1:{self.port}/mymaster/0"
+        auth = f":{self.password}@" if self.password else ""
+        return f"redis+sentinel://{auth}127.0.0.1:{self.port}/mymaster/0"
 
     def start(self) -> None:
         self.master.start()
         for _ in range(5):
             self.port = free_port()
             conf = self.workdir / "sentinel.conf"
+            auth = (f"requirepass {self.password}\nsentinel auth-pass mymaster {self.password}\n"
+                    if self.password else "")
             conf.write_text(f"port {self.port}\nbind 127.0.0.1\ndir {self.workdir}\n"
-                            f"sentinel monitor mymaster 127.0.0.1 {self.master.port} 1\n")
+                            f"sentinel monitor mymaster 127.0.0.1 {self.master.port} 1\n{auth}")
             self.proc = subprocess.Popen([self.master.binary, str(conf), "--sentinel"],
                                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-            client = redis.Redis(port=self.port, socket_timeout=0.5)
+            client = redis.Redis(port=self.port, socket_timeout=0.5,
+                                 password=self.password or None)
             deadline = time.time() + 10
             while time.time() < deadline and self.proc.poll() is None:
                 try:

@@ -5,6 +5,7 @@ masters post to a webhook endpoint on 127.0.0.1 (a local http.server in the test
 """
 from __future__ import annotations
 
+import io
 import json
 import logging
 import os
@@ -216,7 +217,16 @@ class Collect:
         self.records.append(record)
 
 
-def test_relay_delivers_error_records_with_their_fields() -> None:
+@pytest.fixture
+def channel():
+    """A fresh relay channel for this test, closed after it (it is per process)."""
+    relay.close_channel()
+    yield relay.open_channel()
+    relay.uninstall_worker_forwarder()
+    relay.close_channel()
+
+
+def test_relay_delivers_error_records_with_their_fields(channel) -> None:
     sink = Collect()
     server = relay.RelayServer(sink)
     try:
@@ -226,59 +236,112 @@ def test_relay_delivers_error_records_with_their_fields() -> None:
         log.error("job %s failed", "j1", extra={"job_id": "j1", "topic": "q", "attempt": 2})
         (record,) = wait_for(lambda: sink.records, what="the forwarded record")
     finally:
-        relay.uninstall_worker_forwarder()
         server.close()
     assert (record["msg"], record["job_id"], record["topic"], record["attempt"]) == (
         "job j1 failed", "j1", "q", 2)
     assert record["level"] == "ERROR" and record["pid"] == os.getpid()
 
 
-def test_a_worker_never_blocks_when_the_relay_is_full_or_missing() -> None:
-    log = logging.getLogger("ssjobs.worker")
-    assert relay.install_worker_forwarder(os.getpid())  # no relay yet: lines are dropped
+def test_without_a_channel_from_that_master_nothing_is_forwarded() -> None:
+    relay.close_channel()
+    assert not relay.install_worker_forwarder(os.getpid())  # no channel opened
+    relay.open_channel()
     try:
-        log.error("nobody listens")
-        assert relay._forwarder is not None and relay._forwarder.dropped == 1
-        release = threading.Event()
-        server = relay.RelayServer(Collect(block=release))  # reads one, then hangs
+        assert not relay.install_worker_forwarder(os.getppid())  # not the channel's owner
+    finally:
+        relay.close_channel()
+
+
+def test_a_worker_never_blocks_when_the_relay_is_full(channel) -> None:
+    log = logging.getLogger("ssjobs.worker")
+    assert relay.install_worker_forwarder(os.getpid())
+    release = threading.Event()
+    server = relay.RelayServer(Collect(block=release))  # reads one, then hangs
+    try:
         started = time.monotonic()
-        for i in range(500):
+        for i in range(2000):
             log.error("burst %d", i)
         assert time.monotonic() - started < 2.0
-        assert relay._forwarder.dropped > 100  # the socket queue is short: the rest dropped
+        assert relay._forwarder is not None and relay._forwarder.dropped > 100
+    finally:
         release.set()
         server.close()
-    finally:
-        relay.uninstall_worker_forwarder()
 
 
-def test_a_forked_child_does_not_keep_the_relay_socket(tmp_path: Path) -> None:
-    server = relay.RelayServer(Collect())
+def test_a_forked_worker_sends_through_the_channel_but_cannot_read_it(channel) -> None:
+    # given a master's relay
+    sink = Collect()
+    server = relay.RelayServer(sink)
     pid = os.fork()
-    if pid == 0:  # the child only waits; it must not hold the name
-        time.sleep(3)
-        os._exit(0)
+    if pid == 0:  # a worker: forwards its ERROR lines, holds no receiving end
+        code = 1
+        try:
+            if relay.install_worker_forwarder() and channel.receiver.fileno() == -1:
+                logging.getLogger("ssjobs.worker").error("from the worker")
+                code = 0
+        finally:
+            os._exit(code)
     try:
-        server.close()
-        again = relay.RelayServer(Collect())  # a reload binds the same name again
-        again.close()
+        _, status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 0
+        record = wait_for(lambda: [r for r in sink.records if r["pid"] == pid],
+                          what="the worker's record")[0]
+        assert record["msg"] == "from the worker"
     finally:
-        os.kill(pid, signal.SIGKILL)
-        os.waitpid(pid, 0)
+        server.close()
+    # and a reload's new server reads the same channel
+    again = relay.RelayServer(sink)
+    try:
+        relay.install_worker_forwarder(os.getpid())
+        logging.getLogger("ssjobs.worker").error("after the reload")
+        wait_for(lambda: [r for r in sink.records if r["msg"] == "after the reload"],
+                 what="a record after the reload")
+    finally:
+        again.close()
 
 
-def test_garbage_datagrams_are_refused() -> None:
+def test_garbage_datagrams_are_refused(channel) -> None:
     sink = Collect()
     server = relay.RelayServer(sink)
     try:
-        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as s:
-            s.sendto(b"not json", server.address)
-            s.sendto(b'{"no": "msg"}', server.address)
-            s.sendto(relay.encode({"msg": "ok", "level": "ERROR"}), server.address)
+        channel.sender.send(b"not json")
+        channel.sender.send(b'{"no": "msg"}')
+        channel.sender.send(relay.encode({"msg": "ok", "level": "ERROR"}))
         wait_for(lambda: sink.records, what="the good record")
     finally:
         server.close()
     assert [r["msg"] for r in sink.records] == ["ok"] and server.refused == 2
+
+
+def test_a_relay_that_cannot_be_set_up_is_an_error_that_status_shows(
+        monkeypatch, caplog, tmp_path) -> None:
+    from ssjobs import problems, status
+    from ssjobs.runtime import RuntimeFiles
+
+    # given a master that cannot open the channel (out of file descriptors)
+    relay.close_channel()
+
+    def no_more_fds(*_a: Any, **_kw: Any) -> Any:
+        raise OSError(24, "Too many open files")
+
+    monkeypatch.setattr(socket, "socketpair", no_more_fds)
+    # when it prepares the relay before forking its workers
+    with caplog.at_level(logging.ERROR, logger="ssjobs"):
+        assert not relay.prepare_channel()
+    # then it says so at ERROR, and the status it shows (and snapshots) carries it
+    assert any(r.levelno == logging.ERROR and "relay cannot open the channel" in r.getMessage()
+               for r in caplog.records)
+    try:
+        shown = status.collect_status(None, RuntimeFiles(tmp_path), running_pid=os.getpid(),
+                                      master_info={"pid": os.getpid()})
+        assert "Too many open files" in shown["problems"]["relay"]
+        from rich.console import Console
+
+        console = Console(width=200, record=True, file=io.StringIO())
+        console.print(status.render_status(shown))
+        assert "Too many open files" in console.export_text()
+    finally:
+        problems.clear(relay.PROBLEM)
 
 
 # -- real masters and a real webhook endpoint -------------------------------------------------

@@ -133,7 +133,8 @@ def test_every_default(tmp_path):
         "topic": "a", "consumer": "m:f", "static_workers": 1, "dynamic_workers": 0,
         "queue_health_size": 100, "max_execute_time": 0.0, "max_consumer_count": 0,
         "dynamic_idle_time": 60.0, "job_timeout": 300.0, "max_retries": 3,
-        "retry_backoff": 10.0, "max_memory_mb": 0, "batch_size": 100, "redis": None}
+        "retry_backoff": 10.0, "max_memory_mb": 0, "batch_size": 100,
+        "max_payload_bytes": 1048576, "redis": None}
     assert cfg.path == tmp_path / "ssjobs.toml"
 
 
@@ -156,11 +157,32 @@ def test_integers_are_accepted_where_numbers_are_expected(tmp_path):
     assert cfg.jobs[0].job_timeout == 1.5
 
 
-@pytest.mark.parametrize("listen, address", [("0.0.0.0:9108", ("0.0.0.0", 9108)),
-                                             ("[::1]:9100", ("::1", 9100))])
-def test_metrics_listen(tmp_path, listen, address):
-    cfg = load_config(write(tmp_path, text(tail=f'[metrics]\nlisten = "{listen}"\n')))
+@pytest.mark.parametrize("listen, extra, address", [
+    ("0.0.0.0:9108", 'token = "s3cret-token"', ("0.0.0.0", 9108)),
+    ("10.1.2.3:9108", "allow_public = true", ("10.1.2.3", 9108)),
+    ("[::1]:9100", "", ("::1", 9100)), ("localhost:9100", "", ("localhost", 9100)),
+    ("127.0.0.2:9100", "", ("127.0.0.2", 9100))])
+def test_metrics_listen(tmp_path, listen, extra, address):
+    cfg = load_config(write(tmp_path, text(tail=f'[metrics]\nlisten = "{listen}"\n{extra}\n')))
     assert cfg.metrics.address == address
+
+
+@pytest.mark.parametrize("listen", ["0.0.0.0:9108", "[::]:9108", "metrics.example:9108",
+                                    "192.168.1.5:9108"])
+def test_a_public_metrics_listen_needs_a_token_or_allow_public(tmp_path, listen):
+    with pytest.raises(ConfigError) as e:
+        load_config(write(tmp_path, text(tail=f'[metrics]\nlisten = "{listen}"\n')))
+    (line,) = e.value.errors
+    assert line.startswith("metrics.listen (line ") and "not a loopback address" in line
+    assert "metrics.token" in line and "allow_public" in line
+
+
+def test_max_payload_bytes_is_a_jobs_key_with_a_range(tmp_path):
+    cfg = load_config(write(tmp_path, text(job="max_payload_bytes = 65536")))
+    assert cfg.jobs[0].max_payload_bytes == 65536
+    with pytest.raises(ConfigError) as e:
+        load_config(write(tmp_path, text(job="max_payload_bytes = 10")))
+    assert "jobs[0].max_payload_bytes" in e.value.errors[0] and "1024" in e.value.errors[0]
 
 
 @pytest.mark.parametrize("rotate", ["", "daily", "100MB", "10KB", "1GB", "5000"])

@@ -69,3 +69,29 @@ def test_connect_parses_several_sentinels_and_a_password():
     kwargs = [s.connection_pool.connection_kwargs for s in pool.sentinel_manager.sentinels]
     hosts = [(k["host"], k["port"]) for k in kwargs]
     assert hosts == [("127.0.0.1", 26380), ("127.0.0.2", 26379)]
+
+
+def test_a_sentinel_that_requires_the_password_is_asked_with_it(tmp_path):
+    # given a master and a Sentinel that both require a password
+    servers = SentinelServers(tmp_path, password="s3nt1nel-pw")
+    servers.start()
+    try:
+        # when ssjobs connects through the Sentinel with the password in the URL
+        client = connect(servers.url)
+        # then the Sentinel answers (it refuses a client without it) and the master too
+        assert client.ping()
+        sentinels = client.connection_pool.sentinel_manager.sentinels
+        assert all(s.connection_pool.connection_kwargs["password"] == "s3nt1nel-pw"
+                   for s in sentinels)
+        client.close()
+    finally:
+        servers.stop()
+
+
+def test_tls_in_a_sentinel_url_is_used_for_the_sentinels_too():
+    client = connect("rediss+sentinel://:pw@127.0.0.1:26380/svc")
+    pool = client.connection_pool
+    sentinels = pool.sentinel_manager.sentinels
+    assert all(s.connection_pool.connection_class.__name__ == "SSLConnection"
+               for s in sentinels)
+    assert pool.connection_class.__name__ == "SentinelManagedSSLConnection"

@@ -38,12 +38,12 @@ def redis_errors(url: str) -> Iterator[None]:
     """Turn a Redis failure into one clear line naming the server (without its password)."""
     import redis
 
-    from ..status import redact_url
+    from ..redact import redact, redact_url
 
     try:
         yield
     except (*CONNECTION_ERRORS, redis.RedisError) as exc:
-        raise BrokerUnavailable(f"redis {redact_url(url)}: {exc}") from None
+        raise BrokerUnavailable(redact(f"redis {redact_url(url)}: {exc}")) from None
 
 
 def when(epoch: float | None) -> str:

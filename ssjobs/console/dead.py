@@ -18,6 +18,7 @@ from typing import Any
 from .. import envelope
 from ..broker import Broker
 from ..errors import ControlError, EnvelopeError
+from ..redact import redact
 from . import common
 
 PAGE = 200                 # entries read per LRANGE while scanning (envelopes may be large)
@@ -154,16 +155,17 @@ def show(cfg_path: str | os.PathLike, topic: str, job_id: str) -> int:
     fields = [("id", job.id), ("topic", job.topic), ("attempts", job.attempts),
               ("enqueued at", common.when(job.enqueued_at)), ("reason", err.get("reason")),
               ("failed at", common.when(err.get("failed_at"))), ("worker", err.get("worker")),
-              ("error", f"{err.get('type')}: {err.get('message')}")]
+              ("error", redact(f"{err.get('type')}: {err.get('message')}"))]
     for name, value in fields:
         print(f"{name + ':':<13}" + str(value).rstrip().replace("\n", "\n" + " " * 13))
     for note in job.headers.get("history") or []:
         print(f"{'history:':<13}{common.when(note.get('at'))} {note.get('event')} after "
-              f"{note.get('attempts')} attempts ({note.get('type')}: {note.get('message')})")
+              f"{note.get('attempts')} attempts "
+              + redact(f"({note.get('type')}: {note.get('message')})"))
     print("payload:")
     print(_payload_text(job.payload))
     print("traceback:")
-    print((err.get("traceback") or "(none recorded)").rstrip())
+    print(redact(err.get("traceback") or "(none recorded)").rstrip())
     return 0
 
 

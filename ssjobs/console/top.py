@@ -26,9 +26,9 @@ from typing import Any
 from ..broker import Broker, connect
 from ..config import Config
 from ..metrics import percentiles_ms, topic_histograms
+from ..redact import redact, redact_url
 from ..runtime import RuntimeFiles, StopSignals
 from ..scoreboard import Scoreboard
-from ..status import redact_url
 from . import common
 
 REFRESH_S = 1.0          # one frame a second (SPEC §4)
@@ -89,7 +89,7 @@ class Sampler:
                 try:
                     counts = broker.counts()
                 except Exception as exc:  # noqa: BLE001 - any Redis failure: show, go on
-                    failed[url] = f"redis {redact_url(url)}: {exc}"
+                    failed[url] = redact(f"redis {redact_url(url)}: {exc}")
                     errors.append(failed[url])
             pct = percentiles_ms(hists.get(topic))
             row = TopicRow(topic, counts, p50_ms=pct["p50_ms"], p95_ms=pct["p95_ms"])

@@ -45,9 +45,15 @@ def is_retryable(exc: BaseException) -> bool:
 
 
 def redact(url: str) -> str:
-    """``scheme://host`` only: webhook paths and queries carry the secret token."""
-    parts = urllib.parse.urlsplit(url)
-    return f"{parts.scheme}://{parts.netloc}"
+    """``scheme://host`` only: webhook paths and queries carry the secret token (and the
+    host part goes through :func:`ssjobs.redact.redact` for a password in userinfo)."""
+    from ..redact import redact as redact_text
+
+    try:
+        parts = urllib.parse.urlsplit(url)
+    except ValueError:
+        return "<invalid url>"
+    return redact_text(f"{parts.scheme}://{parts.netloc}")
 
 
 def check_url(url: str, what: str = "notifier url") -> str:

@@ -1,53 +1,100 @@
 """Forward ERROR log lines from forked workers to the one notifier sender in the master.
 
-The master binds a Unix datagram socket and reads it on a background thread; every worker,
-right after fork, installs a log error sink that sends each ERROR record there as one small
-JSON datagram. Sending is non-blocking and best effort: a full or missing socket drops the
-line (the log file still has it), so a worker never waits on notifications.
+The channel is a Unix datagram socketpair the master opens before it forks its first
+worker (:func:`open_channel`); every worker inherits the sending end and, right after
+fork, installs a log error sink that sends each ERROR record through it as one small JSON
+datagram. The master's :class:`RelayServer` reads the other end on a background thread.
+Sending is non-blocking and best effort: a full queue drops the line (the log file still
+has it), so a worker never waits on notifications.
 
-The socket lives in Linux's abstract namespace under a name made of the master's pid and
-start time. A worker derives it from its parent alone, so even the first workers, forked
-before the relay exists, find it once it does; and nothing is left behind in data_dir when
-a master is SIGKILLed. Abstract sockets have no file permissions, so the relay asks the
-kernel for each sender's credentials (``SO_PASSCRED``) and drops datagrams from other users.
+A socketpair has no name: no other process can bind it first, listen in, or even address
+it (an abstract socket name, which this replaced, could be bound by any local user who
+read the master's pid and start time from /proc). The relay still asks the kernel for each
+sender's credentials (``SO_PASSCRED``) and drops datagrams from other users. The channel
+lives as long as the master: a reload replaces the server, not the channel, so workers
+forked before the reload keep reaching it. If it cannot be opened, the master logs it at
+ERROR and ``status`` shows it (:mod:`ssjobs.problems`).
 """
 from __future__ import annotations
 
-import errno
 import json
 import logging
 import os
 import socket
 import struct
 import threading
-import time
 from collections.abc import Callable
 from typing import Any
 
-from .. import logs
-from ..runtime import proc_stat
+from .. import logs, problems
 
 log = logging.getLogger(__name__)
 
 MAX_DATAGRAM_BYTES = 64 * 1024  # well under the default socket send buffer (~208 KiB)
 MAX_FIELD_CHARS = 16_000  # a message or traceback is cut to this before it is sent
-BIND_WAIT_S = 1.0  # how long a rebind waits for just-forked children to drop the name
 _UCRED = struct.Struct("3i")  # struct ucred: pid, uid, gid
 _FIELDS = ("time", "level", "pid", "role", "logger", "msg", "exc", "topic", "job_id", "attempt")
 _SCALARS = (str, int, float, bool, type(None))
+PROBLEM = "relay"  # the key under which status shows a relay that could not be set up
 
 Sink = Callable[[dict[str, Any]], None]
 
 
-def relay_address(master_pid: int) -> bytes | None:
-    """The abstract socket name of ``master_pid``'s relay (None if that process is gone).
+class Channel:
+    """The socketpair between a master (``owner``) and its workers."""
 
-    The start time makes the name unique even when masters in separate pid namespaces share
-    a network namespace and a pid (containers on the host network, each master pid 1)."""
-    fields = proc_stat(master_pid)
-    if fields is None:
-        return None
-    return b"\0ssjobs-notify/%d/%s" % (master_pid, fields[19])  # start time, clock ticks
+    def __init__(self) -> None:
+        self.owner = os.getpid()
+        self.receiver, self.sender = socket.socketpair(
+            socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
+        try:
+            self.receiver.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
+            self.sender.setblocking(False)  # one open file shared by every worker
+        except OSError:
+            self.close()
+            raise
+
+    def close(self) -> None:
+        self.receiver.close()
+        self.sender.close()
+
+
+_channel: Channel | None = None
+
+
+def open_channel() -> Channel:
+    """In the master: the relay channel, opened on the first call (before the first fork,
+    so that every worker inherits it). OSError when it cannot be opened."""
+    global _channel
+    if _channel is None or _channel.owner != os.getpid():
+        _channel = Channel()
+        problems.clear(PROBLEM)
+    return _channel
+
+
+def close_channel() -> None:
+    """Close this process's channel (tests; a master's is closed when it exits)."""
+    global _channel
+    if _channel is not None:
+        _channel.close()
+        _channel = None
+
+
+def prepare_channel() -> bool:
+    """:func:`open_channel` for a master about to fork its workers: a failure is logged at
+    ERROR and shown by ``status``, never raised (the master runs on without the relay)."""
+    try:
+        open_channel()
+        return True
+    except OSError as exc:
+        report_failure(f"cannot open the channel: {exc.strerror or exc}")
+        return False
+
+
+def report_failure(why: str) -> None:
+    message = f"workers' ERROR lines will not be notified: relay {why}"
+    log.error("%s", message)
+    problems.report(PROBLEM, message)
 
 
 def encode(record: dict[str, Any]) -> bytes:
@@ -82,19 +129,17 @@ def decode(data: bytes) -> dict[str, Any] | None:
 # -- worker side ------------------------------------------------------------------------------
 
 class _Forwarder:
-    """An error sink that sends each record to the master's relay, never blocking."""
+    """An error sink that sends each record through the inherited channel, never blocking."""
 
-    def __init__(self, address: bytes) -> None:
-        self.address = address
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
         self.sent = self.dropped = 0
-        self.sock = socket.socket(socket.AF_UNIX,
-                                  socket.SOCK_DGRAM | socket.SOCK_NONBLOCK | socket.SOCK_CLOEXEC)
 
     def __call__(self, record: dict[str, Any]) -> None:
         try:
-            self.sock.sendto(encode(record), self.address)
+            self.sock.send(encode(record))
             self.sent += 1
-        except OSError:  # no relay (yet, or log_notify off), or its queue is full: drop
+        except OSError:  # the queue is full, or the master is gone: drop
             self.dropped += 1
 
 
@@ -103,15 +148,14 @@ _forwarder: _Forwarder | None = None
 
 def install_worker_forwarder(master_pid: int | None = None) -> bool:
     """In a worker just forked by the master: send this process's ERROR lines to the
-    master's relay. ``master_pid`` defaults to the parent. Creates the worker's own socket
-    (nothing is shared with the master across fork); False when there is no master to
-    forward to. Lines are dropped silently while the master has no relay running."""
+    master's relay through the channel it inherited. ``master_pid`` defaults to the parent;
+    False (nothing installed) when that master opened no channel before forking us."""
     global _forwarder
     uninstall_worker_forwarder()
-    address = relay_address(os.getppid() if master_pid is None else master_pid)
-    if address is None:
+    owner = os.getppid() if master_pid is None else master_pid
+    if _channel is None or _channel.owner != owner or _channel.sender.fileno() < 0:
         return False
-    _forwarder = _Forwarder(address)
+    _forwarder = _Forwarder(_channel.sender)
     logs.add_error_sink(_forwarder)
     return True
 
@@ -121,60 +165,33 @@ def uninstall_worker_forwarder() -> None:
     global _forwarder
     if _forwarder is not None:
         logs.remove_error_sink(_forwarder)
-        _forwarder.sock.close()
         _forwarder = None
 
 
 # -- master side ------------------------------------------------------------------------------
 
-_servers: set[RelayServer] = set()  # open in this process; a forked child closes its copies
-
-
 class RelayServer:
-    """Receives the workers' datagrams on a background thread and hands each record to
-    ``sink`` (``ssjobs.notify.error_sink(sender)``). Create it on the master's main thread;
-    ``close`` it before creating another (reload)."""
+    """Reads the channel on a background thread and hands each record to ``sink``
+    (``ssjobs.notify.error_sink(sender)``). Create it on the master's main thread; ``close``
+    it before creating another (reload): the channel stays open for the next one."""
 
     def __init__(self, sink: Sink) -> None:
-        address = relay_address(os.getpid())
-        if address is None:
-            raise OSError("cannot read this process's start time from /proc")
-        self.address = address
+        self.channel = open_channel()
         self.sink = sink
         self.received = self.refused = 0
         self._uid = os.getuid()
         self._stop = threading.Event()
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
-        try:
-            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
-            self._bind(address)
-        except OSError:
-            self.sock.close()
-            raise
-        _servers.add(self)
         self._thread = threading.Thread(target=self._run, name="ssjobs-relay", daemon=True)
         self._thread.start()
 
-    def _bind(self, address: bytes) -> None:
-        """Bind, waiting a moment if the name is still held: a worker forked just before a
-        reload closes its inherited copy right after fork, not at once."""
-        deadline = time.monotonic() + BIND_WAIT_S
-        while True:
-            try:
-                self.sock.bind(address)
-                return
-            except OSError as exc:
-                if exc.errno != errno.EADDRINUSE or time.monotonic() > deadline:
-                    raise
-            time.sleep(0.02)
-
     def _run(self) -> None:
         ancillary = socket.CMSG_SPACE(_UCRED.size)
+        sock = self.channel.receiver
         while not self._stop.is_set():
             try:
-                data, anc, _flags, _addr = self.sock.recvmsg(MAX_DATAGRAM_BYTES, ancillary)
+                data, anc, _flags, _addr = sock.recvmsg(MAX_DATAGRAM_BYTES, ancillary)
             except OSError:
-                if self._stop.is_set():
+                if self._stop.is_set() or sock.fileno() < 0:
                     return
                 continue
             if self._stop.is_set():
@@ -201,27 +218,22 @@ class RelayServer:
         return False
 
     def close(self) -> None:
-        """Stop the thread and release the name (waits a moment for the thread)."""
+        """Stop the thread (waits a moment for it); the channel stays open."""
         if self._stop.is_set():
             return
         self._stop.set()
-        try:  # wake the thread out of recvmsg
-            with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as waker:
-                waker.setblocking(False)
-                waker.sendto(b"", self.address)
+        try:  # wake the thread out of recvmsg with an empty datagram of our own
+            self.channel.sender.send(b"")
         except OSError:
             pass
         self._thread.join(1.0)
-        self.sock.close()
-        _servers.discard(self)
 
 
 def _close_in_child() -> None:
-    """After fork: the child must not hold the master's relay socket (it would keep the
-    name bound after the master closed it, and a reload could not bind it again)."""
-    for server in list(_servers):
-        server.sock.close()
-    _servers.clear()
+    """After fork: a worker keeps only the sending end (it must never read its siblings'
+    lines, nor hold the master's end open)."""
+    if _channel is not None:
+        _channel.receiver.close()
 
 
 os.register_at_fork(after_in_child=_close_in_child)
