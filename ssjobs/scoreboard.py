@@ -11,9 +11,13 @@ import enum
 import mmap
 import os
 import struct
+import tempfile
 import time
 from pathlib import Path
 from typing import Any, NamedTuple
+
+from . import fsguard
+from .errors import UnsafePathError
 
 MAGIC = b"SSJB"
 LAYOUT_VERSION = 3
@@ -184,8 +188,9 @@ class Scoreboard:
     @classmethod
     def create(cls, path: Path, nslots: int, master_pid: int | None = None) -> Scoreboard:
         size = HEADER_SIZE + SLOT_SIZE * nslots
-        tmp = path.with_name(path.name + ".tmp")
-        fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
+        # a fresh name nobody could plant a link at (O_EXCL), renamed over the path
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        tmp = Path(tmp_name)
         try:
             os.ftruncate(fd, size)
             buf = mmap.mmap(fd, size)
@@ -199,8 +204,12 @@ class Scoreboard:
 
     @classmethod
     def open(cls, path: Path, *, writable: bool = False) -> Scoreboard:
-        """Open an existing scoreboard; ValueError if it is not one (corrupt/truncated)."""
-        fd = os.open(path, os.O_RDWR if writable else os.O_RDONLY)
+        """Open an existing scoreboard; ValueError if it is not one (corrupt/truncated).
+        A link planted at its path is not followed (ValueError too)."""
+        try:
+            fd = fsguard.open_file(path, os.O_RDWR if writable else os.O_RDONLY)
+        except UnsafePathError as exc:
+            raise ValueError(str(exc)) from None
         try:
             size = os.fstat(fd).st_size
             if size < HEADER_SIZE:

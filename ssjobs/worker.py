@@ -459,6 +459,7 @@ def main(argv: list[str] | None = None) -> int:
     """Run one worker alone (tests, debugging): python -m ssjobs.worker -c CFG TOPIC."""
     import argparse
 
+    from . import syspath
     from .config import load_config
     from .loader import add_consumer_path
     from .scoreboard import private_slot
@@ -468,6 +469,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("topic")
     parser.add_argument("--log-stderr", action="store_true")
     ns = parser.parse_args(argv)
+    syspath.isolate()  # consumers come from consumer_path only, never from the cwd
     cfg = load_config(ns.config)
     job_cfg = cfg.job(ns.topic)
     logs.setup_logging(None if ns.log_stderr else cfg.log.dir, level=cfg.log.level,
