@@ -395,6 +395,14 @@ class AlertsExtension:
                 self.sender.submit(alert.title, alert.text, alert.level, dedup=False,
                                    topic=alert.topic, alert=alert.rule)
 
+    def fds(self) -> list[int]:
+        """None to list: the relay closes its own socket in every forked child, and the
+        sender's HTTP connections live only while a message is being sent."""
+        return []
+
+    def worker_exited(self, slot: int, info: dict) -> None:
+        pass
+
     def stop(self, master: Any) -> None:
         if self._sink is not None:
             logs.remove_error_sink(self._sink)

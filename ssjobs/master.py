@@ -19,7 +19,7 @@ from typing import Any, Callable
 
 import redis
 
-from . import __version__, logs, scaling, worker
+from . import __version__, forkfds, logs, scaling, worker
 from .broker import CONNECTION_ERRORS, Broker, connect, nodes_key
 from .config import Config, ConfigError, JobConfig, load_config
 from .loader import add_consumer_path
@@ -83,6 +83,8 @@ class Master:
     def __init__(self, cfg: Config, ready_fd: int | None = None) -> None:
         self.cfg = cfg
         self.files = RuntimeFiles(cfg.process.data_dir)
+        if ready_fd is not None:
+            forkfds.close_on_exec(ready_fd)  # handed to us inheritable; no worker may keep it
         self.ready = ReadyPipe.writer(ready_fd)
         self.pid = os.getpid()
         self.node = f"{socket.gethostname()}:{self.pid}"
@@ -101,6 +103,7 @@ class Master:
         self._last_housekeeping = self._last_janitor = 0.0
         self.board: Scoreboard = None  # type: ignore[assignment]  # set by _start
         self.extensions: list = []
+        self.extension_state: dict[str, str] = {}  # name -> "on" or "off: why" (status)
 
     # -- start-up ------------------------------------------------------------------------
     def serve(self) -> int:
@@ -154,14 +157,20 @@ class Master:
 
     # -- extensions: metrics, alerts ... (each optional, none may take the master down) ----
     def _start_extensions(self) -> None:
-        self.extensions = []
-        for factory in _extension_factories(self.cfg):
+        """Start each extension; one that cannot start is off, with one ERROR line (its
+        settings were checked with the config: what fails here is the environment, a busy
+        port, a user's notifier class) and status says so."""
+        self.extensions, self.extension_state = [], {}
+        for name, factory in _extension_factories(self.cfg):
             try:
                 ext = factory(self)
                 ext.start(self)
-                self.extensions.append(ext)
-            except Exception:
-                log.exception("could not start %s", getattr(factory, "__name__", factory))
+            except Exception as exc:  # noqa: BLE001 - an extension never takes the master down
+                log.error("%s off: %s", name, exc)
+                self.extension_state[name] = f"off: {exc}"
+                continue
+            self.extensions.append(ext)
+            self.extension_state[name] = "on"
 
     def _call_extensions(self, method: str, *args: object) -> None:
         for ext in list(self.extensions):
@@ -264,6 +273,7 @@ class Master:
     def _on_worker_exit(self, proc: WorkerProc, status: int) -> None:
         slot = self.board.slot(proc.slot)
         info = slot.read()
+        self._call_extensions("worker_exited", proc.slot, info)  # its final counts, read once
         charged = info["job_id"] if info["state"] == "busy" and info["job_started_at"] else ""
         slot.release()
         lifetime = time.monotonic() - proc.started
@@ -388,9 +398,16 @@ class Master:
                   index, pid)
 
     def _inherited_fds(self) -> tuple[int, ...]:
+        """What the forked worker closes at once: every fd that is the master's own (see
+        ssjobs.forkfds); the log file and the scoreboard stay, the worker uses them."""
+        from .status import cached_clients
+
         fds = [self._wake_r, self._wake_w, self.ready.write_fd]
         if self.files.lock_fd is not None:
             fds.append(self.files.lock_fd)
+        fds += forkfds.redis_fds([*self.clients.values(), *cached_clients()])
+        for ext in self.extensions:
+            fds += ext.fds()
         return tuple(fd for fd in fds if fd >= 0)
 
     def _free_slot(self) -> int | None:
@@ -448,7 +465,8 @@ class Master:
 
     def master_info(self) -> dict:
         return {"pid": self.pid, "started_at": self.started_at, "node": self.node,
-                "version": __version__, "restarts": dict(self.restarts)}
+                "version": __version__, "restarts": dict(self.restarts),
+                "extensions": dict(self.extension_state)}
 
     # -- reload and stop -----------------------------------------------------------------
     def _reload(self) -> None:
@@ -526,17 +544,19 @@ class Master:
 
 
 
-def _extension_factories(cfg: Config) -> list:
-    """Master extensions for this config. Each is built with the master and has
-    ``start(master)``, ``tick(master, now)`` (once a second, must not block) and
-    ``stop(master)``; reload stops them and starts them again."""
-    factories: list[Callable[[Master], Any]] = []
-    if cfg.metrics is not None:
-        from .metrics import MetricsExtension
-        factories.append(MetricsExtension)
+def _extension_factories(cfg: Config) -> list[tuple[str, Callable[[Master], Any]]]:
+    """(name, factory) of the master extensions for this config. Each is built with the
+    master and has ``start(master)``, ``tick(master, now)`` (once a second, must not block),
+    ``stop(master)``, ``fds()`` (its own fds, closed in forked workers) and
+    ``worker_exited(slot, info)``; reload stops them and starts them again. The notifier
+    starts first, so that an ERROR the others log while starting reaches it."""
+    factories: list[tuple[str, Callable[[Master], Any]]] = []
     if cfg.notifier is not None:
         from .alerts import AlertsExtension
-        factories.append(AlertsExtension)
+        factories.append(("notifier", AlertsExtension))
+    if cfg.metrics is not None:
+        from .metrics import MetricsExtension
+        factories.append(("metrics", MetricsExtension))
     return factories
 
 

@@ -160,6 +160,12 @@ def _client(url: str, timeout: float) -> Any:
     return client
 
 
+def cached_clients() -> list[Any]:
+    """The clients :func:`_client` made in this process (the master lists their
+    connections among the fds its workers must close)."""
+    return [c for (_, _, pid), c in _clients.items() if pid == os.getpid()]
+
+
 def _describe(exc: BaseException) -> str:
     text = str(exc).strip() or type(exc).__name__
     return text if type(exc).__name__ in text else f"{type(exc).__name__}: {text}"

@@ -81,5 +81,23 @@ class MasterProc:
 
 
 
+def fd_targets(pid: int) -> dict[int, str]:
+    """fd -> what it points at (``socket:[inode]``, a path ...) for a live process."""
+    found = {}
+    for name in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            found[int(name)] = os.readlink(f"/proc/{pid}/fd/{name}")
+        except OSError:
+            pass  # closed meanwhile
+    return found
+
+
+def close_on_exec(pid: int, fd: int) -> bool:
+    """Whether ``fd`` of ``pid`` has O_CLOEXEC (from /proc/PID/fdinfo)."""
+    with open(f"/proc/{pid}/fdinfo/{fd}") as f:
+        flags = next(line for line in f if line.startswith("flags:")).split()[1]
+    return bool(int(flags, 8) & 0o2000000)
+
+
 def wait_gone(pids, timeout: float) -> list[int]:
     return wait_pids_gone(list(pids), timeout)
