@@ -400,7 +400,7 @@ class AlertsExtension:
         sender's HTTP connections live only while a message is being sent."""
         return []
 
-    def worker_exited(self, slot: int, info: dict) -> None:
+    def worker_exited(self, master: Any, slot: int, info: dict) -> None:
         pass
 
     def stop(self, master: Any) -> None:

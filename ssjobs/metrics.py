@@ -225,7 +225,7 @@ class MetricsExtension:
         return forkfds.socket_fds(getattr(self.server, "socket", None)) + \
             forkfds.redis_fds(clients.values())
 
-    def worker_exited(self, slot: int, info: dict) -> None:
+    def worker_exited(self, master: Any, slot: int, info: dict) -> None:
         self.job_times.worker_exited(slot, info)
 
     def stop(self, master: Any) -> None:

@@ -161,9 +161,9 @@ def _client(url: str, timeout: float) -> Any:
 
 
 def cached_clients() -> list[Any]:
-    """The clients :func:`_client` made in this process (the master lists their
-    connections among the fds its workers must close)."""
-    return [c for (_, _, pid), c in _clients.items() if pid == os.getpid()]
+    """The clients :func:`_client` made (the master lists their connections among the fds
+    its forked workers must close)."""
+    return list(_clients.values())
 
 
 def _describe(exc: BaseException) -> str:
