@@ -49,7 +49,7 @@ def collect_status(cfg: Config | None, files: RuntimeFiles, *, running_pid: int 
     info = dict(master_info or {})
     pid = running_pid or info.get("pid") or files.running_pid()
     if not pid:
-        return last_snapshot(files)
+        return last_snapshot(files, cfg, redis_timeout)
     job_times: dict[str, list[int]] = {}
     workers, header = read_scoreboard(files, histograms=job_times)
     master = {
@@ -66,6 +66,7 @@ def collect_status(cfg: Config | None, files: RuntimeFiles, *, running_pid: int 
                   if isinstance(v, dict)}
     else:
         topics, error = topic_counters(cfg, [w["topic"] for w in workers], redis_timeout)
+        status["redis"] = "down" if error else "up"
         if error:
             status["redis_error"] = error
         rates = info.get("rates")
@@ -81,12 +82,32 @@ def collect_status(cfg: Config | None, files: RuntimeFiles, *, running_pid: int 
                                for kind in ("static", "dynamic")}
         counters.update(percentiles_ms(job_times.get(topic)))
     status["topics"] = topics
+    extensions = info.get("extensions")
+    if extensions is None:  # `ssjobs status`: what the running master last wrote down
+        snapshot = files.read_snapshot() or {}
+        if (snapshot.get("master") or {}).get("pid") == pid:
+            extensions = snapshot.get("extensions")
+    if extensions:
+        status["extensions"] = extensions
     return status
 
 
-def last_snapshot(files: RuntimeFiles) -> dict:
-    """What the master wrote last, marked not running."""
-    snapshot = files.read_snapshot() or {}
+def last_snapshot(files: RuntimeFiles, cfg: Config | None = None,
+                  redis_timeout: float = 2.0) -> dict:
+    """What the master wrote last, marked not running. Before the first start there is no
+    snapshot: then the configured topics, with their counters from Redis."""
+    snapshot = files.read_snapshot()
+    if snapshot is None and cfg is not None:
+        topics, error = topic_counters(cfg, [], redis_timeout)
+        for counters in topics.values():
+            counters["workers"] = {"static": 0, "dynamic": 0}
+        never: dict[str, Any] = {"running": False, "master": None, "topics": topics,
+                                 "workers": [], "redis": "down" if error else "up",
+                                 "snapshot_at": None}
+        if error:
+            never["redis_error"] = error
+        return never
+    snapshot = snapshot or {}
     status: dict[str, Any] = {"running": False, "master": snapshot.get("master"),
                               "topics": snapshot.get("topics") or {},
                               "workers": snapshot.get("workers") or []}
@@ -273,15 +294,19 @@ def render_status(status: dict, *, now: float | None = None) -> Any:
                    for w in status.get("workers") or []]
     worker_head = ["pid", "topic", "kind", "state", "processed", "failed", "up", "rss",
                    "job for"]
-    notes = sorted({c["redis_error"] for c in (status.get("topics") or {}).values()
-                    if isinstance(c, dict) and c.get("redis_error")})
+    notes = [f"redis: down ({e})" for e in sorted(
+        {c["redis_error"] for c in (status.get("topics") or {}).values()
+         if isinstance(c, dict) and c.get("redis_error")})]
+    notes += [f"{name} {state}" for name, state in (status.get("extensions") or {}).items()
+              if state != "on"]
     try:
         from rich import box
         from rich.console import Group
         from rich.table import Table
         from rich.text import Text
     except ImportError:
-        parts = [title, "", _plain_table(topic_head, topic_rows) if topic_rows else "no topics"]
+        parts = [title, "", _plain_table(topic_head, topic_rows) if topic_rows
+                 else "no topics in the config"]
         parts += ["", _plain_table(worker_head, worker_rows) if worker_rows else "no workers"]
         return "\n".join(parts + [f"! {n}" for n in notes])
 
@@ -299,7 +324,8 @@ def render_status(status: dict, *, now: float | None = None) -> Any:
 
     style = "bold green" if status.get("running") else "bold red"
     items: list[Any] = [Text(title, style=style)]
-    items.append(table(topic_head, topic_rows, "topics") if topic_rows else Text("no topics"))
+    items.append(table(topic_head, topic_rows, "topics") if topic_rows
+                 else Text("no topics in the config"))
     items.append(table(worker_head, worker_rows, "workers (this host)") if worker_rows
                  else Text("no workers"))
     items += [Text(n, style="yellow") for n in notes]
@@ -312,7 +338,7 @@ def _headline(status: dict, now: float) -> str:
         return (f"ssjobs running: master pid {master.get('pid')} on {master.get('node')}, "
                 f"up {_age(master.get('started_at'), now)}, version {master.get('version')}")
     if not master:
-        return "ssjobs is not running (no snapshot yet)"
+        return "ssjobs is not running (never started on this data_dir)"
     when = status.get("snapshot_at")
     ago = f" from {_age(when, now)} ago" if when else ""
     return f"ssjobs is not running; last snapshot{ago} (master pid {master.get('pid')}):"

@@ -569,3 +569,65 @@ def test_a_job_stuck_past_its_timeout_alerts_before_the_master_kills_it(project,
     alert = wait_for(lambda: hook.alerts("stuck_job"), what="stuck alert")[0]
     assert alert["topic"] == "q" and job_id in alert["text"]
     assert "job_timeout = 1 s" in alert["text"]
+
+
+def status_json(project: Project) -> dict:
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-m", "ssjobs", "status", "--json", "-c",
+                          str(project.config)], capture_output=True, text=True, timeout=30)
+    return json.loads(out.stdout)
+
+
+def test_metrics_that_cannot_listen_is_one_error_line_that_reaches_the_notifier(
+        project, masters, hooks) -> None:
+    """Issue 13.1: the metrics ERROR never reached the notifier (it started first)."""
+    from redis_server import free_port
+
+    hook = hooks()
+    port = free_port()
+    with socket.socket() as taken:
+        # given the metrics port is taken by another program
+        taken.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        taken.bind(("127.0.0.1", port))
+        taken.listen()
+        # when the master starts with a webhook notifier and metrics on that port
+        masters(project, [{"topic": "q", "consumer": "c:held"}],
+                extra=notifier_toml(hook.url) + f'[metrics]\nlisten = "127.0.0.1:{port}"\n')
+        # then the ERROR line reaches the webhook ...
+        body = wait_for(lambda: [b for b in hook.bodies if "metrics off" in b["text"]],
+                        what="the metrics error")[0]
+        assert f"cannot listen on 127.0.0.1:{port}: Address already in use" in body["text"]
+        # ... the log has it once, without a traceback, and status shows metrics off
+        log = project.log_text()
+        assert log.count("metrics off:") == 1 and "Traceback" not in log
+        st = status_json(project)
+        assert st["extensions"]["notifier"] == "on"
+        assert st["extensions"]["metrics"].startswith("off: cannot listen on")
+
+
+def test_a_notifier_that_cannot_start_is_one_error_line_and_status_shows_it_off(
+        project) -> None:
+    """Issue 13.5: a notifier that fails to start logged a traceback; status said nothing."""
+    project.consumer("c", CONSUMERS)
+    project.consumer("pager", """
+        class Pager:
+            def __init__(self, **params):
+                raise RuntimeError("pager service key rejected")
+            def send(self, title, text, level="error", **fields):
+                pass
+    """)
+    project.write_config([{"topic": "q", "consumer": "c:held"}],
+                         extra='[notifier]\nclass = "pager:Pager"\n')
+    master = MasterProc(project.config, project.data_dir)
+    try:
+        master.start()
+        st = wait_for(lambda: (s := status_json(project)).get("extensions") and s,
+                      what="status with extensions")
+        assert st["extensions"] == {"notifier": "off: pager service key rejected"}
+        log = project.log_text()
+        assert "ERROR" in log and "notifier off: pager service key rejected" in log
+        assert "Traceback" not in log
+    finally:
+        master.kill_all()
