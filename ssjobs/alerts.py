@@ -20,6 +20,8 @@ Rules (the ``alert`` field of a webhook body):
 - ``redis_down``: the master cannot reach Redis for ``alert_after`` seconds (this host only:
   Redis cannot de-duplicate it).
 - ``stuck_job``: a job runs past its ``job_timeout`` and ignores the worker's own timeout.
+- ``reload_refused``: a reload's new worker for a topic could not start (its consumer does
+  not import, its ``setup()`` fails ...); the topic keeps its running workers (this host).
 
 Every firing alert repeats at most once per ``repeat_interval`` while its condition holds.
 """
@@ -45,6 +47,7 @@ log = logging.getLogger("ssjobs.alerts")
 
 BACKLOG, DEAD_LETTERS, CRASH_LOOP = "backlog", "dead_letters", "crash_loop"
 CONSUMER_IMPORT, REDIS_DOWN, STUCK_JOB = "consumer_import", "redis_down", "stuck_job"
+RELOAD_REFUSED = "reload_refused"
 FIRE, RECOVERED = "fire", "recovered"
 
 CRASH_LOOP_AT = 3  # quick crashes in a row that make a crash loop (as the master logs it)
@@ -286,6 +289,14 @@ class Rules:
         return []
 
 
+def reload_refused(topic: str, why: str, node: str) -> Alert:
+    """The alert for a topic whose reload was refused (sent once, when it happens)."""
+    return Alert(RELOAD_REFUSED, topic, f"reload refused for {topic}",
+                 f"A reload on {node} tried the new config and code of topic {topic!r} with "
+                 f"one new worker first; {why}. The topic keeps its running workers, code and "
+                 f"settings. Fix it, run `ssjobs check`, then reload again.", fleet=False)
+
+
 # -- reading the master ----------------------------------------------------------------------
 
 def observe(master: Any, now: float, *, redis_up: bool = True) -> list[TopicView]:
@@ -402,6 +413,15 @@ class AlertsExtension:
 
     def worker_exited(self, master: Any, slot: int, info: dict) -> None:
         pass
+
+    def reloaded(self, master: Any, refused: dict[str, str]) -> None:
+        """Called after a reload started this extension: alert each refused topic."""
+        if self.sender is None or not self.cfg.jobs_check_notify:
+            return
+        for topic, why in refused.items():
+            alert = reload_refused(topic, why, master.node)
+            self.sender.submit(alert.title, alert.text, alert.level, dedup=False,
+                               topic=alert.topic, alert=alert.rule)
 
     def stop(self, master: Any) -> None:
         if self._sink is not None:

@@ -16,7 +16,7 @@ from .errors import ConfigError, SsjobsError
 
 CHECK_IMPORT_TIMEOUT_S = 60.0   # importing every consumer must not take longer
 REDIS_CHECK_TIMEOUT_S = 3.0     # a healthy Redis answers PING at once
-MIN_REDIS_VERSION = (6, 2)      # LMOVE / LPOP count (SPEC §7)
+MIN_REDIS_VERSION = (6, 2)      # LMOVE, LPOP with a count (docs/protocol.md)
 
 
 def check(cfg_path: str | os.PathLike, notify: bool = False) -> int:

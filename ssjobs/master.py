@@ -19,9 +19,10 @@ from typing import Any, Callable
 
 import redis
 
-from . import __version__, forkfds, logs, scaling, worker
+from . import __version__, forkfds, logs, reloading, scaling, sdnotify, worker
 from .broker import CONNECTION_ERRORS, Broker, connect, nodes_key
-from .config import Config, ConfigError, JobConfig, load_config
+from .config import Config, JobConfig, RedisConfig
+from .errors import ControlError, SsjobsError
 from .loader import add_consumer_path
 from .recovery import Recovery
 from .runtime import (
@@ -100,10 +101,11 @@ class Master:
         self.outage = logs.OutageLogger(log)
         self.recovery = Recovery(self.outage)
         self._wake_r = self._wake_w = -1
-        self._last_housekeeping = self._last_janitor = 0.0
+        self._last_housekeeping = self._last_janitor = self._last_watchdog = 0.0
         self.board: Scoreboard = None  # type: ignore[assignment]  # set by _start
         self.extensions: list = []
         self.extension_state: dict[str, str] = {}  # name -> "on" or "off: why" (status)
+        self.reloader = reloading.Reloader(self)
 
     # -- start-up ------------------------------------------------------------------------
     def serve(self) -> int:
@@ -118,6 +120,11 @@ class Master:
             return 1
         try:
             self._start()
+        except SsjobsError as exc:  # the environment said no (Redis password, workdir ...)
+            log.error("master failed to start: %s", exc)
+            self.ready.report(False, str(exc))
+            self._cleanup_files()
+            return 1
         except Exception as exc:
             log.exception("master failed to start")
             self.ready.report(False, str(exc))
@@ -131,9 +138,11 @@ class Master:
 
     def _start(self) -> None:
         cfg = self.cfg
+        sdnotify.claim()
         logs.setup_logging(cfg.log.dir, level=cfg.log.level, fmt=cfg.log.format, role="master",
                            rotate=cfg.log.rotate, keep=cfg.log.keep,
                            handler_class=cfg.log.handler_class, capture_root=True)
+        self._enter_workdir(cfg)
         logging.getLogger("redis").setLevel(logging.WARNING)  # its debug chatter is not ours
         old_pid = self.files.read_pid()
         leftovers = self.files.leftover_worker_pids()
@@ -141,19 +150,47 @@ class Master:
             log.warning("data_dir repaired: %s", fixed)
         self.files.write_pid(self.pid)
         set_title(f"{cfg.process.name}: master")
-        drop_privileges(cfg.process.user, [self.files.dir, cfg.log.dir])
+        drop_privileges(cfg.process.user, [d for d in (self.files.dir, cfg.log.dir) if d])
         add_consumer_path(cfg.process.consumer_path)
         self.board = Scoreboard.create(self.files.scoreboard_path, self._slots_needed(cfg))
         for job in cfg.jobs:
             self.topics[job.topic] = TopicState(job, self._broker(job))
         self._install_signals()
+        redis_down = self._check_redis_at_start()
         if old_pid and old_pid != self.pid:
             self._recover_previous_master(old_pid, leftovers)
         log.info("master started (pid %d, %d topics, node %s)", self.pid, len(self.topics),
                  self.node)
         self._manage_workers()
         self._start_extensions()  # before "ready": metrics and alerts are up when start returns
-        self._wait_ready()
+        self._wait_ready(wait_for_workers=redis_down is None)
+
+    # -- start-up: working directory, Redis (see docs/deploy.md) ------------------------
+    @staticmethod
+    def _enter_workdir(cfg: Config) -> None:
+        """Workers run in process.workdir (default: the config file's directory), not
+        wherever `start` was typed; relative paths in consumers resolve there."""
+        try:
+            os.chdir(cfg.workdir)
+        except OSError as exc:
+            raise ControlError(f"process.workdir {cfg.workdir}: {exc.strerror}") from None
+
+    def _check_redis_at_start(self) -> str | None:
+        """A wrong password or a missing permission fails the start at once; an
+        unreachable Redis is waited for (the workers reconnect): then it returns why."""
+        from .redisprobe import probe
+        from .status import redact_url
+
+        urls = dict.fromkeys(self.cfg.redis_for(job).url for job in self.cfg.jobs)
+        down = None
+        for url in urls:
+            found = probe(url, timeout=2.0)
+            if found.permanent:
+                raise ControlError(f"redis {redact_url(url)}: {found.error}")
+            if not found.ok and down is None:
+                down = f"redis {redact_url(url)}: {found.error}"
+                log.warning("%s; the workers start once it is reachable", down)
+        return down
 
     # -- extensions: metrics, alerts ... (each optional, none may take the master down) ----
     def _start_extensions(self) -> None:
@@ -183,8 +220,8 @@ class Master:
         # Room for every worker twice over, so a reload can overlap old and new workers.
         return max(MIN_SLOTS, 2 * sum(j.static_workers + j.dynamic_workers for j in cfg.jobs))
 
-    def _broker(self, job: JobConfig) -> Broker:
-        rcfg = self.cfg.redis_for(job)
+    def _broker(self, job: JobConfig, rcfg: RedisConfig | None = None) -> Broker:
+        rcfg = rcfg or self.cfg.redis_for(job)
         client = self.clients.get(rcfg.url)
         if client is None:
             client = self.clients[rcfg.url] = connect(rcfg.url, socket_timeout=5.0)
@@ -198,9 +235,10 @@ class Master:
         for sig in HANDLED_SIGNALS:
             signal.signal(sig, lambda signum, _frame: self.signals.put_nowait(signum))
 
-    def _wait_ready(self) -> None:
-        """Report ready once every worker has imported its consumer (or the wait timed out)."""
-        deadline = time.monotonic() + READY_TIMEOUT_S
+    def _wait_ready(self, wait_for_workers: bool = True) -> None:
+        """Report ready once every worker has imported its consumer (or the wait timed out;
+        at once while Redis is down: workers need it to get ready)."""
+        deadline = time.monotonic() + (READY_TIMEOUT_S if wait_for_workers else 0.0)
         while time.monotonic() < deadline and not self.stopping:
             self._reap_workers()
             failed = [t for t, ts in self.topics.items() if ts.startup_failures]
@@ -213,7 +251,9 @@ class Master:
                 break
             self._wait(0.05)
         self._write_snapshot()
-        self.ready.report(True, str(self.pid))
+        self.ready.report(True, str(self.pid) if wait_for_workers else
+                          f"{self.pid} waiting for redis")
+        sdnotify.notify(f"READY=1\nMAINPID={self.pid}")
 
     def _recover_previous_master(self, old_pid: int, leftovers: list[int]) -> None:
         """A SIGKILLed master's workers finish their job and exit; then requeue what they held."""
@@ -229,9 +269,19 @@ class Master:
             self._wait(LOOP_WAIT_S)
             self._handle_signals()
             self._reap_workers()
+            self.reloader.advance()
             self._murder_workers()
             self._manage_workers()
             self._housekeeping()
+            self._ping_watchdog()
+
+    def _ping_watchdog(self) -> None:
+        """systemd WatchdogSec: a loop that stops turning stops these pings."""
+        every = sdnotify.watchdog_interval()
+        mono = time.monotonic()
+        if every is not None and mono - self._last_watchdog >= every:
+            self._last_watchdog = mono
+            sdnotify.notify("WATCHDOG=1")
 
     def _wait(self, timeout: float) -> None:
         try:
@@ -254,7 +304,7 @@ class Master:
                 log.info("received %s: stopping gracefully", signal.Signals(signum).name)
                 self.stopping = True
             elif signum == signal.SIGHUP:
-                self._reload()
+                self.reloader.begin()
             elif signum == signal.SIGUSR1:
                 logs.reopen_logs()
                 self._signal_all(signal.SIGUSR1)
@@ -288,6 +338,8 @@ class Master:
                 reason, f"; job {charged} charged one attempt" if charged else "")
         self.recovery.worker_died(proc.broker, proc.name, charged, proc.job.max_retries,
                                   f"{proc.topic} #{proc.index} (pid {proc.pid})")
+        if self.reloader.canary_exited(proc.pid, code, reason):
+            return  # a reload's canary: it refuses that reload, it is no crash of the topic
         ts = self.topics.get(proc.topic)
         if ts is None or self.stopping:
             return
@@ -366,22 +418,28 @@ class Master:
             self._terminate(proc)
             return
 
-    def _spawn(self, ts: TopicState, kind: int, index: int) -> None:
+    def _spawn(self, ts: TopicState, kind: int, index: int, *, job: JobConfig | None = None,
+               rcfg: RedisConfig | None = None, errors_fd: int = -1) -> int | None:
+        """Fork a worker of ``ts`` (with ``job``/``rcfg``: a reload's canary, under the new
+        config, sending its ERROR lines to ``errors_fd``); its pid, None without a slot."""
         slot_index = self._free_slot()
         if slot_index is None:
             log.error("scoreboard full: cannot start another worker for %r", ts.job.topic)
-            return
-        job = ts.job
+            return None
+        broker = ts.broker if job is None else self._broker(job, rcfg)
+        job = job or ts.job
         slot = self.board.slot(slot_index)
         slot.claim(0, job.topic, kind, index, time.time())
         ident = worker.WorkerIdentity(self.node, kind, index, self.pid)
         title = f"{self.cfg.process.name}: worker {job.topic} #{index}"
-        rcfg = self.cfg.redis_for(job)
+        rcfg = rcfg or self.cfg.redis_for(job)
         blocked = signal.pthread_sigmask(signal.SIG_BLOCK, HANDLED_SIGNALS)
         pid = os.fork()
         if pid == 0:
             code = 70
             try:
+                if errors_fd >= 0:
+                    reloading.forward_errors(errors_fd)
                 code = worker.run_forked(job, rcfg.url, rcfg.prefix, slot, ident, title,
                                          close_fds=self._inherited_fds())
             except BaseException:
@@ -392,10 +450,11 @@ class Master:
         signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
         slot._put(PID, pid)
         self.workers[pid] = WorkerProc(pid, job.topic, kind, index, slot_index,
-                                       f"{self.node}:{pid}", ts.broker, job,
+                                       f"{self.node}:{pid}", broker, job,
                                        generation=self.generation)
         log.debug("spawned %s worker %s #%d (pid %d)", ("static", "dynamic")[kind], job.topic,
                   index, pid)
+        return pid
 
     def _inherited_fds(self) -> tuple[int, ...]:
         """What the forked worker closes at once: every fd that is the master's own (see
@@ -406,6 +465,7 @@ class Master:
         if self.files.lock_fd is not None:
             fds.append(self.files.lock_fd)
         fds += forkfds.redis_fds([*self.clients.values(), *cached_clients()])
+        fds += self.reloader.fds()
         for ext in self.extensions:
             fds += ext.fds()
         return tuple(fd for fd in fds if fd >= 0)
@@ -468,47 +528,14 @@ class Master:
                 "version": __version__, "restarts": dict(self.restarts),
                 "extensions": dict(self.extension_state)}
 
-    # -- reload and stop -----------------------------------------------------------------
-    def _reload(self) -> None:
-        try:
-            new = load_config(self.cfg.path)
-        except ConfigError as exc:
-            log.error("reload refused, keeping the running config: %s", exc)
-            return
-        if self._slots_needed(new) > self.board.nslots:
-            log.error("reload refused: it needs more worker slots than this master has (%d); "
-                      "restart instead", self.board.nslots)
-            return
-        self.cfg = new
-        self.generation += 1
-        add_consumer_path(new.process.consumer_path)
-        old_topics = self.topics
-        self.topics = {}
-        for job in new.jobs:
-            ts = old_topics.get(job.topic)
-            if ts is not None and self.cfg.redis_for(job).url in self.clients:
-                ts.job = job
-                ts.broker = self._broker(job)
-                ts.crashes = 0
-                self.topics[job.topic] = ts
-            else:
-                self.topics[job.topic] = TopicState(job, self._broker(job))
-        removed = [p for p in self.workers.values() if p.topic not in self.topics]
-        for proc in removed:
-            self._terminate(proc)
-        self.retire = [p.pid for p in self.workers.values()
-                       if p.topic in self.topics and p.term_sent_at is None]
-        log.info("reloaded config: %d topics, replacing %d workers one by one, stopping %d",
-                 len(self.topics), len(self.retire), len(removed))
-        self._call_extensions("stop")
-        self._start_extensions()
-
+    # -- reload and stop: reload is a canary, see ssjobs.reloading --------------------------
     def _signal_all(self, sig: int) -> None:
         for pid in list(self.workers):
             send_signal(pid, sig)
 
     def _shutdown(self) -> None:
         self.stopping = True
+        sdnotify.notify("STOPPING=1")
         for proc in self.workers.values():
             self._terminate(proc)
         deadline = time.monotonic() + self.cfg.process.stop_timeout

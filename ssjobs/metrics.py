@@ -228,6 +228,9 @@ class MetricsExtension:
     def worker_exited(self, master: Any, slot: int, info: dict) -> None:
         self.job_times.worker_exited(slot, info)
 
+    def reloaded(self, master: Any, refused: dict[str, str]) -> None:
+        pass
+
     def stop(self, master: Any) -> None:
         self._stop.set()
         if self.server is not None:

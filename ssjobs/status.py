@@ -1,5 +1,6 @@
-"""The status model (SPEC §5): workers from the shared-memory scoreboard, topic counters from
-Redis, the master from its pid/scoreboard header; rendered as tables for humans.
+"""The status model (``status --json``, docs/deploy.md): workers from the shared-memory
+scoreboard, topic counters from Redis, the master from its pid/scoreboard header; rendered
+as tables for humans.
 
 ``collect_status`` is called both by ``ssjobs status`` and by the master (which stores the
 result as the status snapshot, ``status.json``, shown when the master is not running).
@@ -40,7 +41,7 @@ _clients: dict[tuple[str, float, int], Any] = {}  # (url, timeout, pid) -> redis
 
 def collect_status(cfg: Config | None, files: RuntimeFiles, *, running_pid: int | None = None,
                    master_info: dict | None = None, redis_timeout: float = 2.0) -> dict:
-    """The SPEC §5 status object.
+    """The `status --json` object.
 
     ``cfg`` None (the config file became invalid) still gives master and workers; topic
     counters then come from the last snapshot. When no master runs: the last snapshot, with
@@ -122,7 +123,7 @@ def last_snapshot(files: RuntimeFiles, cfg: Config | None = None,
 
 def read_scoreboard(files: RuntimeFiles, *, histograms: dict[str, list[int]] | None = None
                     ) -> tuple[list[dict], dict | None]:
-    """This host's workers (SPEC fields only) and the scoreboard header; ([], None) when the
+    """This host's workers (the documented fields) and the scoreboard header; ([], None) when the
     scoreboard is missing or not (yet) valid. ``histograms``, if given, receives the job-time
     histogram of each topic (summed over its live workers)."""
     from .scoreboard import Scoreboard

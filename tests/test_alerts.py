@@ -539,21 +539,29 @@ def test_a_reload_restarts_the_relay_and_errors_still_arrive(project, masters, h
     assert "could not start" not in project.log_text()
 
 
-def test_a_consumer_that_cannot_be_imported_after_a_reload_alerts(project, masters,
-                                                                  hooks) -> None:
+def test_a_reload_whose_consumer_cannot_be_imported_is_refused_with_an_alert(
+        project, masters, hooks, redis_url) -> None:
     # given a healthy master with alerts
     hook = hooks()
     extra = notifier_toml(hook.url)
     master = masters(project, [{"topic": "q", "consumer": "c:held"}], extra=extra)
+    pids = {w["pid"] for w in master.workers()}
     # when a reload points the topic at a consumer that does not exist
     project.write_config([{"topic": "q", "consumer": "c:no_such_function"}], extra=extra)
     master.signal(signal.SIGHUP)
-    # then one consumer_import alert names the topic and the consumer, not a crash loop
-    alert = wait_for(lambda: hook.alerts("consumer_import"), what="import alert")[0]
+    # then one reload_refused alert names the topic, the consumer and the reason ...
+    alert = wait_for(lambda: hook.alerts("reload_refused"), what="reload alert")[0]
     assert alert["topic"] == "q" and "c:no_such_function" in alert["text"]
+    assert "cannot import its consumer" in alert["text"] and alert["level"] == "error"
+    # ... the new worker's own ERROR line arrives too, and the old worker keeps serving
     assert wait_for(lambda: [b for b in hook.bodies if "no_such_function" in b["text"]
                              and "(worker q #1)" in b["title"]], what="the worker's error")
-    assert hook.alerts("crash_loop") == []
+    assert {w["pid"] for w in master.workers()} == pids
+    with Producer(redis_url, prefix="t") as producer:
+        producer.push("q", 1)
+    wait_for(lambda: Broker(connect(redis_url), "t", "q").counts()["processed"] == 1,
+             what="the old worker ran the job")
+    assert hook.alerts("consumer_import") == [] and hook.alerts("crash_loop") == []
 
 
 def test_a_job_stuck_past_its_timeout_alerts_before_the_master_kills_it(project, masters,

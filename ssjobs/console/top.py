@@ -31,7 +31,7 @@ from ..scoreboard import Scoreboard
 from ..status import redact_url
 from . import common
 
-REFRESH_S = 1.0          # one frame a second (SPEC §4)
+REFRESH_S = 1.0          # one frame a second: fresh, and ~2 Redis round trips a second
 HISTORY_S = 60           # the sparkline covers the last minute, one sample per frame
 REDIS_TIMEOUT_S = 2.0    # a frame waits at most this for one Redis
 PLAIN_WIDTH = 100        # columns of the frame printed when stdout is not a terminal
