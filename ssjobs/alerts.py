@@ -20,6 +20,9 @@ Rules (the ``alert`` field of a webhook body):
 - ``redis_down``: the master cannot reach Redis for ``alert_after`` seconds (this host only:
   Redis cannot de-duplicate it).
 - ``stuck_job``: a job runs past its ``job_timeout`` and ignores the worker's own timeout.
+- ``orphan_topic``: jobs wait in the ready list of a topic that no config here declares and
+  no worker of any host serves, for ``alert_after`` seconds (a typo in a topic name, a
+  producer with another prefix); "recovered" when the list is empty or served.
 - ``reload_refused``: a reload's new worker for a topic could not start (its consumer does
   not import, its ``setup()`` fails ...); the topic keeps its running workers (this host).
 
@@ -42,12 +45,13 @@ from .broker import CONNECTION_ERRORS
 from .notify import AsyncSender, error_sink, make_notifier
 from .notify.relay import RelayServer
 from .scoreboard import BUSY, JOB_STARTED_AT, STATE
+from .text import plural
 
 log = logging.getLogger("ssjobs.alerts")
 
 BACKLOG, DEAD_LETTERS, CRASH_LOOP = "backlog", "dead_letters", "crash_loop"
 CONSUMER_IMPORT, REDIS_DOWN, STUCK_JOB = "consumer_import", "redis_down", "stuck_job"
-RELOAD_REFUSED = "reload_refused"
+RELOAD_REFUSED, ORPHAN_TOPIC = "reload_refused", "orphan_topic"
 FIRE, RECOVERED = "fire", "recovered"
 
 CRASH_LOOP_AT = 3  # quick crashes in a row that make a crash loop (as the master logs it)
@@ -186,8 +190,9 @@ class Rules:
             self._rose("crash", v.topic, v.crashes, now)
 
     def evaluate(self, topics: Iterable[TopicView], redis_down_for: float | None,
-                 now: float) -> list[Alert]:
-        """Alerts to send after this observation; ``now`` is monotonic seconds."""
+                 now: float, orphans: dict[str, int] | None = None) -> list[Alert]:
+        """Alerts to send after this observation; ``now`` is monotonic seconds;
+        ``orphans``: topic -> jobs waiting, of topics nobody serves (ssjobs.orphans)."""
         alerts: list[Alert] = []
         for view in topics:
             alerts += self._backlog(view, now)
@@ -195,6 +200,28 @@ class Rules:
             alerts += self._crashes(view, now)
             alerts += self._stuck(view, now)
         alerts += self._redis(redis_down_for, now)
+        if orphans is not None:
+            alerts += self._orphans(orphans, now)
+        return alerts
+
+    def _orphans(self, orphans: dict[str, int], now: float) -> list[Alert]:
+        alerts = []
+        watched = {t for rule, t in self._holds if rule == ORPHAN_TOPIC} | set(orphans)
+        for topic in sorted(watched):
+            event = self._hold(ORPHAN_TOPIC, topic, self.alert_after).update(
+                topic in orphans, now)
+            if event == FIRE:
+                alerts.append(Alert(
+                    ORPHAN_TOPIC, topic, f"orphan topic {topic}: {plural(orphans[topic], 'job')}"
+                    " waiting", f"{plural(orphans[topic], 'job')} wait in the ready list of "
+                    f"topic {topic!r}, which no config on {self.node} declares and no worker "
+                    f"serves: they will never run. A typo in the topic name pushed to, or a "
+                    f"producer with another prefix? `ssjobs check` lists such topics.",
+                    "warning"))
+            elif event == RECOVERED:
+                alerts.append(Alert(ORPHAN_TOPIC, topic, f"recovered: orphan topic {topic}",
+                                    f"The ready list of topic {topic!r} is empty or served "
+                                    "again.", "info", recovered=True))
         return alerts
 
     def _hold(self, rule: str, topic: str, after: float = 0.0, recovers: bool = True) -> Hold:
@@ -225,9 +252,8 @@ class Rules:
         count = self._tallies.setdefault(v.topic, Tally(self.repeat)).update(v.dead, now)
         if not count:
             return []
-        noun = "dead letter" if count == 1 else "dead letters"
-        return [Alert(DEAD_LETTERS, v.topic, f"{count} new {noun} on {v.topic}",
-                      f"{count} jobs of topic {v.topic!r} were dead-lettered since the last "
+        return [Alert(DEAD_LETTERS, v.topic, f"{plural(count, 'new dead letter')} on {v.topic}",
+                      f"{plural(count, 'job')} of topic {v.topic!r} dead-lettered since the last "
                       f"report; {v.dead[0]} in the dead-letter list. "
                       f"See: ssjobs dead list {v.topic}")]
 
@@ -401,7 +427,8 @@ class AlertsExtension:
         outage = getattr(master, "outage", None)
         down_for = outage.down_for("redis", mono) if outage is not None else None
         views = observe(master, now, redis_up=down_for is None)
-        for alert in self.rules.evaluate(views, down_for, mono):
+        orphans = getattr(master, "orphan_topics", None)
+        for alert in self.rules.evaluate(views, down_for, mono, orphans):
             if self._may_send(master, alert):
                 self.sender.submit(alert.title, alert.text, alert.level, dedup=False,
                                    topic=alert.topic, alert=alert.rule)
@@ -455,12 +482,17 @@ class AlertsExtension:
         """``SET {prefix}:alert:{rule}:{topic} node NX PX``; it expires a tick before
         ``repeat_interval`` so the next round is not lost to clock phase."""
         ts = master.topics.get(alert.topic)
-        if ts is None:
-            return True
-        key = f"{ts.broker.keys.prefix}:alert:{alert.rule}:{alert.topic}"
+        if ts is not None:
+            client, prefix = ts.broker.client, ts.broker.keys.prefix
+        else:  # a topic of no config (orphan_topic): claimed on the main Redis
+            client = master.clients.get(master.cfg.redis.url)
+            prefix = master.cfg.redis.prefix
+            if client is None:
+                return True
+        key = f"{prefix}:alert:{alert.rule}:{alert.topic}"
         ttl_ms = max(int((self.cfg.repeat_interval - TICK_S) * 1000), MIN_CLAIM_MS)
         try:
-            return bool(ts.broker.client.set(key, master.node, nx=True, px=ttl_ms))
+            return bool(client.set(key, master.node, nx=True, px=ttl_ms))
         except (*CONNECTION_ERRORS, redis.RedisError) as exc:
             log.debug("alerts: cannot de-duplicate %s (%s): sending it from here", key, exc)
             return True  # better twice than never

@@ -19,7 +19,7 @@ from typing import Any, Callable
 
 import redis
 
-from . import __version__, forkfds, logs, reloading, scaling, sdnotify, worker
+from . import __version__, forkfds, logs, orphans, reloading, scaling, sdnotify, worker
 from .broker import CONNECTION_ERRORS, Broker, connect, nodes_key
 from .config import Config, JobConfig, RedisConfig
 from .errors import ControlError, SsjobsError
@@ -106,6 +106,7 @@ class Master:
         self.extensions: list = []
         self.extension_state: dict[str, str] = {}  # name -> "on" or "off: why" (status)
         self.reloader = reloading.Reloader(self)
+        self.orphan_watches: list[orphans.Watch] = []
 
     # -- start-up ------------------------------------------------------------------------
     def serve(self) -> int:
@@ -155,6 +156,7 @@ class Master:
         self.board = Scoreboard.create(self.files.scoreboard_path, self._slots_needed(cfg))
         for job in cfg.jobs:
             self.topics[job.topic] = TopicState(job, self._broker(job))
+        self.orphan_watches = orphans.watches(cfg, self.clients)
         self._install_signals()
         redis_down = self._check_redis_at_start()
         if old_pid and old_pid != self.pid:
@@ -487,6 +489,8 @@ class Master:
         self.board.master_beat(now)
         try:
             self._redis_housekeeping(now)
+            for watch in self.orphan_watches:
+                watch.step()  # one SCAN call: ready lists of topics nobody serves
             if mono - self._last_janitor >= JANITOR_EVERY_S:
                 self._last_janitor = mono
                 self.recovery.dead_hosts(self.clients.values(), list(self.topics.values()),
@@ -526,7 +530,13 @@ class Master:
     def master_info(self) -> dict:
         return {"pid": self.pid, "started_at": self.started_at, "node": self.node,
                 "version": __version__, "restarts": dict(self.restarts),
-                "extensions": dict(self.extension_state)}
+                "extensions": dict(self.extension_state),
+                "orphan_topics": self.orphan_topics}
+
+    @property
+    def orphan_topics(self) -> dict[str, int]:
+        """Topics with jobs in ready that no config here declares and no worker serves."""
+        return orphans.merged(self.orphan_watches)
 
     # -- reload and stop: reload is a canary, see ssjobs.reloading --------------------------
     def _signal_all(self, sig: int) -> None:

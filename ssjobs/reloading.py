@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from . import logs, sdnotify
+from . import logs, orphans, sdnotify
 from .config import Config, ConfigError, JobConfig, load_config
 from .loader import add_consumer_path
 from .runtime import pid_alive, write_atomic
@@ -239,6 +239,7 @@ class Reloader:
                 m.topics[job.topic] = ts
             else:
                 m.topics[job.topic] = TopicState(job, m._broker(job))
+        m.orphan_watches = orphans.watches(m.cfg, m.clients)
         canaries = {c.pid for c in accepted.values()}
         for pid in canaries:
             if (proc := m.workers.get(pid)) is not None:

@@ -25,6 +25,7 @@ from . import __version__
 from .config import Config
 from .metrics import percentiles_ms, topic_histograms
 from .runtime import RuntimeFiles, proc_stat, write_atomic
+from .text import plural
 
 RATES_NAME = "rates.json"
 RATE_WINDOW_S = 60.0         # rate_1m: the window the rate is measured over
@@ -33,6 +34,9 @@ RATE_KEEP_S = 180.0          # samples older than this cannot serve a one-minute
 WORKER_FIELDS = ("pid", "topic", "kind", "state", "processed", "failed", "started_at",
                  "rss_bytes", "job_started_at")
 COUNTER_FIELDS = ("backlog", "delayed", "inflight", "dead", "processed", "failed")
+# What only the master knows, kept in its snapshot: extension states ({"metrics": "on" or
+# "off: why"}) and orphan topics ({topic: jobs waiting}, see ssjobs.orphans).
+MASTER_NOTES = ("extensions", "orphan_topics")
 
 _clients: dict[tuple[str, float, int], Any] = {}  # (url, timeout, pid) -> redis client
 
@@ -83,13 +87,13 @@ def collect_status(cfg: Config | None, files: RuntimeFiles, *, running_pid: int 
                                for kind in ("static", "dynamic")}
         counters.update(percentiles_ms(job_times.get(topic)))
     status["topics"] = topics
-    extensions = info.get("extensions")
-    if extensions is None:  # `ssjobs status`: what the running master last wrote down
+    if "extensions" not in info:  # `ssjobs status`: what the running master last wrote down
         snapshot = files.read_snapshot() or {}
         if (snapshot.get("master") or {}).get("pid") == pid:
-            extensions = snapshot.get("extensions")
-    if extensions:
-        status["extensions"] = extensions
+            info.update({k: snapshot[k] for k in MASTER_NOTES if k in snapshot})
+    for key in MASTER_NOTES:
+        if info.get(key):
+            status[key] = info[key]
     return status
 
 
@@ -300,6 +304,9 @@ def render_status(status: dict, *, now: float | None = None) -> Any:
          if isinstance(c, dict) and c.get("redis_error")})]
     notes += [f"{name} {state}" for name, state in (status.get("extensions") or {}).items()
               if state != "on"]
+    notes += [f"orphan topic {topic!r}: {plural(n, 'job')} waiting, but no config here "
+              "declares it and no worker serves it (a typo? see `ssjobs check`)"
+              for topic, n in (status.get("orphan_topics") or {}).items()]
     try:
         from rich import box
         from rich.console import Group

@@ -639,3 +639,44 @@ def test_a_notifier_that_cannot_start_is_one_error_line_and_status_shows_it_off(
         assert "Traceback" not in log
     finally:
         master.kill_all()
+
+
+def test_jobs_of_a_topic_nobody_serves_show_in_status_and_alert(project, masters, hooks,
+                                                               redis_url) -> None:
+    """Issue 13.4: a typo in a topic name stranded jobs without a word."""
+    hook = hooks()
+    masters(project, [{"topic": "q", "consumer": "c:held"}], extra=notifier_toml(hook.url))
+    # when a producer pushes to a topic no config declares and no worker serves
+    with Producer(redis_url, prefix="t") as producer:
+        producer.push_many("q.typo", [1, 2])
+    # then an orphan_topic alert names it, and status lists it
+    alert = wait_for(lambda: hook.alerts("orphan_topic"), 20, what="orphan alert")[0]
+    assert alert["topic"] == "q.typo" and "2 jobs wait" in alert["text"]
+    st = wait_for(lambda: (s := status_json(project)).get("orphan_topics") and s, 20,
+                  what="status with the orphan")
+    assert st["orphan_topics"] == {"q.typo": 2}
+    # and once the list is gone, the alert recovers
+    connect(redis_url).delete(TopicKeys("t", "q.typo").ready)
+    recovered = wait_for(lambda: [b for b in hook.alerts("orphan_topic")
+                                  if b["title"].startswith("recovered")], 20, what="recovery")
+    assert recovered[0]["topic"] == "q.typo"
+
+
+def test_rules_orphan_topic_fires_after_alert_after_and_recovers() -> None:
+    rules = Rules(alert_after=5, repeat=60, node="h")
+    assert rules.evaluate([], None, 0, {"a.typo": 3}) == []
+    (fired,) = rules.evaluate([], None, 5, {"a.typo": 3})
+    assert (fired.rule, fired.topic, fired.level) == ("orphan_topic", "a.typo", "warning")
+    assert rules.evaluate([], None, 6, {"a.typo": 4}) == []       # once per repeat
+    (back,) = rules.evaluate([], None, 7, {})
+    assert back.recovered and back.topic == "a.typo"
+
+
+def test_orphan_key_names_and_a_prefix_with_glob_characters() -> None:
+    from ssjobs.orphans import ready_pattern, topic_of
+
+    assert ready_pattern("app[1]*") == r"app\[1\]\*:{*}:ready"
+    assert topic_of(b"t:{mail.send}:ready", "t") == "mail.send"
+    assert topic_of(b"t:{a:b}:ready", "t") == "a:b"
+    assert topic_of(b"t:{q}:inflight:h:1:2", "t") is None
+    assert topic_of(b"other:{q}:ready", "t") is None

@@ -201,6 +201,55 @@ def test_check_unreachable_redis(cli):
     assert "redis" in result.stderr and "unreachable" in result.stderr, result.stderr
 
 
+def test_check_says_a_consumer_takes_the_wrong_number_of_parameters(cli):
+    """Issue 13.10: `check` passed it; then every job failed with a TypeError."""
+    cli.project.consumer("arity", """
+        def two(job, extra):
+            pass
+        class NoJob:
+            def consume(self):
+                pass
+    """)
+    cli.project.write_config([JOB, {"topic": "cli.two", "consumer": "arity:two"},
+                              {"topic": "cli.nojob", "consumer": "arity:NoJob"}])
+    result = cli("check")
+    assert result.returncode == 2
+    assert "consumer 'arity:two': two(job, extra) cannot be called with one argument, the job" \
+        in result.stderr, result.stderr
+    assert "consumer 'arity:NoJob': NoJob.consume() cannot be called with one argument" \
+        in result.stderr, result.stderr
+
+
+def test_check_warns_about_eviction_and_no_persistence(cli, rclient):
+    """Issue 13.10: evicted queue keys are lost jobs; so is a restart without persistence."""
+    result = cli("check")  # the tests' Redis runs without AOF and without RDB saves
+    assert result.returncode == 0
+    assert "persistence is off" in result.stderr and "appendonly yes" in result.stderr
+    assert "maxmemory-policy" not in result.stderr
+    rclient.config_set("maxmemory-policy", "allkeys-lru")
+    try:
+        result = cli("check")
+    finally:
+        rclient.config_set("maxmemory-policy", "noeviction")
+    assert result.returncode == 0
+    assert "maxmemory-policy is allkeys-lru" in result.stderr
+    assert "set maxmemory-policy noeviction" in result.stderr
+
+
+def test_check_lists_orphan_topics(cli, rclient):
+    """Issue 13.4: jobs pushed to a typo of a topic waited forever, unseen."""
+    with Producer(cli.project.redis_url, prefix="t") as producer:
+        producer.push_many("cli.wrok", [1, 2, 3])          # a typo: no topic of the config
+        producer.push("cli.work", 1)                       # a topic of the config
+        producer.push("other.served", 1)                   # another host serves this one
+    rclient.hset("t:{other.served}:workers", "host-b:1:2", "host-b:1")
+    result = cli("check")
+    assert result.returncode == 0, result.stderr
+    assert "warning: orphan topic 'cli.wrok'" in result.stderr
+    assert "3 jobs in t:{cli.wrok}:ready" in result.stderr
+    assert "other.served" not in result.stderr and "'cli.work'" not in result.stderr
+
+
 def test_check_notify_without_a_notifier_fails(cli):
     result = cli("check", "--notify")
     assert result.returncode == 1
