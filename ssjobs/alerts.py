@@ -236,8 +236,9 @@ class Rules:
         hold = self._hold(BACKLOG, v.topic, self.alert_after)
         event = hold.update(v.backlog > v.health, now)
         if event == FIRE:
-            return [Alert(BACKLOG, v.topic, f"backlog on {v.topic}: {v.backlog} jobs waiting",
-                          f"{v.backlog} jobs wait on topic {v.topic!r}, more than "
+            jobs = plural(v.backlog, "job")
+            return [Alert(BACKLOG, v.topic, f"backlog on {v.topic}: {jobs} waiting",
+                          f"{jobs} wait on topic {v.topic!r}, more than "
                           f"queue_health_size = {v.health}, for {now - (hold.since or now):.0f} s.",
                           "warning")]
         if event == RECOVERED:

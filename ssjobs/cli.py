@@ -233,7 +233,8 @@ def dead_list(ctx: click.Context, topic: str, limit: int, as_json: bool,
 @config_option
 @click.pass_context
 def dead_show(ctx: click.Context, topic: str, job_id: str, config: str | None) -> int:
-    """Show the dead job ID of TOPIC (a unique prefix of the id will do); exit 1 if unknown."""
+    """Show the dead job ID of TOPIC (any part of the id that only one dead job has will do:
+    the short ids of `dead list`); exit 1 if unknown or ambiguous."""
     from .console import dead as dead_mod
 
     return dead_mod.show(config_path(ctx, config), topic, job_id)

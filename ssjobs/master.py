@@ -34,6 +34,7 @@ from .runtime import (
     wait_pids_gone,
 )
 from .scoreboard import BUSY, HEARTBEAT, IDLE, JOB_STARTED_AT, PID, STATE, Scoreboard
+from .text import plural
 
 log = logging.getLogger("ssjobs.master")
 
@@ -161,8 +162,8 @@ class Master:
         redis_down = self._check_redis_at_start()
         if old_pid and old_pid != self.pid:
             self._recover_previous_master(old_pid, leftovers)
-        log.info("master started (pid %d, %d topics, node %s)", self.pid, len(self.topics),
-                 self.node)
+        log.info("master started (pid %d, %s, node %s)", self.pid,
+                 plural(len(self.topics), "topic"), self.node)
         self._manage_workers()
         self._start_extensions()  # before "ready": metrics and alerts are up when start returns
         self._wait_ready(wait_for_workers=redis_down is None)

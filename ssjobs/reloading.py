@@ -29,6 +29,7 @@ from .config import Config, ConfigError, JobConfig, load_config
 from .loader import add_consumer_path
 from .runtime import pid_alive, write_atomic
 from .scoreboard import BUSY, IDLE, STATE
+from .text import plural
 
 if TYPE_CHECKING:
     from .master import Master
@@ -250,8 +251,8 @@ class Reloader:
         m.retire = [p.pid for p in m.workers.values()
                     if p.topic in m.topics and p.topic not in refused and p.pid not in canaries
                     and p.term_sent_at is None]
-        log.info("reloaded config: %d topics, replacing %d workers one by one, stopping %d",
-                 len(m.topics), len(m.retire), len(removed))
+        log.info("reloaded config: %s, replacing %s one by one, stopping %d",
+                 plural(len(m.topics), "topic"), plural(len(m.retire), "worker"), len(removed))
         for topic, why in refused.items():
             kept = "keeps its workers, code and settings" if topic in old_topics else \
                 "is not added"
