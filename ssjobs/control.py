@@ -132,7 +132,7 @@ def redis_usable(cfg: Config, wait: float | None) -> bool:
         found = {url: probe(url) for url in urls}
         permanent = [(u, p) for u, p in found.items() if p.permanent]
         for url, p in permanent:
-            fail(f"redis {redact_url(url)}: {p.error}: not started",
+            fail(f"redis {redact_url(url)}: {p.error.rstrip('.')}; not started",
                  hint="check the password (or ACL user) in redis.url")
         if permanent:
             return False
@@ -142,13 +142,13 @@ def redis_usable(cfg: Config, wait: float | None) -> bool:
                 say("redis is reachable now")
             return True
         url, p = down[0]
+        why = f"warning: redis {redact_url(url)}: {p.error.rstrip('.')}"
         if wait is None:
-            fail(f"warning: redis {redact_url(url)} is {p.error}: starting anyway; the workers "
-                 "wait for it (`ssjobs status` shows redis: down; `start --wait S` waits "
-                 "instead)")
+            fail(f"{why}; starting anyway, the workers wait for it (`ssjobs status` shows "
+                 "redis: down; `start --wait S` waits instead)")
             return True
         if not warned:
-            fail(f"warning: redis {redact_url(url)} is {p.error}: waiting up to {wait:g}s")
+            fail(f"{why}; waiting up to {wait:g}s")
             warned = True
         if time.monotonic() >= deadline:
             fail(f"redis {redact_url(url)} still unreachable after {wait:g}s: not started")
