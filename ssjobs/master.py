@@ -585,9 +585,11 @@ class Master:
 def _extension_factories(cfg: Config) -> list[tuple[str, Callable[[Master], Any]]]:
     """(name, factory) of the master extensions for this config. Each is built with the
     master and has ``start(master)``, ``tick(master, now)`` (once a second, must not block),
-    ``stop(master)``, ``fds()`` (its own fds, closed in forked workers) and
-    ``worker_exited(slot, info)``; reload stops them and starts them again. The notifier
-    starts first, so that an ERROR the others log while starting reaches it."""
+    ``stop(master)``, ``fds()`` (its own fds, closed in forked workers),
+    ``worker_exited(master, slot, info)`` (a worker's last scoreboard slot, before it is
+    reused) and ``reloaded(master, refused)`` (after a reload started it again: the topics
+    whose new workers could not start, and why). The notifier starts first, so that an
+    ERROR the others log while starting reaches it."""
     factories: list[tuple[str, Callable[[Master], Any]]] = []
     if cfg.notifier is not None:
         from .alerts import AlertsExtension

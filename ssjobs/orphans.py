@@ -12,11 +12,14 @@ keyspace never holds up its loop; status and the ``orphan_topic`` alert show wha
 """
 from __future__ import annotations
 
+import logging
 import re
 from collections.abc import Iterable
 from typing import Any
 
-from .broker import TopicKeys
+from .broker import CONNECTION_ERRORS, TopicKeys
+
+log = logging.getLogger("ssjobs.orphans")
 
 SCAN_COUNT = 1000  # keys per SCAN step: ~1 ms of Redis time, a full pass of 1M keys in ~17 min
 
@@ -75,10 +78,23 @@ class Watch:
         self._nodes: list[Any] = []
         self._cursor = 0
         self._seen: set[str] = set()
+        self.off = False  # the server refuses SCAN (an ACL, a renamed command)
 
     def step(self) -> None:
-        """One SCAN call; after the last one of a pass, judge what it saw. Redis errors
-        propagate (the master's housekeeping notes the outage)."""
+        """One SCAN call; after the last one of a pass, judge what it saw. A lost
+        connection propagates (the master's housekeeping notes the outage); a server that
+        refuses SCAN turns the watch off, with one warning."""
+        if self.off:
+            return
+        try:
+            self._step()
+        except CONNECTION_ERRORS:
+            raise
+        except Exception as exc:  # noqa: BLE001 - NOPERM, unknown command: not our outage
+            self.off = True
+            log.warning("orphan topics are not watched on this Redis: %s", exc)
+
+    def _step(self) -> None:
         if not self._nodes:
             self._nodes, self._cursor, self._seen = node_clients(self.client), 0, set()
             if not self._nodes:

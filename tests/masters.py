@@ -20,10 +20,11 @@ class MasterProc:
         self.files = RuntimeFiles(data_dir)
         self.proc: subprocess.Popen | None = None
         self.seen_pids: set[int] = set()
+        self.serve_code = SERVE
 
     def start(self, expect_ok: bool = True, timeout: float = 30) -> tuple[bool, str]:
         ready = ReadyPipe()
-        self.proc = subprocess.Popen([sys.executable, "-c", SERVE, str(self.config),
+        self.proc = subprocess.Popen([sys.executable, "-c", self.serve_code, str(self.config),
                                       str(ready.write_fd)], pass_fds=[ready.write_fd],
                                      cwd=self.config.parent)
         ok, message = ready.wait(timeout)

@@ -7,7 +7,7 @@ import time
 
 import pytest
 from conftest import nobody_can_run_ssjobs, wait_for
-from masters import MasterProc, wait_gone
+from masters import SERVE, MasterProc, wait_gone
 
 from ssjobs import envelope
 from ssjobs.broker import Broker, TopicKeys, connect, nodes_key
@@ -281,6 +281,30 @@ def test_reload_whose_new_setup_fails_is_refused_and_a_new_bad_topic_is_not_adde
     assert "topic 'new': the new worker cannot import its consumer" in log
     assert "the topic is not added" in log
     assert {w["pid"] for w in m.workers()} == pids and m.proc.poll() is None
+
+
+def test_a_reload_whose_new_worker_is_not_ready_in_time_is_refused(env):
+    project, out, make = env
+    project.consumer("slow", """
+        import time
+        class Slow:
+            def setup(self):
+                time.sleep(60)
+            def consume(self, job):
+                pass
+    """)
+    m = make([{"topic": "q", "consumer": "rec:run"}])
+    # a master whose canaries get 2 s instead of 30 (the same code path, sooner)
+    m.serve_code = SERVE.replace("from ssjobs.master import serve;",
+                                 "from ssjobs.master import serve; import ssjobs.reloading as r; "
+                                 "r.CANARY_TIMEOUT_S = 2;")
+    m.start()
+    pids = {w["pid"] for w in m.workers()}
+    project.write_config([{"topic": "q", "consumer": "slow:Slow"}])
+    m.signal(signal.SIGHUP)
+    wait_for(lambda: "reload refused for topic 'q'" in project.log_text(), 20)
+    assert "the new worker was not ready within 2 s" in project.log_text()
+    assert {w["pid"] for w in m.workers()} == pids  # the late one was killed, the old kept
 
 
 def test_reload_with_invalid_config_keeps_the_old_one(env):
