@@ -20,6 +20,11 @@ Rules (the ``alert`` field of a webhook body):
 - ``redis_down``: the master cannot reach Redis for ``alert_after`` seconds (this host only:
   Redis cannot de-duplicate it).
 - ``stuck_job``: a job runs past its ``job_timeout`` and ignores the worker's own timeout.
+- ``orphan_topic``: jobs wait in the ready list of a topic that no config here declares and
+  no worker of any host serves, for ``alert_after`` seconds (a typo in a topic name, a
+  producer with another prefix); "recovered" when the list is empty or served.
+- ``reload_refused``: a reload's new worker for a topic could not start (its consumer does
+  not import, its ``setup()`` fails ...); the topic keeps its running workers (this host).
 
 Every firing alert repeats at most once per ``repeat_interval`` while its condition holds.
 """
@@ -41,11 +46,13 @@ from .notify import AsyncSender, error_sink, make_notifier
 from .notify.relay import RelayServer
 from .notify.relay import report_failure as report_relay_failure
 from .scoreboard import BUSY, JOB_STARTED_AT, STATE
+from .text import plural
 
 log = logging.getLogger("ssjobs.alerts")
 
 BACKLOG, DEAD_LETTERS, CRASH_LOOP = "backlog", "dead_letters", "crash_loop"
 CONSUMER_IMPORT, REDIS_DOWN, STUCK_JOB = "consumer_import", "redis_down", "stuck_job"
+RELOAD_REFUSED, ORPHAN_TOPIC = "reload_refused", "orphan_topic"
 FIRE, RECOVERED = "fire", "recovered"
 
 CRASH_LOOP_AT = 3  # quick crashes in a row that make a crash loop (as the master logs it)
@@ -184,8 +191,9 @@ class Rules:
             self._rose("crash", v.topic, v.crashes, now)
 
     def evaluate(self, topics: Iterable[TopicView], redis_down_for: float | None,
-                 now: float) -> list[Alert]:
-        """Alerts to send after this observation; ``now`` is monotonic seconds."""
+                 now: float, orphans: dict[str, int] | None = None) -> list[Alert]:
+        """Alerts to send after this observation; ``now`` is monotonic seconds;
+        ``orphans``: topic -> jobs waiting, of topics nobody serves (ssjobs.orphans)."""
         alerts: list[Alert] = []
         for view in topics:
             alerts += self._backlog(view, now)
@@ -193,6 +201,28 @@ class Rules:
             alerts += self._crashes(view, now)
             alerts += self._stuck(view, now)
         alerts += self._redis(redis_down_for, now)
+        if orphans is not None:
+            alerts += self._orphans(orphans, now)
+        return alerts
+
+    def _orphans(self, orphans: dict[str, int], now: float) -> list[Alert]:
+        alerts = []
+        watched = {t for rule, t in self._holds if rule == ORPHAN_TOPIC} | set(orphans)
+        for topic in sorted(watched):
+            event = self._hold(ORPHAN_TOPIC, topic, self.alert_after).update(
+                topic in orphans, now)
+            if event == FIRE:
+                alerts.append(Alert(
+                    ORPHAN_TOPIC, topic, f"orphan topic {topic}: {plural(orphans[topic], 'job')}"
+                    " waiting", f"{plural(orphans[topic], 'job')} wait in the ready list of "
+                    f"topic {topic!r}, which no config on {self.node} declares and no worker "
+                    f"serves: they will never run. A typo in the topic name pushed to, or a "
+                    f"producer with another prefix? `ssjobs check` lists such topics.",
+                    "warning"))
+            elif event == RECOVERED:
+                alerts.append(Alert(ORPHAN_TOPIC, topic, f"recovered: orphan topic {topic}",
+                                    f"The ready list of topic {topic!r} is empty or served "
+                                    "again.", "info", recovered=True))
         return alerts
 
     def _hold(self, rule: str, topic: str, after: float = 0.0, recovers: bool = True) -> Hold:
@@ -207,8 +237,9 @@ class Rules:
         hold = self._hold(BACKLOG, v.topic, self.alert_after)
         event = hold.update(v.backlog > v.health, now)
         if event == FIRE:
-            return [Alert(BACKLOG, v.topic, f"backlog on {v.topic}: {v.backlog} jobs waiting",
-                          f"{v.backlog} jobs wait on topic {v.topic!r}, more than "
+            jobs = plural(v.backlog, "job")
+            return [Alert(BACKLOG, v.topic, f"backlog on {v.topic}: {jobs} waiting",
+                          f"{jobs} wait on topic {v.topic!r}, more than "
                           f"queue_health_size = {v.health}, for {now - (hold.since or now):.0f} s.",
                           "warning")]
         if event == RECOVERED:
@@ -223,9 +254,8 @@ class Rules:
         count = self._tallies.setdefault(v.topic, Tally(self.repeat)).update(v.dead, now)
         if not count:
             return []
-        noun = "dead letter" if count == 1 else "dead letters"
-        return [Alert(DEAD_LETTERS, v.topic, f"{count} new {noun} on {v.topic}",
-                      f"{count} jobs of topic {v.topic!r} were dead-lettered since the last "
+        return [Alert(DEAD_LETTERS, v.topic, f"{plural(count, 'new dead letter')} on {v.topic}",
+                      f"{plural(count, 'job')} of topic {v.topic!r} dead-lettered since the last "
                       f"report; {v.dead[0]} in the dead-letter list. "
                       f"See: ssjobs dead list {v.topic}")]
 
@@ -285,6 +315,14 @@ class Rules:
                           f"The master on {self.node} reaches Redis again after about "
                           f"{total:.0f} s.", "info", recovered=True, fleet=False)]
         return []
+
+
+def reload_refused(topic: str, why: str, node: str) -> Alert:
+    """The alert for a topic whose reload was refused (sent once, when it happens)."""
+    return Alert(RELOAD_REFUSED, topic, f"reload refused for {topic}",
+                 f"A reload on {node} tried the new config and code of topic {topic!r} with "
+                 f"one new worker first; {why}. The topic keeps its running workers, code and "
+                 f"settings. Fix it, run `ssjobs check`, then reload again.", fleet=False)
 
 
 # -- reading the master ----------------------------------------------------------------------
@@ -390,10 +428,28 @@ class AlertsExtension:
         outage = getattr(master, "outage", None)
         down_for = outage.down_for("redis", mono) if outage is not None else None
         views = observe(master, now, redis_up=down_for is None)
-        for alert in self.rules.evaluate(views, down_for, mono):
+        orphans = getattr(master, "orphan_topics", None)
+        for alert in self.rules.evaluate(views, down_for, mono, orphans):
             if self._may_send(master, alert):
                 self.sender.submit(alert.title, alert.text, alert.level, dedup=False,
                                    topic=alert.topic, alert=alert.rule)
+
+    def fds(self) -> list[int]:
+        """None to list: the relay closes its own socket in every forked child, and the
+        sender's HTTP connections live only while a message is being sent."""
+        return []
+
+    def worker_exited(self, master: Any, slot: int, info: dict) -> None:
+        pass
+
+    def reloaded(self, master: Any, refused: dict[str, str]) -> None:
+        """Called after a reload started this extension: alert each refused topic."""
+        if self.sender is None or not self.cfg.jobs_check_notify:
+            return
+        for topic, why in refused.items():
+            alert = reload_refused(topic, why, master.node)
+            self.sender.submit(alert.title, alert.text, alert.level, dedup=False,
+                               topic=alert.topic, alert=alert.rule)
 
     def stop(self, master: Any) -> None:
         if self._sink is not None:
@@ -427,12 +483,17 @@ class AlertsExtension:
         """``SET {prefix}:alert:{rule}:{topic} node NX PX``; it expires a tick before
         ``repeat_interval`` so the next round is not lost to clock phase."""
         ts = master.topics.get(alert.topic)
-        if ts is None:
-            return True
-        key = f"{ts.broker.keys.prefix}:alert:{alert.rule}:{alert.topic}"
+        if ts is not None:
+            client, prefix = ts.broker.client, ts.broker.keys.prefix
+        else:  # a topic of no config (orphan_topic): claimed on the main Redis
+            client = master.clients.get(master.cfg.redis.url)
+            prefix = master.cfg.redis.prefix
+            if client is None:
+                return True
+        key = f"{prefix}:alert:{alert.rule}:{alert.topic}"
         ttl_ms = max(int((self.cfg.repeat_interval - TICK_S) * 1000), MIN_CLAIM_MS)
         try:
-            return bool(ts.broker.client.set(key, master.node, nx=True, px=ttl_ms))
+            return bool(client.set(key, master.node, nx=True, px=ttl_ms))
         except (*CONNECTION_ERRORS, redis.RedisError) as exc:
             log.debug("alerts: cannot de-duplicate %s (%s): sending it from here", key, exc)
             return True  # better twice than never

@@ -12,14 +12,15 @@ from typing import TYPE_CHECKING, Any
 
 from .config import Config, load_config
 from .control import EXIT_FAILED, EXIT_INVALID, EXIT_OK, fail, report_config_error, say
-from .errors import ConfigError, SsjobsError
+from .errors import ConfigError
+from .text import plural
 
 if TYPE_CHECKING:
     from .privileges import ServiceUser
 
 CHECK_IMPORT_TIMEOUT_S = 60.0   # importing every consumer must not take longer
 REDIS_CHECK_TIMEOUT_S = 3.0     # a healthy Redis answers PING at once
-MIN_REDIS_VERSION = (6, 2)      # LMOVE / LPOP count (SPEC §7)
+MIN_REDIS_VERSION = (6, 2)      # LMOVE, LPOP with a count (docs/protocol.md)
 
 
 def check(cfg_path: str | os.PathLike, notify: bool = False) -> int:
@@ -52,6 +53,8 @@ def check_consumers(cfg: Config, timeout: float = CHECK_IMPORT_TIMEOUT_S) -> lis
     for path in cfg.process.consumer_path:
         if not path.is_dir():
             fail(f"warning: process.consumer_path: {path} is not a directory")
+    if not cfg.workdir.is_dir():
+        fail(f"warning: process.workdir: {cfg.workdir} is not a directory (start fails)")
     from .errors import ControlError
     from .privileges import service_user
 
@@ -144,6 +147,10 @@ def _import_child(cfg: Config, specs: list[str], write_fd: int,
                                                    f"become {user.name}: {exc.strerror}"])
                 return
         add_consumer_path(cfg.process.consumer_path)
+        try:
+            os.chdir(cfg.workdir)  # where the workers import them
+        except OSError:
+            pass
         for spec in specs:
             _emit(write_fd, ["begin", spec])
             try:
@@ -164,11 +171,10 @@ def _emit(fd: int, event: list[Any]) -> None:
 
 
 def check_redis(cfg: Config, timeout: float = REDIS_CHECK_TIMEOUT_S) -> list[str]:
-    """PING every Redis the config names, and check its version; returns error lines."""
-    import redis
-
-    from .broker import connect
+    """PING every Redis the config names and check its version (error lines returned);
+    warn about settings that lose jobs, and about orphan topics (ssjobs.orphans)."""
     from .redact import redact_url
+    from .redisprobe import eviction_policies, persistence_off, probe, version_tuple
 
     users: dict[str, list[str]] = {}
     for job in cfg.jobs:
@@ -178,24 +184,51 @@ def check_redis(cfg: Config, timeout: float = REDIS_CHECK_TIMEOUT_S) -> list[str
     for url, topics in users.items():
         shown = redact_url(url)
         used = f" (topics {', '.join(topics)})" if topics else ""
+        found = probe(url, timeout, details=True)
+        if not found.ok:
+            lines.append(f"redis {shown}{used}: {found.error}")
+            continue
+        if version_tuple(found.version)[:2] < MIN_REDIS_VERSION:
+            lines.append(f"redis {shown}{used}: version {found.version} is too old "
+                         f"(ssjobs needs {'.'.join(map(str, MIN_REDIS_VERSION))} or newer)")
+            continue
+        say(f"redis ok: {shown} (version {found.version}){used}")
+        for policy in sorted(eviction_policies(found) - {"noeviction"}):
+            fail(f"warning: redis {shown}: maxmemory-policy is {policy}: when memory runs "
+                 "out Redis evicts keys, queued jobs among them (lost jobs); set "
+                 "maxmemory-policy noeviction (docs/deploy.md)")
+        if persistence_off(found):
+            fail(f"warning: redis {shown}: persistence is off (no appendonly, no RDB save): "
+                 "a Redis restart loses every queued job; set appendonly yes "
+                 "(docs/deploy.md)")
+    check_orphans(cfg, timeout)
+    return lines
+
+
+def check_orphans(cfg: Config, timeout: float = REDIS_CHECK_TIMEOUT_S) -> dict[str, int]:
+    """Warn about every ready list of a topic no config declares and no worker serves."""
+    from .broker import connect
+    from .orphans import find
+    from .redact import redact_url
+
+    known: dict[tuple[str, str], set[str]] = {}
+    for job in cfg.jobs:
+        rcfg = cfg.redis_for(job)
+        known.setdefault((rcfg.url, rcfg.prefix), set()).add(job.topic)
+    found: dict[str, int] = {}
+    for (url, prefix), topics in known.items():
         try:
             client = connect(url, socket_timeout=timeout, connect_timeout=timeout)
-            client.ping()
-            version = _server_version(client.info("server"))
-        except redis.AuthenticationError as exc:
-            lines.append(f"redis {shown}{used}: authentication failed: {exc}")
+            orphans = find(client, prefix, topics)
+            client.close()
+        except Exception:  # noqa: BLE001 - reported above as unreachable; nothing to add
             continue
-        except (redis.RedisError, OSError, SsjobsError) as exc:
-            lines.append(f"redis {shown}{used}: unreachable: {exc}")
-            continue
-        client.close()
-        numbers = tuple(int(p) if p.isdigit() else 0 for p in version.split(".")[:2])
-        if numbers < MIN_REDIS_VERSION:
-            lines.append(f"redis {shown}{used}: version {version} is too old "
-                         f"(ssjobs needs {'.'.join(map(str, MIN_REDIS_VERSION))} or newer)")
-        else:
-            say(f"redis ok: {shown} (version {version}){used}")
-    return lines
+        for topic, backlog in orphans.items():
+            fail(f"warning: orphan topic {topic!r} on redis {redact_url(url)}: "
+                 f"{plural(backlog, 'job')} in {prefix}:{{{topic}}}:ready, but no topic of "
+                 f"this config is called so and no worker serves it (a typo in a push?)")
+            found[topic] = backlog
+    return found
 
 
 def check_notifier(cfg: Config) -> str | None:
@@ -214,12 +247,3 @@ def check_notifier(cfg: Config) -> str | None:
         return f"notifier {cfg.notifier.kind}: test message failed: {error}"
     say(f"notifier ok: test message sent via {cfg.notifier.kind}")
     return None
-
-
-def _server_version(info: dict) -> str:
-    """redis_version from INFO; a cluster client answers per node: the oldest counts."""
-    if "redis_version" in info:
-        return str(info["redis_version"])
-    versions = [str(v.get("redis_version", "0")) for v in info.values() if isinstance(v, dict)]
-    return min(versions, key=lambda v: tuple(int(p) for p in v.split(".") if p.isdigit()),
-               default="0")

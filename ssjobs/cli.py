@@ -1,10 +1,11 @@
-"""The ``ssjobs`` command line (SPEC §4): click commands only; what they do lives in
+"""The ``ssjobs`` command line: click commands only; what they do lives in
 ``ssjobs.control`` and ``ssjobs.status``.
 
 Adding a command (``push``, ``dead``, ``top`` ...): decorate it with ``@cli.command(...)`` or
 build it elsewhere and ``cli.add_command(cmd)``; give it ``@config_option`` and get the file
 with ``config_path(ctx, config)``; return the exit status. Errors: raise a ``SsjobsError``
-(printed as one line by :func:`main`, exit 1) or print with ``control.fail`` and return 1.
+(printed as one line by :func:`main`, exit 1; a ``ConfigError`` exits 2, as a usage error
+does) or print with ``control.fail`` and return 1.
 """
 from __future__ import annotations
 
@@ -22,7 +23,7 @@ from .errors import ConfigError, SsjobsError
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 CONFIG_HELP = f"Config file [default: ${CONFIG_ENV}, else ./{DEFAULT_CONFIG_NAME}]."
-EXIT_USAGE = 2      # click's convention for a bad command line
+EXIT_USAGE = 2      # click's convention for a bad command line; also an invalid config
 EXIT_INTERRUPTED = 130
 
 
@@ -58,7 +59,7 @@ def config_path(ctx: click.Context, value: str | None) -> Path:
 
 
 @click.group(cls=OrderedGroup, context_settings=CONTEXT, invoke_without_command=True,
-             epilog="Exit status: 0 ok; 1 failed; 2 invalid config or usage (check); "
+             epilog="Exit status (every command): 0 ok; 1 failed; 2 invalid config or usage; "
                     "3 not running (status).")
 @click.option("-c", "--config", "config", metavar="PATH", default=None, help=CONFIG_HELP)
 @click.option("--version", is_flag=True, expose_value=False, is_eager=True,
@@ -94,16 +95,23 @@ def help_cmd(ctx: click.Context, command: str | None) -> int:
 
 @cli.command(short_help="Check the config and start the master (daemon unless --foreground).")
 @click.option("--foreground", is_flag=True,
-              help="Stay attached (systemd, docker, supervisord); logs still go to log.dir.")
+              help="Stay attached (systemd Type=notify, docker, supervisord); logs go to "
+                   'log.dir, or to stderr when log.dir is unset or "-".')
+@click.option("--wait", type=click.FloatRange(min=0), default=None, metavar="S",
+              help="Wait up to S seconds for an unreachable Redis, then give up (default: "
+                   "start at once, the workers wait for Redis).")
 @click.option("--ready-fd", type=int, default=None, hidden=True)
 @config_option
 @click.pass_context
-def start(ctx: click.Context, foreground: bool, ready_fd: int | None, config: str | None) -> int:
+def start(ctx: click.Context, foreground: bool, wait: float | None, ready_fd: int | None,
+          config: str | None) -> int:
     """Check the config, then start the master. It daemonizes and returns once the master
-    reports ready; exit 1 if it failed or is already running (the running pid is printed)."""
+    reports ready; exit 1 if it failed or is already running (the running pid is printed),
+    or at once on a wrong Redis password; 2 for an invalid config."""
     from . import control
 
-    return control.start(config_path(ctx, config), foreground=foreground, ready_fd=ready_fd)
+    return control.start(config_path(ctx, config), foreground=foreground, ready_fd=ready_fd,
+                         wait=wait)
 
 
 @cli.command(short_help="Graceful stop: in-flight jobs finish; SIGKILL after --timeout.")
@@ -155,7 +163,7 @@ def reload(ctx: click.Context, config: str | None) -> int:
 
 
 @cli.command(short_help="Master, topics and workers; exit 3 when not running.")
-@click.option("--json", "as_json", is_flag=True, help="One JSON object (SPEC §5).")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object (docs/deploy.md).")
 @click.option("--watch", is_flag=True, help="Refresh every second until Ctrl-C.")
 @config_option
 @click.pass_context
@@ -225,7 +233,8 @@ def dead_list(ctx: click.Context, topic: str, limit: int, as_json: bool,
 @config_option
 @click.pass_context
 def dead_show(ctx: click.Context, topic: str, job_id: str, config: str | None) -> int:
-    """Show the dead job ID of TOPIC (a unique prefix of the id will do); exit 1 if unknown."""
+    """Show the dead job ID of TOPIC (any part of the id that only one dead job has will do:
+    the short ids of `dead list`); exit 1 if unknown or ambiguous."""
     from .console import dead as dead_mod
 
     return dead_mod.show(config_path(ctx, config), topic, job_id)
@@ -299,7 +308,7 @@ def run(argv: list[str] | None = None) -> int:
 
         for line in config_error_lines(exc):
             _error(line)
-        return 1
+        return EXIT_USAGE
     except SsjobsError as exc:
         _error(str(exc))
         return 1

@@ -31,10 +31,30 @@ from .tomllines import key_lines, line_of
 
 CONFIG_ENV = "SSJOBS_CONFIG"
 DEFAULT_CONFIG_NAME = "ssjobs.toml"
-NOTIFIER_KINDS = ("dingtalk", "webhook", "slack", "feishu", "wecom")
 MAX_TOPIC_BYTES = 64  # the topic is part of every Redis key name of its queue
 MAX_PAYLOAD_LIMIT = 512 * 1024 * 1024  # Redis' own limit on one string (proto-max-bulk-len)
+STDERR = "-"  # log.dir that means "log to stderr" (foreground runs: docker, journald)
 _HINT = "pass -c PATH or set SSJOBS_CONFIG; start from config_example.toml"
+
+
+class ChannelParams(NamedTuple):
+    """The ``[notifier.params]`` of one built-in channel: exactly one of ``need``, any of
+    ``keys``; every value a string except ``headers`` (a table of strings)."""
+
+    need: tuple[str, ...]
+    keys: tuple[str, ...]
+
+
+# The one list of what each built-in notifier takes (ssjobs/notify/*.py take these keyword
+# arguments; a test checks that the two agree). A "module:Class" takes what its class takes.
+NOTIFIER_PARAMS = {
+    "dingtalk": ChannelParams(("token", "url"), ("token", "url", "secret", "prefix")),
+    "webhook": ChannelParams(("url",), ("url", "headers", "prefix")),
+    "slack": ChannelParams(("url",), ("url", "prefix")),
+    "feishu": ChannelParams(("url",), ("url", "secret", "prefix")),
+    "wecom": ChannelParams(("key", "url"), ("key", "url", "prefix")),
+}
+NOTIFIER_KINDS = tuple(NOTIFIER_PARAMS)
 
 
 # -- rules: a hint for the docs, and a test giving an error message (None when fine) --------
@@ -135,6 +155,15 @@ def is_loopback(host: str) -> bool:
         return False
 
 
+def http_url_problem(v: Any) -> str | None:
+    """Why ``v`` is not an http(s) URL with a host (None when it is). The message shows only
+    scheme and host: a webhook's path or query carries its secret token."""
+    parts = urlsplit(str(v))
+    if parts.scheme in ("http", "https") and parts.netloc:
+        return None
+    return f"must be an http:// or https:// URL, got {_show(f'{parts.scheme}://{parts.netloc}')}"
+
+
 def _listen(v: str) -> str | None:
     host, _, port = v.rpartition(":")
     if not re.fullmatch(r"[^\s\[\]:]+|\[[0-9A-Fa-f:.]+\]", host):
@@ -151,11 +180,15 @@ _USER = r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,31}"
 
 
 def setting(default: Any = MISSING, doc: str = "", *, rule: Rule | Callable | None = None,
-            key: str | None = None, example: Any = _NOTHING) -> Any:
+            key: str | None = None, example: Any = _NOTHING,
+            convert: Callable[[Any, Path], Any] | None = None,
+            commented: bool | None = None) -> Any:
     """Declare one key: TOML ``key`` (default: the field name), ``rule``, one-line ``doc``, and
-    the ``example`` value for config_example.toml. No default means the key is required."""
+    the ``example`` value for config_example.toml. No default means the key is required.
+    ``convert`` replaces the converter the annotation picks; ``commented`` says whether the
+    example shows the key commented out (default: when its default is None)."""
     meta = {"doc": doc, "rule": Rule("", rule) if callable(rule) else rule, "key": key,
-            "example": example}
+            "example": example, "convert": convert, "commented": commented}
     if isinstance(default, dict):
         return field(default_factory=lambda: MappingProxyType(dict(default)), metadata=meta)
     return field(default=default, metadata=meta)
@@ -175,11 +208,19 @@ class ProcessConfig:
                                   rule=between(0))
     heartbeat_ttl: float = setting(30.0, "seconds; a host whose master heartbeat is older is dead "
                                    "and its jobs are requeued", rule=between(1))
+    workdir: Path | None = setting(None, "the master's and workers' working directory "
+                                   "(default: this file's directory)", example="./")
+
+
+def _to_log_dir(v: Any, base: Path) -> Path | None:
+    return None if v == STDERR else _to_path(v, base)
 
 
 @dataclass(frozen=True)
 class LogConfig:
-    dir: Path = setting(doc="where ssjobs.log is written", example="./data/logs")
+    dir: Path | None = setting(None, f'where ssjobs.log is written; "{STDERR}" or unset: stderr '
+                               "(start --foreground only)", convert=_to_log_dir,
+                               example="./data/logs", commented=False)
     level: str = setting("info", "log level", rule=one_of("debug", "info", "warning", "error"))
     format: str = setting("text", "json: one JSON object per line", rule=one_of("text", "json"))
     rotate: str = setting("", '"" (leave it to logrotate + USR1), "daily", or a size like "100MB"',
@@ -213,7 +254,8 @@ class NotifierConfig:
     repeat_interval: float = setting(600.0, "seconds before the same alert is sent again",
                                      rule=between(0))
     params: Mapping[str, Any] = setting(
-        {}, "dingtalk: token (or url), secret; others: url (+ secret for feishu); all: prefix",
+        {}, "the channel's settings: dingtalk token or url, wecom key or url, the others url "
+        "(all of them: docs/consumers.md)",
         example={"token": "xxxx", "secret": "", "prefix": "[prod]"})
 
 
@@ -266,6 +308,8 @@ class JobConfig:
     max_payload_bytes: int = setting(
         1024 * 1024, "a fetched envelope larger than this is dead-lettered as too_large",
         rule=between(1024, MAX_PAYLOAD_LIMIT))
+    concurrency_per_worker: int = setting(1, "async def consumers: jobs of a batch one worker "
+                                          "runs at once on its event loop", rule=between(1, 1000))
     redis: RedisConfig | None = None  # [jobs.redis]: this topic on another Redis
 
 
@@ -288,6 +332,11 @@ class Config:
 
     def redis_for(self, job: JobConfig) -> RedisConfig:
         return job.redis or self.redis
+
+    @property
+    def workdir(self) -> Path:
+        """``process.workdir``, else the config file's directory."""
+        return self.process.workdir or self.path.parent
 
 
 class Section(NamedTuple):
@@ -360,7 +409,7 @@ def _to_paths(v: Any, base: Path) -> tuple[Path, ...]:
 _KINDS: dict[str, Callable[[Any, Path], Any]] = {
     "str": _to(str, "a string"), "str | None": _to(str, "a string"),
     "int": _to(int, "an integer"), "float": _to_float, "bool": _to(bool, "true or false"),
-    "Path": _to_path, "tuple[Path, ...]": _to_paths,
+    "Path": _to_path, "Path | None": _to_path, "tuple[Path, ...]": _to_paths,
     "Mapping[str, Any]": lambda v, base: MappingProxyType(dict(_to(dict, "a table")(v, base))),
 }
 
@@ -373,14 +422,18 @@ class Spec(NamedTuple):
     rule: Rule | None
     doc: str
     example: Any
+    commented: bool  # shown commented out in config_example.toml
 
 
 @cache
 def specs(cls: type) -> tuple[Spec, ...]:
     """The declared settings of one section's dataclass, in declaration order."""
-    return tuple(Spec(f.name, f.metadata["key"] or f.name, _KINDS[str(f.type)],
+    return tuple(Spec(f.name, f.metadata["key"] or f.name,
+                      f.metadata["convert"] or _KINDS[str(f.type)],
                       {} if f.default_factory is not MISSING else f.default, f.metadata["rule"],
-                      f.metadata["doc"], f.metadata["example"])
+                      f.metadata["doc"], f.metadata["example"],
+                      f.default is None if f.metadata["commented"] is None
+                      else f.metadata["commented"])
                  for f in fields(cls) if "doc" in f.metadata)
 
 
@@ -462,7 +515,33 @@ def _build(doc: dict, ctx: _Ctx, file: Path) -> Config | None:
             parts[name] = _table(section.cls, doc.get(name, {}), name, ctx)
         else:
             parts[name] = None
+    if parts["notifier"] is not None:
+        _notifier_params(parts["notifier"], ctx)
     return None if ctx.errors else Config(path=file, **parts)
+
+
+def _notifier_params(notifier: NotifierConfig, ctx: _Ctx) -> None:
+    """The params a built-in channel needs, checked now: not when the first alert fails."""
+    channel = NOTIFIER_PARAMS.get(notifier.kind)
+    if channel is None:  # "module:Class": its constructor decides (check imports it)
+        return
+    path, params, kind = "notifier.params", dict(notifier.params), _show(notifier.kind)
+    _unknown(params, list(channel.keys), path, ctx)
+    for key, value in params.items():
+        if key == "headers" and key in channel.keys:
+            if not isinstance(value, dict) or not all(isinstance(v, str) for v in value.values()):
+                ctx.error(f"{path}.{key}", f"must be a table of strings, got {_describe(value)}")
+        elif key in channel.keys and not isinstance(value, str):
+            ctx.error(f"{path}.{key}", f"must be a string, got {_describe(value)}")
+    given = [k for k in channel.need if isinstance(params.get(k), str) and params[k]]
+    if not given and len(channel.need) == 1:
+        ctx.error(f"{path}.{channel.need[0]}", f"required for class {kind}")
+    elif not given:
+        ctx.error(path, f"class {kind} needs {' or '.join(channel.need)} (one of them)")
+    elif len(given) > 1:
+        ctx.error(path, f"class {kind} takes {' or '.join(given)}, not both")
+    if "url" in given and (problem := http_url_problem(params["url"])):
+        ctx.error(f"{path}.url", problem)
 
 
 def _read(file: Path) -> tuple[dict, str]:
@@ -584,7 +663,7 @@ def _render_table(cls: type, header: str, doc: str, commented: bool,
             subtables += [_line(f"{k} = {_toml(v)}", "", commented) for k, v in value.items()]
         else:
             out.append(_line(f"{spec.key} = {_toml(value)}", _key_doc(spec, value),
-                             commented or spec.default is None))
+                             commented or spec.commented))
     return out + subtables + [""]
 
 

@@ -1,6 +1,7 @@
 """What the console does to a master: start (daemon or foreground), stop, restart, revive,
 reload, status and check. Each command is one function that prints its own messages and
-returns the exit status (SPEC §4); ``ssjobs.cli`` only parses arguments and calls these.
+returns the exit status (``EXIT_*`` below); ``ssjobs.cli`` only parses arguments and calls
+these.
 
 User mistakes are reported as one line on stderr (``ssjobs: ...``, maybe a ``hint:`` line);
 a :class:`~ssjobs.errors.SsjobsError` that escapes is printed the same way by ``cli.main``.
@@ -31,12 +32,15 @@ from .runtime import (
     send_signal,
 )
 from .syspath import ISOLATED_FLAGS
+from .text import plural
 
-# Exit statuses (SPEC §4).
+# Exit statuses, the same for every command.
 EXIT_OK = 0
 EXIT_FAILED = 1          # failed, refused, or already running
-EXIT_INVALID = 2         # `check`: the config, a consumer or Redis is not usable
+EXIT_INVALID = 2         # the config (or the command line) is invalid; `check`: a consumer
+                         # or Redis is not usable either
 EXIT_NOT_RUNNING = 3     # `status`: no master runs on this data_dir
+REDIS_RETRY_S = 0.5      # `start --wait`: how often an unreachable Redis is tried again
 
 READY_TIMEOUT_S = 60.0          # a master reports ready once its first workers are up
                                 # (plus stop_timeout: it may wait for a predecessor's workers)
@@ -84,14 +88,21 @@ def _load(cfg_path: str | os.PathLike) -> Config | None:
 
 # -- start -----------------------------------------------------------------------------------
 
-def start(cfg_path: str | os.PathLike, *, foreground: bool, ready_fd: int | None = None) -> int:
+def start(cfg_path: str | os.PathLike, *, foreground: bool, ready_fd: int | None = None,
+          wait: float | None = None) -> int:
     """Start the master: in this process (``foreground``), else as a detached daemon; the
-    command returns once the daemon reports ready. ``ready_fd``: the daemon's report pipe."""
+    command returns once the daemon reports ready. ``ready_fd``: the daemon's report pipe
+    (then the command that spawned it has checked Redis already). ``wait``: seconds to wait
+    for an unreachable Redis before giving up (default: start and let the workers wait)."""
     ready = ReadyPipe.writer(ready_fd)  # a spawned daemon tells `start` why it gives up
     cfg = _load(cfg_path)
     if cfg is None:
         ready.report(False, "invalid config")
-        return EXIT_FAILED
+        return EXIT_INVALID
+    if cfg.log.dir is None and not foreground:
+        fail('log.dir is unset or "-" (stderr), and a daemon has no stderr to log to',
+             hint="set [log] dir, or run `ssjobs start --foreground` (systemd, docker)")
+        return EXIT_INVALID
     files = RuntimeFiles(cfg.process.data_dir)
     try:
         # Before anything is opened as root: no link, nothing another user could change.
@@ -105,11 +116,51 @@ def start(cfg_path: str | os.PathLike, *, foreground: bool, ready_fd: int | None
         ready.report(False, f"already running (pid {pid})")
         print(f"ssjobs already running (pid {pid})", file=sys.stderr, flush=True)
         return EXIT_FAILED
+    if ready_fd is None and not redis_usable(cfg, wait):
+        return EXIT_FAILED
     if foreground:
         from . import master  # the master and its worker-only dependencies, only here
 
         return master.serve(cfg, ready_fd=ready_fd)
     return _spawn_daemon(cfg)
+
+
+def redis_usable(cfg: Config, wait: float | None) -> bool:
+    """Before starting: False (said why) on a wrong password or missing permission, or on
+    a Redis still unreachable after ``wait`` seconds; without ``wait`` an unreachable Redis
+    is a warning and the master starts (its workers wait for Redis)."""
+    from .redact import redact_url
+    from .redisprobe import probe
+
+    urls = list(dict.fromkeys(cfg.redis_for(job).url for job in cfg.jobs))
+    deadline = time.monotonic() + (wait or 0.0)
+    warned = False
+    while True:
+        found = {url: probe(url) for url in urls}
+        permanent = [(u, p) for u, p in found.items() if p.permanent]
+        for url, p in permanent:
+            fail(f"redis {redact_url(url)}: {p.error.rstrip('.')}; not started",
+                 hint="check the password (or ACL user) in redis.url")
+        if permanent:
+            return False
+        down = [(u, p) for u, p in found.items() if not p.ok]
+        if not down:
+            if warned:
+                say("redis is reachable now")
+            return True
+        url, p = down[0]
+        why = f"warning: redis {redact_url(url)}: {p.error.rstrip('.')}"
+        if wait is None:
+            fail(f"{why}; starting anyway, the workers wait for it (`ssjobs status` shows "
+                 "redis: down; `start --wait S` waits instead)")
+            return True
+        if not warned:
+            fail(f"{why}; waiting up to {wait:g}s")
+            warned = True
+        if time.monotonic() >= deadline:
+            fail(f"redis {redact_url(url)} still unreachable after {wait:g}s: not started")
+            return False
+        time.sleep(REDIS_RETRY_S)
 
 
 def self_command(*args: str) -> list[str]:
@@ -142,6 +193,7 @@ def _spawn_daemon(cfg: Config) -> int:
     stderr appended to log.dir/ssjobs.stderr for what escapes the log: a crash before the
     log is set up, a fatal error) and wait for its ready line. No double fork: a PyInstaller
     one-file binary would lose its unpacked files when the intermediate process exits."""
+    assert cfg.log.dir is not None  # start() refuses a daemon without a log.dir
     out_path = Path(cfg.log.dir) / DAEMON_OUTPUT_NAME
     out_fd, out_size = _open_daemon_output(out_path)
     ready = ReadyPipe()
@@ -150,7 +202,7 @@ def _spawn_daemon(cfg: Config) -> int:
     try:
         proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                                 stderr=out_fd, start_new_session=True, env=daemon_environ(),
-                                pass_fds=[ready.write_fd], close_fds=True)
+                                pass_fds=[ready.write_fd], close_fds=True, cwd=cfg.workdir)
     except OSError as exc:
         os.close(ready.read_fd)
         os.close(ready.write_fd)
@@ -169,7 +221,9 @@ def _spawn_daemon(cfg: Config) -> int:
         except subprocess.TimeoutExpired:
             message += f" (pid {proc.pid} is still running: see `ssjobs status`)"
     if ok:
-        say(f"ssjobs started (pid {message.strip() or proc.pid})")
+        pid, _, note = message.strip().partition(" ")
+        say(f"ssjobs started (pid {pid or proc.pid})" + (
+            "; waiting for redis: the workers start once it is reachable" if note else ""))
         return EXIT_OK
     said = _last_line(out_path, out_size)
     fail(f"failed to start: {message}" + (f": {said}" if said and said not in message else ""),
@@ -283,7 +337,7 @@ def restart(cfg_path: str | os.PathLike, *, stop_timeout: float | None = None) -
     """Stop (if running) then start; an invalid config is refused before anything stops."""
     cfg = _load(cfg_path)
     if cfg is None:
-        return EXIT_FAILED
+        return EXIT_INVALID
     timeout = cfg.process.stop_timeout + STOP_MARGIN_S if stop_timeout is None else stop_timeout
     if stop(cfg.process.data_dir, timeout) != EXIT_OK:
         return EXIT_FAILED
@@ -298,20 +352,41 @@ def revive(cfg_path: str | os.PathLike) -> int:
 
 
 def reload(cfg_path: str | os.PathLike) -> int:
-    """Validate the config, then SIGHUP the master; a bad config is refused, nothing sent."""
+    """Validate the config, SIGHUP the master and wait for the outcome: the master first
+    tries one new worker per topic (ssjobs.reloading); a topic whose new worker cannot
+    start keeps its running workers and is reported here (exit 1)."""
+    from .reloading import wait_result
+
     try:
         cfg = load_config(cfg_path)
     except ConfigError as exc:
         report_config_error(exc)
         fail("config refused: the running master keeps its current config")
-        return EXIT_FAILED
+        return EXIT_INVALID
     pid = RuntimeFiles(cfg.process.data_dir).running_pid()
     if pid is None:
-        fail("ssjobs is not running", hint="start it with `ssjobs start`")
+        fail("not running", hint="start it with `ssjobs start`")
         return EXIT_FAILED
+    since = time.time()
     _signal(pid, signal.SIGHUP)
-    say(f"ssjobs reloading (pid {pid})")
-    return EXIT_OK
+    say(f"ssjobs reloading (pid {pid}): trying one new worker per topic first")
+    outcome = wait_result(cfg.process.data_dir, since, pid)
+    if outcome is None:
+        fail("the master did not report how the reload went", hint="see the log and "
+             "`ssjobs status` (a master older than this ssjobs does not report)")
+        return EXIT_FAILED
+    if outcome.get("error"):
+        fail(f"reload refused: {outcome['error']}")
+        return EXIT_FAILED
+    refused = outcome.get("refused") or {}
+    for topic, why in refused.items():
+        fail(f"reload refused for topic {topic!r}: {why}; its running workers keep the old "
+             "code and settings")
+    topics, replaced = outcome.get("topics", 0), outcome.get("replaced", 0)
+    say(f"ssjobs reloaded (pid {pid}): {plural(topics, 'topic')}, replacing "
+        f"{plural(replaced, 'worker')} one by one"
+        + (f", {plural(len(refused), 'topic')} refused" if refused else ""))
+    return EXIT_FAILED if refused else EXIT_OK
 
 
 # -- status ----------------------------------------------------------------------------------

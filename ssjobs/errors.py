@@ -48,6 +48,11 @@ class ControlError(SsjobsError):
     """Raised when the console cannot act on a master (not running, no permission, timeout)."""
 
 
+class ExtensionUnavailable(SsjobsError):
+    """Raised when a master extension (metrics, notifier) cannot start; the master runs on
+    without it."""
+
+
 class NotifyError(SsjobsError):
     """Raised when a notifier fails to deliver a message (only to `check --notify`)."""
 

@@ -66,11 +66,35 @@ def load_consumer(spec: str) -> Consumer:
         except Exception as exc:
             raise ConsumerImportError(f"consumer {spec!r}: {target.__name__}() raised "
                                       f"{exc.__class__.__name__}: {exc}") from exc
-        return Consumer(spec, instance.consume, getattr(instance, "setup", None),
-                        getattr(instance, "teardown", None))
+        setup, teardown = getattr(instance, "setup", None), getattr(instance, "teardown", None)
+        _check_call(spec, instance.consume, f"{target.__name__}.consume", 1)
+        for hook, name in ((setup, "setup"), (teardown, "teardown")):
+            if hook is not None:
+                _check_call(spec, hook, f"{target.__name__}.{name}", 0)
+        return Consumer(spec, instance.consume, setup, teardown)
     if not callable(target):
         raise ConsumerImportError(f"consumer {spec!r}: {type(target).__name__} is not callable")
+    _check_call(spec, target, getattr(target, "__name__", attr_of(spec)), 1)
     return Consumer(spec, target)
+
+
+def attr_of(spec: str) -> str:
+    return spec.partition(":")[2]
+
+
+def _check_call(spec: str, func: Callable[..., Any], name: str, args: int) -> None:
+    """Refuse, at import, a consumer that cannot be called as ssjobs calls it (with the
+    job; hooks with nothing): else every job would fail with the same TypeError."""
+    try:
+        signature = inspect.signature(func)
+    except (TypeError, ValueError):  # a builtin or C function: no signature to read
+        return
+    try:
+        signature.bind(*([None] * args))
+    except TypeError:
+        takes = "one argument, the job" if args else "no arguments"
+        raise ConsumerImportError(f"consumer {spec!r}: {name}{signature} cannot be called "
+                                  f"with {takes}") from None
 
 
 def _import_hint(spec: str, exc: ImportError) -> str:

@@ -12,7 +12,6 @@ import json
 import logging
 import os
 import re
-import sys
 import threading
 import time
 from collections.abc import Callable
@@ -146,6 +145,20 @@ class SharedFileHandler(logging.Handler):
         super().close()
 
 
+class StderrHandler(logging.Handler):
+    """Writes each record to fd 2 with one ``os.write``: master and workers share that fd
+    (journald, ``docker logs``), and a traceback then never interleaves with another
+    process's line."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            data = (self.format(record) + "\n").encode("utf-8", "backslashreplace")
+            while data:
+                data = data[os.write(2, data):]
+        except Exception:  # noqa: BLE001 - a log call must never raise
+            self.handleError(record)
+
+
 class _SinkHandler(logging.Handler):
     """Hands every ERROR+ record, as a dict, to the registered sinks."""
 
@@ -223,9 +236,11 @@ def setup_logging(log_dir: Path | None, *, level: str = "info", fmt: str = "text
             raise UnsafePathError(f"cannot open the log file: {e}") from None
         except OSError as e:
             raise SsjobsError(f"cannot open the log file in {log_dir}: {e.strerror or e}") from e
-    handlers: list[logging.Handler] = [
-        file_handler or logging.StreamHandler(stream if stream is not None else sys.stderr),
-        *extra]
+    if file_handler is not None:
+        main: logging.Handler = file_handler
+    else:
+        main = logging.StreamHandler(stream) if stream is not None else StderrHandler()
+    handlers: list[logging.Handler] = [main, *extra]
     formatter = JsonFormatter() if fmt == "json" else TextFormatter()
     for handler in handlers:
         if handler.formatter is None:

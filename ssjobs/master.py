@@ -19,9 +19,10 @@ from typing import Any, Callable
 
 import redis
 
-from . import __version__, logs, scaling, worker
+from . import __version__, forkfds, logs, orphans, reloading, scaling, sdnotify, worker
 from .broker import CONNECTION_ERRORS, Broker, connect
-from .config import Config, ConfigError, JobConfig, load_config
+from .config import Config, JobConfig, RedisConfig
+from .errors import ControlError, SsjobsError
 from .loader import add_consumer_path
 from .notify import relay
 from .privileges import drop_privileges
@@ -36,6 +37,7 @@ from .runtime import (
     wait_pids_gone,
 )
 from .scoreboard import BUSY, IDLE, BatchPosition, Scoreboard
+from .text import plural
 
 log = logging.getLogger("ssjobs.master")
 
@@ -86,6 +88,8 @@ class Master:
     def __init__(self, cfg: Config, ready_fd: int | None = None) -> None:
         self.cfg = cfg
         self.files = RuntimeFiles(cfg.process.data_dir)
+        if ready_fd is not None:
+            forkfds.close_on_exec(ready_fd)  # handed to us inheritable; no worker may keep it
         self.ready = ReadyPipe.writer(ready_fd)
         self.pid = os.getpid()
         # one incarnation: the nonce tells this master from an earlier one with the same pid
@@ -104,9 +108,12 @@ class Master:
         self.recovery = Recovery(self.outage)
         self.heartbeat: Heartbeat = None  # type: ignore[assignment]  # set by _start
         self._wake_r = self._wake_w = -1
-        self._last_housekeeping = self._last_janitor = 0.0
+        self._last_housekeeping = self._last_janitor = self._last_watchdog = 0.0
         self.board: Scoreboard = None  # type: ignore[assignment]  # set by _start
         self.extensions: list = []
+        self.extension_state: dict[str, str] = {}  # name -> "on" or "off: why" (status)
+        self.reloader = reloading.Reloader(self)
+        self.orphan_watches: list[orphans.Watch] = []
 
     # -- start-up ------------------------------------------------------------------------
     def serve(self) -> int:
@@ -122,6 +129,11 @@ class Master:
         self.previous_node = self.files.swap_lock_owner(self.node)
         try:
             self._start()
+        except SsjobsError as exc:  # the environment said no (Redis password, workdir ...)
+            log.error("master failed to start: %s", exc)
+            self.ready.report(False, str(exc))
+            self._cleanup_files()
+            return 1
         except Exception as exc:
             log.exception("master failed to start")
             self.ready.report(False, str(exc))
@@ -135,9 +147,11 @@ class Master:
 
     def _start(self) -> None:
         cfg = self.cfg
+        sdnotify.claim()
         logs.setup_logging(cfg.log.dir, level=cfg.log.level, fmt=cfg.log.format, role="master",
                            rotate=cfg.log.rotate, keep=cfg.log.keep,
                            handler_class=cfg.log.handler_class, capture_root=True)
+        self._enter_workdir(cfg)
         logging.getLogger("redis").setLevel(logging.WARNING)  # its debug chatter is not ours
         previous = self.files.previous_scoreboard()  # what a SIGKILLed predecessor left
         for fixed in self.files.repair():
@@ -149,30 +163,71 @@ class Master:
         self.board = Scoreboard.create(self.files.scoreboard_path, self._slots_needed(cfg))
         for job in cfg.jobs:
             self.topics[job.topic] = TopicState(job, self._broker(job))
+        self.orphan_watches = orphans.watches(cfg, self.clients)
         self._install_signals()
+        redis_down = self._check_redis_at_start()
         self.heartbeat = Heartbeat(self.clients.values(), cfg.redis.prefix, self.node,
                                    cfg.process.heartbeat_ttl, self.master_info, self.outage)
         self.heartbeat.beat()
         if self.previous_node and self.previous_node != self.node:
             self._recover_previous_master(self.previous_node, previous)
-        log.info("master started (pid %d, %d topics, node %s)", self.pid, len(self.topics),
-                 self.node)
-        if cfg.notifier is not None and cfg.notifier.log_notify:
-            relay.prepare_channel()  # before the first fork: every worker inherits its end
+        log.info("master started (pid %d, %s, node %s)", self.pid,
+                 plural(len(self.topics), "topic"), self.node)
+        self._prepare_relay(cfg)
         self._manage_workers()
         self._start_extensions()  # before "ready": metrics and alerts are up when start returns
-        self._wait_ready()
+        self._wait_ready(wait_for_workers=redis_down is None)
+
+    @staticmethod
+    def _prepare_relay(cfg: Config) -> None:
+        """Open the workers' ERROR-line channel before forking any worker that will use it:
+        every worker inherits its end (ssjobs.notify.relay)."""
+        if cfg.notifier is not None and cfg.notifier.log_notify:
+            relay.prepare_channel()
+
+    # -- start-up: working directory, Redis (see docs/deploy.md) ------------------------
+    @staticmethod
+    def _enter_workdir(cfg: Config) -> None:
+        """Workers run in process.workdir (default: the config file's directory), not
+        wherever `start` was typed; relative paths in consumers resolve there."""
+        try:
+            os.chdir(cfg.workdir)
+        except OSError as exc:
+            raise ControlError(f"process.workdir {cfg.workdir}: {exc.strerror}") from None
+
+    def _check_redis_at_start(self) -> str | None:
+        """A wrong password or a missing permission fails the start at once; an
+        unreachable Redis is waited for (the workers reconnect): then it returns why."""
+        from .redact import redact_url
+        from .redisprobe import probe
+
+        urls = dict.fromkeys(self.cfg.redis_for(job).url for job in self.cfg.jobs)
+        down = None
+        for url in urls:
+            found = probe(url, timeout=2.0)
+            if found.permanent:
+                raise ControlError(f"redis {redact_url(url)}: {found.error}")
+            if not found.ok and down is None:
+                down = f"redis {redact_url(url)}: {found.error}"
+                log.warning("%s; the workers start once it is reachable", down)
+        return down
 
     # -- extensions: metrics, alerts ... (each optional, none may take the master down) ----
     def _start_extensions(self) -> None:
-        self.extensions = []
-        for factory in _extension_factories(self.cfg):
+        """Start each extension; one that cannot start is off, with one ERROR line (its
+        settings were checked with the config: what fails here is the environment, a busy
+        port, a user's notifier class) and status says so."""
+        self.extensions, self.extension_state = [], {}
+        for name, factory in _extension_factories(self.cfg):
             try:
                 ext = factory(self)
                 ext.start(self)
-                self.extensions.append(ext)
-            except Exception:
-                log.exception("could not start %s", getattr(factory, "__name__", factory))
+            except Exception as exc:  # noqa: BLE001 - an extension never takes the master down
+                log.error("%s off: %s", name, exc)
+                self.extension_state[name] = f"off: {exc}"
+                continue
+            self.extensions.append(ext)
+            self.extension_state[name] = "on"
 
     def _call_extensions(self, method: str, *args: object) -> None:
         for ext in list(self.extensions):
@@ -185,8 +240,8 @@ class Master:
         # Room for every worker twice over, so a reload can overlap old and new workers.
         return max(MIN_SLOTS, 2 * sum(j.static_workers + j.dynamic_workers for j in cfg.jobs))
 
-    def _broker(self, job: JobConfig) -> Broker:
-        rcfg = self.cfg.redis_for(job)
+    def _broker(self, job: JobConfig, rcfg: RedisConfig | None = None) -> Broker:
+        rcfg = rcfg or self.cfg.redis_for(job)
         client = self.clients.get(rcfg.url)
         if client is None:
             client = self.clients[rcfg.url] = connect(rcfg.url, socket_timeout=5.0)
@@ -200,9 +255,10 @@ class Master:
         for sig in HANDLED_SIGNALS:
             signal.signal(sig, lambda signum, _frame: self.signals.put_nowait(signum))
 
-    def _wait_ready(self) -> None:
-        """Report ready once every worker has imported its consumer (or the wait timed out)."""
-        deadline = time.monotonic() + READY_TIMEOUT_S
+    def _wait_ready(self, wait_for_workers: bool = True) -> None:
+        """Report ready once every worker has imported its consumer (or the wait timed out;
+        at once while Redis is down: workers need it to get ready)."""
+        deadline = time.monotonic() + (READY_TIMEOUT_S if wait_for_workers else 0.0)
         while time.monotonic() < deadline and not self.stopping:
             self._reap_workers()
             failed = [t for t, ts in self.topics.items() if ts.startup_failures]
@@ -216,7 +272,9 @@ class Master:
             self._wait(0.05)
             self.heartbeat.beat_if_due()
         self._write_snapshot()
-        self.ready.report(True, str(self.pid))
+        self.ready.report(True, str(self.pid) if wait_for_workers else
+                          f"{self.pid} waiting for redis")
+        sdnotify.notify(f"READY=1\nMAINPID={self.pid}")
 
     def _recover_previous_master(self, old_node: str, board: Scoreboard | None) -> None:
         """A SIGKILLed master's workers finish their job and exit; then requeue what they
@@ -246,9 +304,19 @@ class Master:
             self._wait(LOOP_WAIT_S)
             self._handle_signals()
             self._reap_workers()
+            self.reloader.advance()
             self._murder_workers()
             self._manage_workers()
             self._housekeeping()
+            self._ping_watchdog()
+
+    def _ping_watchdog(self) -> None:
+        """systemd WatchdogSec: a loop that stops turning stops these pings."""
+        every = sdnotify.watchdog_interval()
+        mono = time.monotonic()
+        if every is not None and mono - self._last_watchdog >= every:
+            self._last_watchdog = mono
+            sdnotify.notify("WATCHDOG=1")
 
     def _wait(self, timeout: float) -> None:
         try:
@@ -271,7 +339,7 @@ class Master:
                 log.info("received %s: stopping gracefully", signal.Signals(signum).name)
                 self.stopping = True
             elif signum == signal.SIGHUP:
-                self._reload()
+                self.reloader.begin()
             elif signum == signal.SIGUSR1:
                 logs.reopen_logs()
                 self._signal_all(signal.SIGUSR1)
@@ -291,6 +359,7 @@ class Master:
         slot = self.board.slot(proc.slot)
         info = slot.read()
         position = slot.batch()
+        self._call_extensions("worker_exited", proc.slot, info)  # its final counts, read once
         slot.release()
         lifetime = time.monotonic() - proc.started
         code = os.waitstatus_to_exitcode(status)
@@ -305,6 +374,8 @@ class Master:
                 reason, f"; job {charged} charged one attempt" if charged else "")
         self.recovery.worker_died(proc.broker, proc.name, position, proc.job.max_retries,
                                   f"{proc.topic} #{proc.index} (pid {proc.pid})")
+        if self.reloader.canary_exited(proc.pid, code, reason):
+            return  # a reload's canary: it refuses that reload, it is no crash of the topic
         ts = self.topics.get(proc.topic)
         if ts is None or self.stopping:
             return
@@ -383,23 +454,29 @@ class Master:
             self._terminate(proc)
             return
 
-    def _spawn(self, ts: TopicState, kind: int, index: int) -> None:
+    def _spawn(self, ts: TopicState, kind: int, index: int, *, job: JobConfig | None = None,
+               rcfg: RedisConfig | None = None, errors_fd: int = -1) -> int | None:
+        """Fork a worker of ``ts`` (with ``job``/``rcfg``: a reload's canary, under the new
+        config, sending its ERROR lines to ``errors_fd``); its pid, None without a slot."""
         slot_index = self._free_slot()
         if slot_index is None:
             log.error("scoreboard full: cannot start another worker for %r", ts.job.topic)
-            return
-        job = ts.job
+            return None
+        broker = ts.broker if job is None else self._broker(job, rcfg)
+        job = job or ts.job
         slot = self.board.slot(slot_index)
         self.serial += 1
         slot.claim(0, job.topic, kind, index, time.time(), self.serial)
         ident = worker.WorkerIdentity(self.node, kind, index, self.pid, self.serial)
         title = f"{self.cfg.process.name}: worker {job.topic} #{index}"
-        rcfg = self.cfg.redis_for(job)
+        rcfg = rcfg or self.cfg.redis_for(job)
         blocked = signal.pthread_sigmask(signal.SIG_BLOCK, HANDLED_SIGNALS)
         pid = os.fork()
         if pid == 0:
             code = 70
             try:
+                if errors_fd >= 0:
+                    reloading.forward_errors(errors_fd)
                 code = worker.run_forked(job, rcfg.url, rcfg.prefix, slot, ident, title,
                                          close_fds=self._inherited_fds())
             except BaseException:
@@ -410,15 +487,24 @@ class Master:
         signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
         slot.set_pid(pid)
         self.workers[pid] = WorkerProc(pid, job.topic, kind, index, slot_index,
-                                       f"{self.node}/{pid}-{self.serial}", ts.broker, job,
+                                       f"{self.node}/{pid}-{self.serial}", broker, job,
                                        generation=self.generation)
         log.debug("spawned %s worker %s #%d (pid %d)", ("static", "dynamic")[kind], job.topic,
                   index, pid)
+        return pid
 
     def _inherited_fds(self) -> tuple[int, ...]:
+        """What the forked worker closes at once: every fd that is the master's own (see
+        ssjobs.forkfds); the log file and the scoreboard stay, the worker uses them."""
+        from .status import cached_clients
+
         fds = [self._wake_r, self._wake_w, self.ready.write_fd]
         if self.files.lock_fd is not None:
             fds.append(self.files.lock_fd)
+        fds += forkfds.redis_fds([*self.clients.values(), *cached_clients()])
+        fds += self.reloader.fds()
+        for ext in self.extensions:
+            fds += ext.fds()
         return tuple(fd for fd in fds if fd >= 0)
 
     def _free_slot(self) -> int | None:
@@ -439,6 +525,8 @@ class Master:
         self.heartbeat.beat()
         try:
             self._redis_housekeeping(now)
+            for watch in self.orphan_watches:
+                watch.step()  # one SCAN call: ready lists of topics nobody serves
             if mono - self._last_janitor >= JANITOR_EVERY_S:
                 self._last_janitor = mono
                 self.recovery.dead_hosts(self.clients.values(), list(self.topics.values()),
@@ -474,49 +562,23 @@ class Master:
 
     def master_info(self) -> dict:
         return {"pid": self.pid, "started_at": self.started_at, "node": self.node,
-                "version": __version__, "restarts": dict(self.restarts)}
+                "version": __version__, "restarts": dict(self.restarts),
+                "extensions": dict(self.extension_state),
+                "orphan_topics": self.orphan_topics}
 
-    # -- reload and stop -----------------------------------------------------------------
-    def _reload(self) -> None:
-        try:
-            new = load_config(self.cfg.path)
-        except ConfigError as exc:
-            log.error("reload refused, keeping the running config: %s", exc)
-            return
-        if self._slots_needed(new) > self.board.nslots:
-            log.error("reload refused: it needs more worker slots than this master has (%d); "
-                      "restart instead", self.board.nslots)
-            return
-        self.cfg = new
-        self.generation += 1
-        add_consumer_path(new.process.consumer_path)
-        old_topics = self.topics
-        self.topics = {}
-        for job in new.jobs:
-            ts = old_topics.get(job.topic)
-            if ts is not None and self.cfg.redis_for(job).url in self.clients:
-                ts.job = job
-                ts.broker = self._broker(job)
-                ts.crashes = 0
-                self.topics[job.topic] = ts
-            else:
-                self.topics[job.topic] = TopicState(job, self._broker(job))
-        removed = [p for p in self.workers.values() if p.topic not in self.topics]
-        for proc in removed:
-            self._terminate(proc)
-        self.retire = [p.pid for p in self.workers.values()
-                       if p.topic in self.topics and p.term_sent_at is None]
-        log.info("reloaded config: %d topics, replacing %d workers one by one, stopping %d",
-                 len(self.topics), len(self.retire), len(removed))
-        self._call_extensions("stop")
-        self._start_extensions()
+    @property
+    def orphan_topics(self) -> dict[str, int]:
+        """Topics with jobs in ready that no config here declares and no worker serves."""
+        return orphans.merged(self.orphan_watches)
 
+    # -- reload and stop: reload is a canary, see ssjobs.reloading --------------------------
     def _signal_all(self, sig: int) -> None:
         for pid in list(self.workers):
             send_signal(pid, sig)
 
     def _shutdown(self) -> None:
         self.stopping = True
+        sdnotify.notify("STOPPING=1")
         for proc in self.workers.values():
             self._terminate(proc)
         deadline = time.monotonic() + self.cfg.process.stop_timeout
@@ -549,17 +611,21 @@ class Master:
 
 
 
-def _extension_factories(cfg: Config) -> list:
-    """Master extensions for this config. Each is built with the master and has
-    ``start(master)``, ``tick(master, now)`` (once a second, must not block) and
-    ``stop(master)``; reload stops them and starts them again."""
-    factories: list[Callable[[Master], Any]] = []
-    if cfg.metrics is not None:
-        from .metrics import MetricsExtension
-        factories.append(MetricsExtension)
+def _extension_factories(cfg: Config) -> list[tuple[str, Callable[[Master], Any]]]:
+    """(name, factory) of the master extensions for this config. Each is built with the
+    master and has ``start(master)``, ``tick(master, now)`` (once a second, must not block),
+    ``stop(master)``, ``fds()`` (its own fds, closed in forked workers),
+    ``worker_exited(master, slot, info)`` (a worker's last scoreboard slot, before it is
+    reused) and ``reloaded(master, refused)`` (after a reload started it again: the topics
+    whose new workers could not start, and why). The notifier starts first, so that an
+    ERROR the others log while starting reaches it."""
+    factories: list[tuple[str, Callable[[Master], Any]]] = []
     if cfg.notifier is not None:
         from .alerts import AlertsExtension
-        factories.append(AlertsExtension)
+        factories.append(("notifier", AlertsExtension))
+    if cfg.metrics is not None:
+        from .metrics import MetricsExtension
+        factories.append(("metrics", MetricsExtension))
     return factories
 
 

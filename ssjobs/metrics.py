@@ -23,7 +23,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from . import problems
+from . import forkfds
+from .errors import ExtensionUnavailable
 from .logs import OutageLogger
 from .scoreboard import HIST_BOUNDS_S, HIST_BUCKETS, KINDS, STARTED_AT, STATE, STATES
 
@@ -106,13 +107,16 @@ class _Seen:
 class JobTimes:
     """Per-topic job-time totals over the life of the master, from the scoreboard.
 
-    A slot keeps its counts after its worker exits (release only clears pid and state) until
-    the next worker claims and zeroes it; :meth:`update` then moves the last counts it saw
-    into ``retired``. Jobs a worker finished after the last update before its slot was reused
-    are lost: at most one tick's worth."""
+    A worker's counts live in its slot, which the next worker to claim it zeroes. The master
+    hands over the final counts of a worker that exited (:meth:`worker_exited`, read before
+    the slot is released and reused). :meth:`update` reads the live slots once a second; it
+    also retires a slot it finds released or reclaimed, for a master that did not hand it
+    over (then at most one tick's worth of jobs is lost). Each worker's counts are retired
+    exactly once: ``closed`` remembers the last retired worker of each slot."""
 
     retired: dict[str, tuple[list[int], float]] = field(default_factory=dict)
     seen: dict[int, _Seen] = field(default_factory=dict)
+    closed: dict[int, float] = field(default_factory=dict)  # slot -> its retired started_at
 
     def update(self, board: Any) -> None:
         """Read every slot that was ever claimed (``board``: a Scoreboard)."""
@@ -121,13 +125,24 @@ class JobTimes:
             info = slot.read() if slot._get(STARTED_AT) else None   # 0: never claimed
             prev = self.seen.get(index)
             if prev is not None and (info is None or info["started_at"] != prev.started_at):
-                self._retire(prev)
-                del self.seen[index]
-            if info is not None and info["topic"]:
-                self.seen[index] = _Seen(info["started_at"], info["topic"],
-                                         info["histogram"], info["busy_seconds"])
+                self._retire(index, prev)
+            if info is None or not info["topic"] or \
+                    self.closed.get(index) == info["started_at"]:
+                continue
+            if info["state"] == "free":   # released: these counts are its last
+                self._retire(index, _seen(info))
+            else:
+                self.seen[index] = _seen(info)
 
-    def _retire(self, prev: _Seen) -> None:
+    def worker_exited(self, index: int, info: dict) -> None:
+        """The last counts of the worker that had slot ``index`` (``Slot.read()``)."""
+        if info["topic"] and self.closed.get(index) != info["started_at"]:
+            self._retire(index, _seen(info))
+
+    def _retire(self, index: int, prev: _Seen) -> None:
+        if index in self.seen and self.seen[index].started_at == prev.started_at:
+            del self.seen[index]
+        self.closed[index] = prev.started_at
         hist, busy = self.retired.get(prev.topic, ([0] * HIST_BUCKETS, 0.0))
         self.retired[prev.topic] = (merge(list(hist), prev.histogram), busy + prev.busy_seconds)
 
@@ -138,6 +153,10 @@ class JobTimes:
             hist, busy = out.get(seen.topic, ([0] * HIST_BUCKETS, 0.0))
             out[seen.topic] = (merge(hist, seen.histogram), busy + seen.busy_seconds)
         return out
+
+
+def _seen(info: dict) -> _Seen:
+    return _Seen(info["started_at"], info["topic"], info["histogram"], info["busy_seconds"])
 
 
 # -- the master extension --------------------------------------------------------------------
@@ -185,12 +204,9 @@ class MetricsExtension:
             self.server = _make_server(self.host, self.port,
                                        bearer_guard(make_wsgi_app(registry), self.token))
         except OSError as exc:
-            message = f"metrics: cannot listen on {self.host}:{self.port}: " \
-                      f"{exc.strerror or exc} (metrics disabled)"
-            log.error("%s", message)
-            problems.report("metrics", message)
-            return
-        problems.clear("metrics")
+            self.stop(master)
+            raise ExtensionUnavailable(f"cannot listen on {self.host}:{self.port}: "
+                                       f"{exc.strerror or exc}") from None
         self._spawn(self.server.serve_forever, "ssjobs-metrics-http")
         self._spawn(self._refresh_loop, "ssjobs-metrics-redis")
         log.info("metrics served at http://%s:%d/metrics", self.host, self.port)
@@ -208,6 +224,18 @@ class MetricsExtension:
                 workers[key] = workers.get(key, 0) + 1
         self.view = MasterView(tuple(master.topics), master.started_at, workers,
                                dict(master.restarts), self.job_times.totals())
+
+    def fds(self) -> list[int]:
+        """The listening socket and the refresher's Redis connections (master-only)."""
+        clients = {id(b.client): b.client for _, b in self._brokers.values()}
+        return forkfds.socket_fds(getattr(self.server, "socket", None)) + \
+            forkfds.redis_fds(clients.values())
+
+    def worker_exited(self, master: Any, slot: int, info: dict) -> None:
+        self.job_times.worker_exited(slot, info)
+
+    def reloaded(self, master: Any, refused: dict[str, str]) -> None:
+        pass
 
     def stop(self, master: Any) -> None:
         self._stop.set()

@@ -52,19 +52,22 @@ def trusted_uids(user: str) -> set[int]:
     return {0, os.geteuid(), *([su.uid] if su else [])}
 
 
-def prepare_dirs(data_dir: Path, log_dir: Path, user: str) -> None:
+def prepare_dirs(data_dir: Path, log_dir: Path | None, user: str) -> None:
     """Create data_dir and log.dir when missing; UnsafePathError when either, or a file
-    ssjobs uses in them, could be changed by another user or is a link."""
+    ssjobs uses in them, could be changed by another user or is a link. No log.dir: the
+    log goes to stderr."""
     trusted = trusted_uids(user)
     for path, mode, what in ((data_dir, DATA_DIR_MODE, "data_dir"),
                              (log_dir, LOG_DIR_MODE, "log.dir")):
+        if path is None:
+            continue
         try:
             fsguard.make_dirs(path, mode)
         except OSError as exc:
             raise ControlError(f"cannot create {what} {path}: {exc.strerror}") from None
     check_dirs(data_dir, log_dir, trusted)
     su = service_user(user)
-    if su is not None:
+    if su is not None and log_dir is not None:
         _log_dir_is_own(log_dir, data_dir, su)  # refused now, before a master is started
 
 
@@ -83,13 +86,14 @@ def _log_dir_is_own(log_dir: Path, data_dir: Path, su: ServiceUser) -> bool:
         f"alone, e.g. {Path(log_dir) / 'ssjobs'}")
 
 
-def check_dirs(data_dir: Path, log_dir: Path, trusted: set[int]) -> None:
+def check_dirs(data_dir: Path, log_dir: Path | None, trusted: set[int]) -> None:
     # Everything in data_dir is ssjobs'; log.dir may be shared: only ssjobs' files count.
     fsguard.check_dir(data_dir, trusted, what="data_dir")
-    fsguard.check_dir(log_dir, trusted, what="log.dir", entries=is_log_file)
+    if log_dir is not None:
+        fsguard.check_dir(log_dir, trusted, what="log.dir", entries=is_log_file)
 
 
-def drop_privileges(user: str, data_dir: Path, log_dir: Path) -> None:
+def drop_privileges(user: str, data_dir: Path, log_dir: Path | None) -> None:
     """As root, become ``user`` after handing it data_dir and ssjobs' files in log.dir; a
     no-op without a user or when not root."""
     su = service_user(user)
@@ -98,11 +102,12 @@ def drop_privileges(user: str, data_dir: Path, log_dir: Path) -> None:
     check_dirs(data_dir, log_dir, trusted_uids(user))  # again: just before chown, as root
     for path in (data_dir, *(data_dir / name for name in os.listdir(data_dir))):
         fsguard.hand_over(path, su.uid, su.gid)
-    if _log_dir_is_own(log_dir, data_dir, su):
-        fsguard.hand_over(log_dir, su.uid, su.gid)
-    for name in os.listdir(log_dir):
-        if is_log_file(name):
-            fsguard.hand_over(Path(log_dir) / name, su.uid, su.gid)
+    if log_dir is not None:
+        if _log_dir_is_own(log_dir, data_dir, su):
+            fsguard.hand_over(log_dir, su.uid, su.gid)
+        for name in os.listdir(log_dir):
+            if is_log_file(name):
+                fsguard.hand_over(Path(log_dir) / name, su.uid, su.gid)
     _hand_over_bundle(su)
     become(su)
 

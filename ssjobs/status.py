@@ -1,5 +1,6 @@
-"""The status model (SPEC §5): workers from the shared-memory scoreboard, topic counters from
-Redis, the master from its pid/scoreboard header; rendered as tables for humans.
+"""The status model (``status --json``, docs/deploy.md): workers from the shared-memory
+scoreboard, topic counters from Redis, the master from its pid/scoreboard header; rendered
+as tables for humans.
 
 ``collect_status`` is called both by ``ssjobs status`` and by the master (which stores the
 result as the status snapshot, ``status.json``, shown when the master is not running).
@@ -25,6 +26,7 @@ from .config import Config
 from .metrics import percentiles_ms, topic_histograms
 from .redact import redact, redact_url
 from .runtime import RuntimeFiles, proc_stat, read_file, write_atomic
+from .text import plural
 
 RATES_NAME = "rates.json"
 RATE_WINDOW_S = 60.0         # rate_1m: the window the rate is measured over
@@ -33,6 +35,9 @@ RATE_KEEP_S = 180.0          # samples older than this cannot serve a one-minute
 WORKER_FIELDS = ("pid", "topic", "kind", "state", "processed", "failed", "started_at",
                  "rss_bytes", "job_started_at")
 COUNTER_FIELDS = ("backlog", "delayed", "inflight", "dead", "processed", "failed")
+# What only the master knows, kept in its snapshot: extension states ({"metrics": "on" or
+# "off: why"}) and orphan topics ({topic: jobs waiting}, see ssjobs.orphans).
+MASTER_NOTES = ("extensions", "orphan_topics")
 
 _clients: dict[tuple[str, float, int], Any] = {}  # (url, timeout, pid) -> redis client
 
@@ -41,7 +46,7 @@ _clients: dict[tuple[str, float, int], Any] = {}  # (url, timeout, pid) -> redis
 
 def collect_status(cfg: Config | None, files: RuntimeFiles, *, running_pid: int | None = None,
                    master_info: dict | None = None, redis_timeout: float = 2.0) -> dict:
-    """The SPEC §5 status object.
+    """The `status --json` object.
 
     ``cfg`` None (the config file became invalid) still gives master and workers; topic
     counters then come from the last snapshot. When no master runs: the last snapshot, with
@@ -50,7 +55,7 @@ def collect_status(cfg: Config | None, files: RuntimeFiles, *, running_pid: int 
     info = dict(master_info or {})
     pid = running_pid or info.get("pid") or files.running_pid()
     if not pid:
-        return last_snapshot(files)
+        return last_snapshot(files, cfg, redis_timeout)
     job_times: dict[str, list[int]] = {}
     workers, header = read_scoreboard(files, histograms=job_times)
     master = {
@@ -67,6 +72,7 @@ def collect_status(cfg: Config | None, files: RuntimeFiles, *, running_pid: int 
                   if isinstance(v, dict)}
     else:
         topics, error = topic_counters(cfg, [w["topic"] for w in workers], redis_timeout)
+        status["redis"] = "down" if error else "up"
         if error:
             status["redis_error"] = error
         rates = info.get("rates")
@@ -82,6 +88,13 @@ def collect_status(cfg: Config | None, files: RuntimeFiles, *, running_pid: int 
                                for kind in ("static", "dynamic")}
         counters.update(percentiles_ms(job_times.get(topic)))
     status["topics"] = topics
+    if "extensions" not in info:  # `ssjobs status`: what the running master last wrote down
+        snapshot = files.read_snapshot() or {}
+        if (snapshot.get("master") or {}).get("pid") == pid:
+            info.update({k: snapshot[k] for k in MASTER_NOTES if k in snapshot})
+    for key in MASTER_NOTES:
+        if info.get(key):
+            status[key] = info[key]
     # What the master runs without: its own registry in the master, else its last snapshot.
     found = problems.current() if master_info is not None else \
         (files.read_snapshot() or {}).get("problems")
@@ -90,9 +103,22 @@ def collect_status(cfg: Config | None, files: RuntimeFiles, *, running_pid: int 
     return status
 
 
-def last_snapshot(files: RuntimeFiles) -> dict:
-    """What the master wrote last, marked not running."""
-    snapshot = files.read_snapshot() or {}
+def last_snapshot(files: RuntimeFiles, cfg: Config | None = None,
+                  redis_timeout: float = 2.0) -> dict:
+    """What the master wrote last, marked not running. Before the first start there is no
+    snapshot: then the configured topics, with their counters from Redis."""
+    snapshot = files.read_snapshot()
+    if snapshot is None and cfg is not None:
+        topics, error = topic_counters(cfg, [], redis_timeout)
+        for counters in topics.values():
+            counters["workers"] = {"static": 0, "dynamic": 0}
+        never: dict[str, Any] = {"running": False, "master": None, "topics": topics,
+                                 "workers": [], "redis": "down" if error else "up",
+                                 "snapshot_at": None}
+        if error:
+            never["redis_error"] = error
+        return never
+    snapshot = snapshot or {}
     status: dict[str, Any] = {"running": False, "master": snapshot.get("master"),
                               "topics": snapshot.get("topics") or {},
                               "workers": snapshot.get("workers") or []}
@@ -107,7 +133,7 @@ def last_snapshot(files: RuntimeFiles) -> dict:
 
 def read_scoreboard(files: RuntimeFiles, *, histograms: dict[str, list[int]] | None = None
                     ) -> tuple[list[dict], dict | None]:
-    """This host's workers (SPEC fields only) and the scoreboard header; ([], None) when the
+    """This host's workers (the documented fields) and the scoreboard header; ([], None) when the
     scoreboard is missing or not (yet) valid. ``histograms``, if given, receives the job-time
     histogram of each topic (summed over its live workers)."""
     from .scoreboard import Scoreboard
@@ -164,6 +190,12 @@ def _client(url: str, timeout: float) -> Any:
     if client is None:
         client = _clients[key] = connect(url, socket_timeout=timeout, connect_timeout=timeout)
     return client
+
+
+def cached_clients() -> list[Any]:
+    """The clients :func:`_client` made (the master lists their connections among the fds
+    its forked workers must close)."""
+    return list(_clients.values())
 
 
 def _describe(exc: BaseException) -> str:
@@ -258,8 +290,14 @@ def render_status(status: dict, *, now: float | None = None) -> Any:
                    for w in status.get("workers") or []]
     worker_head = ["pid", "topic", "kind", "state", "processed", "failed", "up", "rss",
                    "job for"]
-    notes = sorted({c["redis_error"] for c in (status.get("topics") or {}).values()
-                    if isinstance(c, dict) and c.get("redis_error")})
+    notes = [f"redis: down ({e})" for e in sorted(
+        {c["redis_error"] for c in (status.get("topics") or {}).values()
+         if isinstance(c, dict) and c.get("redis_error")})]
+    notes += [f"{name} {state}" for name, state in (status.get("extensions") or {}).items()
+              if state != "on"]
+    notes += [f"orphan topic {topic!r}: {plural(n, 'job')} waiting, but no config here "
+              "declares it and no worker serves it (a typo? see `ssjobs check`)"
+              for topic, n in (status.get("orphan_topics") or {}).items()]
     notes += [str(v) for v in (status.get("problems") or {}).values()]
     try:
         from rich import box
@@ -267,7 +305,8 @@ def render_status(status: dict, *, now: float | None = None) -> Any:
         from rich.table import Table
         from rich.text import Text
     except ImportError:
-        parts = [title, "", _plain_table(topic_head, topic_rows) if topic_rows else "no topics"]
+        parts = [title, "", _plain_table(topic_head, topic_rows) if topic_rows
+                 else "no topics in the config"]
         parts += ["", _plain_table(worker_head, worker_rows) if worker_rows else "no workers"]
         return "\n".join(parts + [f"! {n}" for n in notes])
 
@@ -285,7 +324,8 @@ def render_status(status: dict, *, now: float | None = None) -> Any:
 
     style = "bold green" if status.get("running") else "bold red"
     items: list[Any] = [Text(title, style=style)]
-    items.append(table(topic_head, topic_rows, "topics") if topic_rows else Text("no topics"))
+    items.append(table(topic_head, topic_rows, "topics") if topic_rows
+                 else Text("no topics in the config"))
     items.append(table(worker_head, worker_rows, "workers (this host)") if worker_rows
                  else Text("no workers"))
     items += [Text(n, style="yellow") for n in notes]
@@ -298,7 +338,7 @@ def _headline(status: dict, now: float) -> str:
         return (f"ssjobs running: master pid {master.get('pid')} on {master.get('node')}, "
                 f"up {_age(master.get('started_at'), now)}, version {master.get('version')}")
     if not master:
-        return "ssjobs is not running (no snapshot yet)"
+        return "ssjobs is not running (never started on this data_dir)"
     when = status.get("snapshot_at")
     ago = f" from {_age(when, now)} ago" if when else ""
     return f"ssjobs is not running; last snapshot{ago} (master pid {master.get('pid')}):"

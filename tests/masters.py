@@ -20,10 +20,11 @@ class MasterProc:
         self.files = RuntimeFiles(data_dir)
         self.proc: subprocess.Popen | None = None
         self.seen_pids: set[int] = set()
+        self.serve_code = SERVE
 
     def start(self, expect_ok: bool = True, timeout: float = 30) -> tuple[bool, str]:
         ready = ReadyPipe()
-        self.proc = subprocess.Popen([sys.executable, "-c", SERVE, str(self.config),
+        self.proc = subprocess.Popen([sys.executable, "-c", self.serve_code, str(self.config),
                                       str(ready.write_fd)], pass_fds=[ready.write_fd],
                                      cwd=self.config.parent)
         ok, message = ready.wait(timeout)
@@ -79,6 +80,24 @@ class MasterProc:
         # no worker of this test may live on to take the next test's jobs
         wait_gone(self.seen_pids, 10)
 
+
+
+def fd_targets(pid: int) -> dict[int, str]:
+    """fd -> what it points at (``socket:[inode]``, a path ...) for a live process."""
+    found = {}
+    for name in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            found[int(name)] = os.readlink(f"/proc/{pid}/fd/{name}")
+        except OSError:
+            pass  # closed meanwhile
+    return found
+
+
+def close_on_exec(pid: int, fd: int) -> bool:
+    """Whether ``fd`` of ``pid`` has O_CLOEXEC (from /proc/PID/fdinfo)."""
+    with open(f"/proc/{pid}/fdinfo/{fd}") as f:
+        flags = next(line for line in f if line.startswith("flags:")).split()[1]
+    return bool(int(flags, 8) & 0o2000000)
 
 
 def wait_gone(pids, timeout: float) -> list[int]:

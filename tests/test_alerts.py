@@ -603,21 +603,29 @@ def test_a_reload_restarts_the_relay_and_errors_still_arrive(project, masters, h
     assert "could not start" not in project.log_text()
 
 
-def test_a_consumer_that_cannot_be_imported_after_a_reload_alerts(project, masters,
-                                                                  hooks) -> None:
+def test_a_reload_whose_consumer_cannot_be_imported_is_refused_with_an_alert(
+        project, masters, hooks, redis_url) -> None:
     # given a healthy master with alerts
     hook = hooks()
     extra = notifier_toml(hook.url)
     master = masters(project, [{"topic": "q", "consumer": "c:held"}], extra=extra)
+    pids = {w["pid"] for w in master.workers()}
     # when a reload points the topic at a consumer that does not exist
     project.write_config([{"topic": "q", "consumer": "c:no_such_function"}], extra=extra)
     master.signal(signal.SIGHUP)
-    # then one consumer_import alert names the topic and the consumer, not a crash loop
-    alert = wait_for(lambda: hook.alerts("consumer_import"), what="import alert")[0]
+    # then one reload_refused alert names the topic, the consumer and the reason ...
+    alert = wait_for(lambda: hook.alerts("reload_refused"), what="reload alert")[0]
     assert alert["topic"] == "q" and "c:no_such_function" in alert["text"]
+    assert "cannot import its consumer" in alert["text"] and alert["level"] == "error"
+    # ... the new worker's own ERROR line arrives too, and the old worker keeps serving
     assert wait_for(lambda: [b for b in hook.bodies if "no_such_function" in b["text"]
                              and "(worker q #1)" in b["title"]], what="the worker's error")
-    assert hook.alerts("crash_loop") == []
+    assert {w["pid"] for w in master.workers()} == pids
+    with Producer(redis_url, prefix="t") as producer:
+        producer.push("q", 1)
+    wait_for(lambda: Broker(connect(redis_url), "t", "q").counts()["processed"] == 1,
+             what="the old worker ran the job")
+    assert hook.alerts("consumer_import") == [] and hook.alerts("crash_loop") == []
 
 
 def test_a_job_stuck_past_its_timeout_alerts_before_the_master_kills_it(project, masters,
@@ -633,3 +641,106 @@ def test_a_job_stuck_past_its_timeout_alerts_before_the_master_kills_it(project,
     alert = wait_for(lambda: hook.alerts("stuck_job"), what="stuck alert")[0]
     assert alert["topic"] == "q" and job_id in alert["text"]
     assert "job_timeout = 1 s" in alert["text"]
+
+
+def status_json(project: Project) -> dict:
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-m", "ssjobs", "status", "--json", "-c",
+                          str(project.config)], capture_output=True, text=True, timeout=30)
+    return json.loads(out.stdout)
+
+
+def test_metrics_that_cannot_listen_is_one_error_line_that_reaches_the_notifier(
+        project, masters, hooks) -> None:
+    """Issue 13.1: the metrics ERROR never reached the notifier (it started first)."""
+    from redis_server import free_port
+
+    hook = hooks()
+    port = free_port()
+    with socket.socket() as taken:
+        # given the metrics port is taken by another program
+        taken.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        taken.bind(("127.0.0.1", port))
+        taken.listen()
+        # when the master starts with a webhook notifier and metrics on that port
+        masters(project, [{"topic": "q", "consumer": "c:held"}],
+                extra=notifier_toml(hook.url) + f'[metrics]\nlisten = "127.0.0.1:{port}"\n')
+        # then the ERROR line reaches the webhook ...
+        body = wait_for(lambda: [b for b in hook.bodies if "metrics off" in b["text"]],
+                        what="the metrics error")[0]
+        assert f"cannot listen on 127.0.0.1:{port}: Address already in use" in body["text"]
+        # ... the log has it once, without a traceback, and status shows metrics off
+        log = project.log_text()
+        assert log.count("metrics off:") == 1 and "Traceback" not in log
+        st = status_json(project)
+        assert st["extensions"]["notifier"] == "on"
+        assert st["extensions"]["metrics"].startswith("off: cannot listen on")
+
+
+def test_a_notifier_that_cannot_start_is_one_error_line_and_status_shows_it_off(
+        project) -> None:
+    """Issue 13.5: a notifier that fails to start logged a traceback; status said nothing."""
+    project.consumer("c", CONSUMERS)
+    project.consumer("pager", """
+        class Pager:
+            def __init__(self, **params):
+                raise RuntimeError("pager service key rejected")
+            def send(self, title, text, level="error", **fields):
+                pass
+    """)
+    project.write_config([{"topic": "q", "consumer": "c:held"}],
+                         extra='[notifier]\nclass = "pager:Pager"\n')
+    master = MasterProc(project.config, project.data_dir)
+    try:
+        master.start()
+        st = wait_for(lambda: (s := status_json(project)).get("extensions") and s,
+                      what="status with extensions")
+        assert st["extensions"] == {"notifier": "off: pager service key rejected"}
+        log = project.log_text()
+        assert "ERROR" in log and "notifier off: pager service key rejected" in log
+        assert "Traceback" not in log
+    finally:
+        master.kill_all()
+
+
+def test_jobs_of_a_topic_nobody_serves_show_in_status_and_alert(project, masters, hooks,
+                                                               redis_url) -> None:
+    """Issue 13.4: a typo in a topic name stranded jobs without a word."""
+    hook = hooks()
+    masters(project, [{"topic": "q", "consumer": "c:held"}], extra=notifier_toml(hook.url))
+    # when a producer pushes to a topic no config declares and no worker serves
+    with Producer(redis_url, prefix="t") as producer:
+        producer.push_many("q.typo", [1, 2])
+    # then an orphan_topic alert names it, and status lists it
+    alert = wait_for(lambda: hook.alerts("orphan_topic"), 20, what="orphan alert")[0]
+    assert alert["topic"] == "q.typo" and "2 jobs wait" in alert["text"]
+    st = wait_for(lambda: (s := status_json(project)).get("orphan_topics") and s, 20,
+                  what="status with the orphan")
+    assert st["orphan_topics"] == {"q.typo": 2}
+    # and once the list is gone, the alert recovers
+    connect(redis_url).delete(TopicKeys("t", "q.typo").ready)
+    recovered = wait_for(lambda: [b for b in hook.alerts("orphan_topic")
+                                  if b["title"].startswith("recovered")], 20, what="recovery")
+    assert recovered[0]["topic"] == "q.typo"
+
+
+def test_rules_orphan_topic_fires_after_alert_after_and_recovers() -> None:
+    rules = Rules(alert_after=5, repeat=60, node="h")
+    assert rules.evaluate([], None, 0, {"a.typo": 3}) == []
+    (fired,) = rules.evaluate([], None, 5, {"a.typo": 3})
+    assert (fired.rule, fired.topic, fired.level) == ("orphan_topic", "a.typo", "warning")
+    assert rules.evaluate([], None, 6, {"a.typo": 4}) == []       # once per repeat
+    (back,) = rules.evaluate([], None, 7, {})
+    assert back.recovered and back.topic == "a.typo"
+
+
+def test_orphan_key_names_and_a_prefix_with_glob_characters() -> None:
+    from ssjobs.orphans import ready_pattern, topic_of
+
+    assert ready_pattern("app[1]*") == r"app\[1\]\*:{*}:ready"
+    assert topic_of(b"t:{mail.send}:ready", "t") == "mail.send"
+    assert topic_of(b"t:{a:b}:ready", "t") == "a:b"
+    assert topic_of(b"t:{q}:inflight:h:1:2", "t") is None
+    assert topic_of(b"other:{q}:ready", "t") is None

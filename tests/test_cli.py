@@ -140,9 +140,11 @@ def test_usage_mistakes_are_one_line_without_traceback(cli):
 
 
 def test_missing_config_file_is_one_line(cli, tmp_path):
-    for command in ("start", "stop", "status", "check", "reload", "revive", "restart"):
-        result = cli(command, "-c", str(tmp_path / "nope.toml"), config=False)
-        assert result.returncode != 0, command
+    """Issue 13.10: `status` exited 1 and `check` 2; a config error is 2 for every command."""
+    for command in ("start", "stop", "status", "check", "reload", "revive", "restart", "top",
+                    "push t {}", "dead list t"):
+        result = cli(*command.split(), "-c", str(tmp_path / "nope.toml"), config=False)
+        assert result.returncode == 2, command
         assert_one_clear_line(result)
         assert "nope.toml" in result.stderr and "not found" in result.stderr
 
@@ -152,7 +154,7 @@ def test_config_from_env_and_before_the_command(cli):
     from_env = cli("status", config=False, env={"SSJOBS_CONFIG": str(cli.project.config)})
     default = cli("status", config=False, env={"SSJOBS_CONFIG": ""})  # ./ssjobs.toml: none
     assert given.returncode == from_env.returncode == 3
-    assert default.returncode == 1 and "ssjobs.toml" in default.stderr
+    assert default.returncode == 2 and "ssjobs.toml" in default.stderr
 
 
 # -- check -----------------------------------------------------------------------------------
@@ -197,6 +199,55 @@ def test_check_unreachable_redis(cli):
     assert result.returncode == 2
     assert "Traceback" not in result.stderr
     assert "redis" in result.stderr and "unreachable" in result.stderr, result.stderr
+
+
+def test_check_says_a_consumer_takes_the_wrong_number_of_parameters(cli):
+    """Issue 13.10: `check` passed it; then every job failed with a TypeError."""
+    cli.project.consumer("arity", """
+        def two(job, extra):
+            pass
+        class NoJob:
+            def consume(self):
+                pass
+    """)
+    cli.project.write_config([JOB, {"topic": "cli.two", "consumer": "arity:two"},
+                              {"topic": "cli.nojob", "consumer": "arity:NoJob"}])
+    result = cli("check")
+    assert result.returncode == 2
+    assert "consumer 'arity:two': two(job, extra) cannot be called with one argument, the job" \
+        in result.stderr, result.stderr
+    assert "consumer 'arity:NoJob': NoJob.consume() cannot be called with one argument" \
+        in result.stderr, result.stderr
+
+
+def test_check_warns_about_eviction_and_no_persistence(cli, rclient):
+    """Issue 13.10: evicted queue keys are lost jobs; so is a restart without persistence."""
+    result = cli("check")  # the tests' Redis runs without AOF and without RDB saves
+    assert result.returncode == 0
+    assert "persistence is off" in result.stderr and "appendonly yes" in result.stderr
+    assert "maxmemory-policy" not in result.stderr
+    rclient.config_set("maxmemory-policy", "allkeys-lru")
+    try:
+        result = cli("check")
+    finally:
+        rclient.config_set("maxmemory-policy", "noeviction")
+    assert result.returncode == 0
+    assert "maxmemory-policy is allkeys-lru" in result.stderr
+    assert "set maxmemory-policy noeviction" in result.stderr
+
+
+def test_check_lists_orphan_topics(cli, rclient):
+    """Issue 13.4: jobs pushed to a typo of a topic waited forever, unseen."""
+    with Producer(cli.project.redis_url, prefix="t") as producer:
+        producer.push_many("cli.wrok", [1, 2, 3])          # a typo: no topic of the config
+        producer.push("cli.work", 1)                       # a topic of the config
+        producer.push("other.served", 1)                   # another host serves this one
+    rclient.hset("t:{other.served}:workers", "host-b:1:2", "host-b:1")
+    result = cli("check")
+    assert result.returncode == 0, result.stderr
+    assert "warning: orphan topic 'cli.wrok'" in result.stderr
+    assert "3 jobs in t:{cli.wrok}:ready" in result.stderr
+    assert "other.served" not in result.stderr and "'cli.work'" not in result.stderr
 
 
 def test_check_notify_without_a_notifier_fails(cli):
@@ -305,12 +356,16 @@ def test_stop_when_not_running(cli):
     assert "not running" in result.stdout
 
 
-def test_status_when_never_started(cli):
+def test_status_when_never_started_shows_the_configured_topics(cli):
+    """Issue 13.10: it said `no topics` before the first start."""
     code, st = cli.status()
     assert code == 3
-    assert st["running"] is False and st["workers"] == [] and st["topics"] == {}
+    assert st["running"] is False and st["workers"] == [] and st["redis"] == "up"
+    assert st["topics"]["cli.work"]["backlog"] == 0
+    assert st["topics"]["cli.work"]["workers"] == {"static": 0, "dynamic": 0}
     human = cli("status")
     assert human.returncode == 3 and "not running" in human.stdout
+    assert "cli.work" in human.stdout and "no topics" not in human.stdout
 
 
 def test_revive_starts_when_stopped_and_does_nothing_when_running(cli):
@@ -337,7 +392,7 @@ def test_restart_with_invalid_config_keeps_the_running_master(running):
     cli, pid = running
     cli.project.write_config([{**JOB, "max_retries": -1}])
     result = cli("restart")
-    assert result.returncode == 1
+    assert result.returncode == 2
     assert "jobs[0].max_retries" in result.stderr
     assert cli.status()[1]["master"]["pid"] == pid
 
@@ -346,7 +401,7 @@ def test_reload_with_invalid_config_is_refused(running):
     cli, pid = running
     cli.project.write_config([{**JOB, "static_workers": 5000}])
     result = cli("reload")
-    assert result.returncode == 1
+    assert result.returncode == 2
     assert "jobs[0].static_workers" in result.stderr and "Traceback" not in result.stderr
     code, st = cli.status()
     assert code == 0 and st["master"]["pid"] == pid
@@ -356,7 +411,31 @@ def test_reload_with_invalid_config_is_refused(running):
 def test_reload_when_not_running_fails(cli):
     result = cli("reload")
     assert result.returncode == 1
-    assert "not running" in result.stderr
+    assert result.stderr.startswith("ssjobs: not running\n")  # not "ssjobs: ssjobs is ..."
+
+
+def test_reload_reports_success_and_waits_for_the_new_workers(running):
+    cli, pid = running
+    result = cli("reload")
+    assert result.returncode == 0, result.stderr
+    assert f"ssjobs reloaded (pid {pid}): 1 topic, replacing 2 workers one by one" \
+        in result.stdout
+
+
+def test_reload_with_broken_code_is_refused_for_that_topic_and_says_why(running):
+    """Issue 13.2, through the CLI: exit 1 with the reason; the workers stay healthy."""
+    cli, pid = running
+    before = {w["pid"] for w in cli.status()[1]["workers"]}
+    cli.project.consumer("work", "import no_such_module_anywhere\n" + WORK)
+    result = cli("reload")
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr
+    assert "reload refused for topic 'cli.work': the new worker cannot import its consumer" \
+        in result.stderr and "no_such_module_anywhere" in result.stderr, result.stderr
+    st = cli.status()[1]
+    assert st["topics"]["cli.work"]["workers"] == {"static": 2, "dynamic": 0}
+    assert {w["pid"] for w in st["workers"]} == before
+    assert "ERROR" in cli.project.log_text()
 
 
 def test_stop_and_status_need_only_data_dir(running):

@@ -123,7 +123,8 @@ def test_every_default(tmp_path):
     cfg = load_config(write(tmp_path, text()))
     assert dataclasses.asdict(cfg.process) == {
         "name": "ssjobs", "data_dir": tmp_path / "data", "user": "", "consumer_path": (),
-        "stop_timeout": 30.0, "heartbeat_ttl": 30.0}
+        "stop_timeout": 30.0, "heartbeat_ttl": 30.0, "workdir": None}
+    assert cfg.workdir == tmp_path  # the config file's directory
     assert dataclasses.asdict(cfg.log) == {
         "dir": tmp_path / "logs", "level": "info", "format": "text", "rotate": "", "keep": 14,
         "handler_class": None}
@@ -134,7 +135,7 @@ def test_every_default(tmp_path):
         "queue_health_size": 100, "max_execute_time": 0.0, "max_consumer_count": 0,
         "dynamic_idle_time": 60.0, "job_timeout": 300.0, "max_retries": 3,
         "retry_backoff": 10.0, "max_memory_mb": 0, "batch_size": 100,
-        "max_payload_bytes": 1048576, "redis": None}
+        "max_payload_bytes": 1048576, "concurrency_per_worker": 1, "redis": None}
     assert cfg.path == tmp_path / "ssjobs.toml"
 
 
@@ -149,6 +150,80 @@ def test_notifier_defaults_and_read_only_params(tmp_path):
         n.params["url"] = "https://evil"  # type: ignore[index]
     with pytest.raises(dataclasses.FrozenInstanceError):
         cfg.process.name = "other"  # type: ignore[misc]
+
+
+def test_log_dir_dash_or_unset_means_stderr(tmp_path):
+    dash = text().replace('dir = "logs"', 'dir = "-"')
+    assert load_config(write(tmp_path, dash)).log.dir is None
+    unset = text().replace('dir = "logs"\n', "")
+    assert load_config(write(tmp_path, unset)).log.dir is None
+
+
+def test_workdir_is_relative_to_the_config_file(tmp_path):
+    cfg = load_config(write(tmp_path, text(process='workdir = "run/here"'), "etc/jobs.toml"))
+    assert cfg.process.workdir == cfg.workdir == tmp_path / "etc" / "run" / "here"
+
+
+def test_concurrency_per_worker_range(tmp_path):
+    assert load_config(write(tmp_path, text(job="concurrency_per_worker = 50"))
+                       ).jobs[0].concurrency_per_worker == 50
+    assert errors(tmp_path, text(job="concurrency_per_worker = 0")) == [
+        "jobs[0].concurrency_per_worker (line 10): must be between 1 and 1000, got 0"]
+
+
+def notifier(kind: str, params: str = "") -> str:
+    return text(tail=f'[notifier]\nclass = "{kind}"\n[notifier.params]\n{params}\n')
+
+
+@pytest.mark.parametrize("source, expected", [
+    (notifier("webhook"), 'notifier.params.url (line 13): required for class "webhook"'),
+    (notifier("slack", 'prefix = "[p]"'),
+     'notifier.params.url (line 13): required for class "slack"'),
+    (notifier("feishu", 'url = ""'),
+     'notifier.params.url (line 14): required for class "feishu"'),
+    (notifier("dingtalk", 'secret = "s"'),
+     'notifier.params (line 13): class "dingtalk" needs token or url (one of them)'),
+    (notifier("wecom"), 'notifier.params (line 13): class "wecom" needs key or url (one of them)'),
+    (notifier("wecom", 'key = "k"\nurl = "https://x"'),
+     'notifier.params (line 13): class "wecom" takes key or url, not both'),
+    (notifier("dingtalk", 'tokn = "t"\nurl = "https://x"'),
+     'notifier.params.tokn (line 14): unknown key (did you mean "token"?)'),
+    (notifier("webhook", 'url = "ftp://hooks.local/secret-token"'),
+     'notifier.params.url (line 14): must be an http:// or https:// URL, got "ftp://hooks.local"'),
+    (notifier("dingtalk", "token = 42"),
+     "notifier.params.token (line 14): must be a string, got integer 42"),
+    (notifier("webhook", 'url = "https://x"\nheaders = "Bearer t"'),
+     'notifier.params.headers (line 15): must be a table of strings, got string "Bearer t"'),
+    (text(tail='[notifier]\nclass = "slack"\n'),
+     'notifier (line 11): required for class "slack"'),
+])
+def test_notifier_params_are_checked_per_channel(tmp_path, source, expected):
+    found = errors(tmp_path, source)
+    assert expected in found or expected.replace("notifier (", "notifier.params.url (") \
+        in found, found
+
+
+def test_notifier_params_that_are_fine(tmp_path):
+    for source in (notifier("dingtalk", 'token = "t"\nsecret = "s"\nprefix = "[p]"'),
+                   notifier("wecom", 'url = "https://qyapi.example/x"'),
+                   notifier("webhook", 'url = "http://h/x"\nheaders = { Authorization = "t" }'),
+                   notifier("mypkg.alerts:Pager", "anything = 1")):
+        assert load_config(write(tmp_path, source)).notifier is not None
+
+
+def test_the_params_table_matches_the_notifier_classes():
+    """config.NOTIFIER_PARAMS is the one list; each class takes exactly those keywords."""
+    import inspect
+
+    from ssjobs.config import NOTIFIER_PARAMS
+    from ssjobs.notify import BUILTIN, _import
+
+    assert set(BUILTIN) == set(NOTIFIER_PARAMS)
+    for kind, channel in NOTIFIER_PARAMS.items():
+        params = inspect.signature(_import(BUILTIN[kind]).__init__).parameters
+        assert set(params) - {"self", "timeout"} == set(channel.keys), kind
+        required = {n for n, p in params.items() if p.default is inspect.Parameter.empty} - {"self"}
+        assert required <= set(channel.need), kind
 
 
 def test_integers_are_accepted_where_numbers_are_expected(tmp_path):

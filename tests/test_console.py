@@ -156,8 +156,17 @@ def test_dead_list_show_retry_purge_round_trip(console):
     assert all(r["worker"] and r["failed_at"] for r in rows)
     human = console("dead", "list", "con.fail", "--limit", "2")
     assert human.returncode == 0
-    assert rows[0]["id"] in human.stdout and rows[2]["id"] not in human.stdout
+    # ids of one producer share 22 leading digits: the list shows their distinct tails
+    assert rows[0]["id"][-8:] in human.stdout and rows[0]["id"] not in human.stdout
+    assert rows[2]["id"][-8:] not in human.stdout
     assert "ValueError: boom 3" in human.stdout and "2 newest of 3" in human.stdout
+    assert "ids shortened" in human.stdout
+
+    # show takes any unique part of an id (issue 13.10: it needed nearly the whole id)
+    by_tail = console("dead", "show", "con.fail", rows[1]["id"][-8:])
+    assert by_tail.returncode == 0 and f"id:          {rows[1]['id']}" in by_tail.stdout
+    shared = rows[1]["id"][12:22]  # the producer's digits: all three jobs have them
+    assert "matches more than one" in one_error_line(console("dead", "show", "con.fail", shared))
 
     # show: full traceback and payload; an unknown id is exit 1
     job_id = rows[1]["id"]
@@ -350,8 +359,15 @@ def _keys_one_by_one(fd: int) -> bool:
 
 
 def test_top_without_a_terminal_prints_one_plain_frame(console):
+    """Issue 13.10: it printed `JOBS/S -` and `max 0.0/s` for a topic at work."""
+    console("push", "con.slow", "--count", stdin="1\n" * 60)  # ~3 s of work for 1 worker
+    wait_for(lambda: console.processed("con.slow") > 0, 10, what="con.slow at work")
     result = console("top", timeout=15)
     assert result.returncode == 0, result.stderr
+    slow = result.stdout.split("con.slow", 1)[1].splitlines()
+    rate = float(slow[0].split()[4])                       # JOBS/S, measured over a second
+    assert rate > 0, result.stdout
+    assert re.search(r"max (\d+\.\d)/s", slow[1]) and "max 0.0/s" not in slow[1], slow[1]
     assert "\x1b[" not in result.stdout
     for needle in ("master", "con.work", "con.fail", "con.slow", "PID", "static"):
         assert needle in result.stdout, needle

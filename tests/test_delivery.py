@@ -386,6 +386,7 @@ def test_the_idle_cost_stays_low(kit, rclient):
     rclient.config_resetstat()
     time.sleep(5)
     calls = sum(v["calls"] for v in rclient.info("commandstats").values())
-    # 10 idle workers and their master, commands inside scripts included: under 1.5 a
-    # second per worker (100 workers stay under 200/s)
-    assert calls / 5 < 10 * 1.5, calls
+    # 10 idle workers and their master, commands inside scripts included: the master's
+    # own ~10/s (heartbeat, promote, backlog, orphan scan, status snapshot) plus well under
+    # one a second per worker (bench: 100 idle workers cost ~80/s)
+    assert calls / 5 < 10 + 10 * 1.0, calls

@@ -2,11 +2,12 @@
 import os
 import random
 import signal
+import textwrap
 import time
 
 import pytest
 from conftest import nobody_can_run_ssjobs, wait_for
-from masters import MasterProc, wait_gone
+from masters import SERVE, MasterProc, wait_gone
 
 from ssjobs import envelope
 from ssjobs.broker import Broker, TopicKeys, connect, nodes_key
@@ -236,6 +237,74 @@ def test_reload_under_load_loses_nothing_and_uses_new_code(env, rclient):
     assert versions[-1] == "v2"
     assert "reloaded config" in project.log_text()
     assert len(m.workers()) == 2
+
+
+def test_reload_with_broken_consumer_code_keeps_the_healthy_workers(env, rclient):
+    """Issue 13.2: a reload with code that cannot import replaced healthy workers by
+    crash-looping ones. Now one new worker per topic goes first."""
+    project, out, make = env
+    project.consumer("other", "def run(job):\n    pass\n")
+    m = make([{"topic": "q", "consumer": "rec:run", "static_workers": 2},
+              {"topic": "r", "consumer": "other:run"}])
+    m.start()
+    q_pids = {w["pid"] for w in m.workers() if w["topic"] == "q"}
+    r_pids = {w["pid"] for w in m.workers() if w["topic"] == "r"}
+    # when q's code breaks and the master reloads
+    project.consumer("rec", textwrap.dedent(CONSUMER) + "\ndef broken(:\n")
+    m.signal(signal.SIGHUP)
+    # then the reload is refused for q, with the reason, and q keeps its two workers ...
+    wait_for(lambda: "reload refused for topic 'q'" in project.log_text(), 30)
+    log = project.log_text()
+    assert "cannot import its consumer" in log and "SyntaxError" in log
+    wait_for(lambda: {w["pid"] for w in m.workers() if w["topic"] == "r"}.isdisjoint(r_pids),
+             15, what="r's worker replaced")  # ... while the other topic reloaded
+    assert {w["pid"] for w in m.workers() if w["topic"] == "q"} == q_pids
+    # ... which still run the old code
+    job_id = Producer(project.redis_url, prefix="t").push("q", {})
+    wait_for(lambda: job_id in ids_done(out), 10, what="the job done by an old worker")
+    assert {r[2] for r in runs(out) if r[0] == job_id} <= {str(p) for p in q_pids}
+    assert "crash-looping" not in project.log_text()
+
+
+def test_reload_whose_new_setup_fails_is_refused_and_a_new_bad_topic_is_not_added(env):
+    project, out, make = env
+    m = make([{"topic": "q", "consumer": "rec:run"}])
+    m.start()
+    pids = {w["pid"] for w in m.workers()}
+    project.write_config([{"topic": "q", "consumer": "rec:Broken"},
+                          {"topic": "new", "consumer": "rec:no_such_function"}])
+    m.signal(signal.SIGHUP)
+    wait_for(lambda: project.log_text().count("reload refused for topic") == 2, 30)
+    log = project.log_text()
+    assert "topic 'q': the new worker's setup() failed" in log
+    assert "cannot connect to the mail server" in log
+    assert "topic 'new': the new worker cannot import its consumer" in log
+    assert "the topic is not added" in log
+    assert {w["pid"] for w in m.workers()} == pids and m.proc.poll() is None
+
+
+def test_a_reload_whose_new_worker_is_not_ready_in_time_is_refused(env):
+    project, out, make = env
+    project.consumer("slow", """
+        import time
+        class Slow:
+            def setup(self):
+                time.sleep(60)
+            def consume(self, job):
+                pass
+    """)
+    m = make([{"topic": "q", "consumer": "rec:run"}])
+    # a master whose canaries get 2 s instead of 30 (the same code path, sooner)
+    m.serve_code = SERVE.replace("from ssjobs.master import serve;",
+                                 "from ssjobs.master import serve; import ssjobs.reloading as r; "
+                                 "r.CANARY_TIMEOUT_S = 2;")
+    m.start()
+    pids = {w["pid"] for w in m.workers()}
+    project.write_config([{"topic": "q", "consumer": "slow:Slow"}])
+    m.signal(signal.SIGHUP)
+    wait_for(lambda: "reload refused for topic 'q'" in project.log_text(), 20)
+    assert "the new worker was not ready within 2 s" in project.log_text()
+    assert {w["pid"] for w in m.workers()} == pids  # the late one was killed, the old kept
 
 
 def test_reload_with_invalid_config_keeps_the_old_one(env):

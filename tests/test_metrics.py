@@ -5,21 +5,24 @@ from __future__ import annotations
 
 import json
 import logging
+import signal
 import socket
 import struct
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from types import SimpleNamespace
 
 import pytest
 from conftest import wait_for
-from masters import MasterProc
+from masters import MasterProc, close_on_exec, fd_targets
 from prometheus_client.parser import text_string_to_metric_families
 from redis_server import free_port
 
 from ssjobs.config import load_config
+from ssjobs.errors import ExtensionUnavailable
 from ssjobs.metrics import JobTimes, MetricsExtension, percentiles_ms, quantile
 from ssjobs.producer import Producer
 from ssjobs.scoreboard import (
@@ -160,18 +163,18 @@ def test_extension_serves_the_master_state_and_restarts_on_the_same_port(fake_ma
         again.stop(master)
 
 
-def test_a_port_in_use_is_logged_and_the_master_goes_on(fake_master, redis_url, caplog):
+def test_a_port_in_use_is_one_clear_error_and_nothing_is_left_running(fake_master, redis_url):
     master, port = fake_master
     with socket.socket() as taken:
         taken.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         taken.bind(("127.0.0.1", port))
         taken.listen()
         ext = MetricsExtension(master)
-        with caplog.at_level(logging.ERROR, logger="ssjobs.metrics"):
-            ext.start(master)                     # no exception
-        ext.tick(master, time.time())
-        ext.stop(master)
-    assert any(f"127.0.0.1:{port}" in r.getMessage() for r in caplog.records), caplog.text
+        with pytest.raises(ExtensionUnavailable, match=f"cannot listen on 127.0.0.1:{port}: "
+                                                       "Address already in use"):
+            ext.start(master)                     # the master logs it and runs without
+    assert ext.server is None and ext.fds() == []
+    assert not [t for t in threading.enumerate() if t.name.startswith("ssjobs-metrics")]
 
 
 # -- a real master, scraped over HTTP --------------------------------------------------------
@@ -215,6 +218,65 @@ def test_metrics_of_a_real_master_match_status_json(project, redis_url):
         assert counters["p50_ms"] is not None and counters["p95_ms"] >= counters["p50_ms"]
         uptime = metrics[("ssjobs_master_uptime_seconds", ())]
         assert abs(uptime - (time.time() - st["master"]["started_at"])) < 5
+    finally:
+        master.kill_all()
+
+
+def test_metrics_survive_reloads_and_workers_keep_no_fd_of_the_master(project, redis_url):
+    """Issue 13.1: workers inherited the listening socket, so every other reload lost it."""
+    port = free_port()
+    project.consumer("work", WORK)
+    project.write_config([{"topic": "m.work", "consumer": "work:run", "static_workers": 2}],
+                         extra=f'[metrics]\nlisten = "127.0.0.1:{port}"\n')
+    master = MasterProc(project.config, project.data_dir)
+    try:
+        master.start()
+        for reload in range(1, 4):
+            # when the master reloads (its metrics extension stops and listens again)
+            before = {w["pid"] for w in master.workers()}
+            master.signal(signal.SIGHUP)
+            wait_for(lambda r=reload: project.log_text().count("reloaded config") >= r, 30,
+                     what=f"reload {reload}")
+            wait_for(lambda b=before: (ws := master.workers()) and len(ws) == 2 and all(
+                w["pid"] not in b and w["state"] == "idle" for w in ws), 30,
+                what="new workers")
+            # then /metrics is still served ...
+            assert ("ssjobs_master_uptime_seconds", ()) in scrape(port), reload
+        assert " off: " not in project.log_text()
+        # ... and no worker holds a socket or the lock of the master's
+        ours = fd_targets(master.pid)
+        shared = {t for fd, t in ours.items() if fd > 2 and t.startswith("socket:")}
+        assert shared, ours  # the master has its listening socket and Redis connections
+        for w in master.workers():
+            theirs = fd_targets(w["pid"])
+            assert not shared & set(theirs.values()), (w["pid"], ours, theirs)
+            assert str(master.files.lock_path) not in theirs.values()
+        # every fd the master opened is close-on-exec: a consumer's exec keeps none
+        assert [fd for fd in ours if fd > 2 and not close_on_exec(master.pid, fd)] == []
+    finally:
+        master.kill_all()
+
+
+def test_the_job_duration_histogram_counts_the_last_jobs_of_recycled_workers(project, redis_url):
+    """Issue 13.10: a worker's final second of counts was lost when its slot was reused."""
+    port = free_port()
+    project.consumer("work", WORK)
+    project.write_config([{"topic": "m.work", "consumer": "work:run", "static_workers": 2,
+                           "max_consumer_count": 5}],
+                         extra=f'[metrics]\nlisten = "127.0.0.1:{port}"\n')
+    master = MasterProc(project.config, project.data_dir)
+    topic = (("topic", "m.work"),)
+    try:
+        master.start()
+        with Producer(redis_url, prefix="t") as producer:
+            producer.push_many("m.work", list(range(20)))
+        wait_for(lambda: scrape(port).get(("ssjobs_jobs_processed_total", topic)) == 20, 30,
+                 what="20 jobs processed")
+        wait_for(lambda: project.log_text().count("exited: recycle-count") >= 4, 15,
+                 what="four workers recycled")
+        count = ("ssjobs_job_duration_seconds_count", topic)
+        wait_for(lambda: scrape(port)[count] >= 20, 5, what="20 job durations")
+        assert scrape(port)[count] == 20
     finally:
         master.kill_all()
 

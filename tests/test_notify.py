@@ -16,6 +16,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import pytest
+from conftest import wait_for
 
 from ssjobs.errors import NotifyError, SsjobsError
 from ssjobs.logs import add_error_sink, remove_error_sink
@@ -406,7 +407,26 @@ def test_error_sink_forwards_error_log_lines_with_job_fields(server: Endpoint) -
     finally:
         remove_error_sink(sink)
     assert sender.close(timeout=5) is True
-    (req,) = server.seen
+    req, summary = server.seen  # the second is held back, then summed up at close
     assert req.body["level"] == "error" and req.body["topic"] == "mail.send"
     assert req.body["job_id"] == "j1" and req.body["attempt"] == 1
     assert "ValueError: bad payload" in req.body["text"]
+    assert summary.body["text"].startswith("1 more message like this in the last ")
+    assert "job 'j2' failed" in summary.body["text"] and summary.body["job_id"] == "j2"
+
+
+def test_a_failure_storm_of_one_topic_is_one_message_per_interval_with_a_count(
+        server: Endpoint) -> None:
+    """Issue 13.10: one ERROR notification per failed attempt flooded the channel."""
+    sender = AsyncSender(make_notifier("webhook", {"url": server.url()}), repeat_interval=0.5)
+    sink = error_sink(sender)
+    for n in range(1, 21):  # different errors, one topic
+        sink({"level": "ERROR", "role": "worker q #1", "logger": "ssjobs.worker",
+              "msg": f"job j{n} on 'q' failed (attempt 1): KeyError: 'field{n}'",
+              "job_id": f"j{n}", "topic": "q", "attempt": 1})
+    wait_for(lambda: len(server.seen) == 2, 5, what="the summary")  # no close needed
+    first, summary = (r.body["text"] for r in server.seen)
+    assert "field1'" in first
+    assert re.match(r"19 more messages like this in the last [\d.]+ s; the last one:\n\n"
+                    r"job j20 on 'q' failed", summary), summary
+    assert sender.close(timeout=5) is True and len(server.seen) == 2

@@ -25,6 +25,8 @@ PAGE = 200                 # entries read per LRANGE while scanning (envelopes m
 DEFAULT_LIMIT = 20         # `dead list` rows without --limit
 HISTORY_KEEP = 20          # history notes kept per envelope (a job retried forever stays small)
 MESSAGE_WIDTH = 60         # error column of `dead list`
+SHORT_ID_MIN = 8           # `dead list` shows ids cut to their last N characters (at least
+                           # this many): ssjobs ids share a long time prefix
 
 
 class Entry:
@@ -78,23 +80,36 @@ def scan(broker: Broker) -> Iterator[Entry]:
 
 
 def find(broker: Broker, job_ids: list[str]) -> dict[str, Entry]:
-    """The entries of ``job_ids`` (a unique prefix of an id is accepted); ControlError names
-    every id that matches no entry, or more than one."""
+    """The entries of ``job_ids``: a whole id, or any part of one that only one dead job
+    has (the short ids `dead list` shows); ControlError names every id that matches no
+    entry, or more than one."""
     wanted = list(dict.fromkeys(job_ids))
     found: dict[str, list[Entry]] = {i: [] for i in wanted}
     for entry in scan(broker):
         for want in wanted:
-            if entry.job and entry.id.startswith(want) and \
-                    all(e.id != entry.id for e in found[want]):
+            if entry.job and want in entry.id and all(e.id != entry.id for e in found[want]):
                 found[want].append(entry)
+    for want, hits in found.items():
+        exact = [e for e in hits if e.id == want]
+        if exact:
+            found[want] = exact[:1]
     missing = [i for i, hits in found.items() if not hits]
     if missing:
         raise ControlError(f"no dead job {', '.join(missing)} in {broker.keys.topic!r}")
     ambiguous = [i for i, hits in found.items() if len(hits) > 1]
     if ambiguous:
-        raise ControlError(f"job id prefix {', '.join(ambiguous)} matches more than one dead "
-                           f"job in {broker.keys.topic!r}: give more of the id")
+        raise ControlError(f"job id {', '.join(ambiguous)} matches more than one dead job in "
+                           f"{broker.keys.topic!r}: give more of the id")
     return {i: hits[0] for i, hits in found.items()}
+
+
+def short_ids(ids: list[str], least: int = SHORT_ID_MIN) -> list[str]:
+    """The shortest common suffix length (at least ``least``) that keeps ``ids`` apart."""
+    distinct = set(ids)
+    for n in range(least, max((len(i) for i in ids), default=0) + 1):
+        if len({i[-n:] for i in distinct}) == len(distinct):
+            return [i[-n:] for i in ids]
+    return list(ids)
 
 
 def retried_envelope(entry: Entry, now: float) -> bytes:
@@ -134,15 +149,20 @@ def list_dead(cfg_path: str | os.PathLike, topic: str, *, limit: int = DEFAULT_L
         print(f"no dead jobs in {topic!r}")
         return 0
     head = ["ID", "ATTEMPTS", "FAILED AT", "WORKER", "ERROR"]
-    table = [[r["id"], "-" if r["attempts"] is None else str(r["attempts"]),
+    shown = short_ids([r["id"] for r in rows])
+    table = [[sid, "-" if r["attempts"] is None else str(r["attempts"]),
               common.when(r["failed_at"]), str(r["worker"] or "-"),
-              common.first_line(f"{r['type']}: {r['message']}", MESSAGE_WIDTH)] for r in rows]
+              common.first_line(f"{r['type']}: {r['message']}", MESSAGE_WIDTH)]
+             for sid, r in zip(shown, rows, strict=True)]
     widths = [max(len(row[i]) for row in [head, *table]) for i in range(len(head) - 1)]
     for row in [head, *table]:
         print("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=False))
               + "  " + row[-1])
     if total > len(rows):
         print(f"({len(rows)} newest of {total}; --limit N for more)")
+    if shown != [r["id"] for r in rows]:
+        print(f"(ids shortened: `ssjobs dead show {topic} ID` takes any part of an id that "
+              "is unique; --json for whole ids)")
     return 0
 
 

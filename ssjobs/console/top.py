@@ -31,7 +31,7 @@ from ..runtime import RuntimeFiles, StopSignals
 from ..scoreboard import Scoreboard
 from . import common
 
-REFRESH_S = 1.0          # one frame a second (SPEC §4)
+REFRESH_S = 1.0          # one frame a second: fresh, and ~2 Redis round trips a second
 HISTORY_S = 60           # the sparkline covers the last minute, one sample per frame
 REDIS_TIMEOUT_S = 2.0    # a frame waits at most this for one Redis
 PLAIN_WIDTH = 100        # columns of the frame printed when stdout is not a terminal
@@ -295,17 +295,18 @@ def plain(lines: list[Line]) -> str:
 # -- running ---------------------------------------------------------------------------------
 
 def run(cfg_path: str | os.PathLike, *, interval: float = REFRESH_S) -> int:
-    """The live view on a terminal; else one plain frame. Exit status 0."""
+    """The live view on a terminal; else one plain frame (measured over ``interval``: a
+    rate needs two samples). Exit status 0."""
     sampler = Sampler(common.load(cfg_path))
     if not sys.stdout.isatty():
-        print(plain(render(sampler.sample(), PLAIN_WIDTH, None)))
+        print(plain(render(one_frame(sampler, interval), PLAIN_WIDTH, None)))
         return 0
     try:
         from rich.console import Console
         from rich.live import Live
         from rich.text import Text
     except ImportError:
-        print(plain(render(sampler.sample(), PLAIN_WIDTH, None)))
+        print(plain(render(one_frame(sampler, interval), PLAIN_WIDTH, None)))
         print("(install rich for the live view: pip install 'ssjobs[server]')", file=sys.stderr)
         return 0
     console = Console(highlight=False)
@@ -325,6 +326,15 @@ def run(cfg_path: str | os.PathLike, *, interval: float = REFRESH_S) -> int:
             if not stop.received:
                 live.update(screen(), refresh=True)
     return 0
+
+
+def one_frame(sampler: Sampler, interval: float) -> Frame:
+    """A frame whose jobs/s are measured: two samples ``interval`` apart (one sample has
+    no rate, and its sparkline would say "max 0.0/s" of a busy topic)."""
+    sampler.sample()
+    with StopSignals() as stop:
+        stop.wait(interval)
+    return sampler.sample()
 
 
 @contextmanager

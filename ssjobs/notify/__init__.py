@@ -83,15 +83,19 @@ def send_test_message(notifier: Notifier) -> str | None:
 def error_sink(sender: AsyncSender) -> Callable[[dict[str, Any]], None]:
     """A sink for :func:`ssjobs.logs.add_error_sink` that forwards ERROR lines to ``sender``.
 
-    Repeats are keyed on the logger and the last traceback line (else the message's first
-    line with the job id and numbers blanked), so one failure hitting many jobs is sent
-    once per ``repeat_interval``.
+    The failed runs of one topic (records with ``topic`` and ``job_id``) are one key: the
+    first is sent at once, the rest of that ``repeat_interval`` are summed up in one message
+    with their count. Other repeats are keyed on the logger and the last traceback line
+    (else the message's first line with numbers blanked).
     """
 
     def sink(record: dict[str, Any]) -> None:
         exc = str(record.get("exc") or "").strip()
         text = f"{record['msg']}\n{exc}" if exc else str(record["msg"])
-        key = f"{record['logger']}|{exc.splitlines()[-1] if exc else _repeat_key(record)}"
+        if record.get("job_id") and record.get("topic"):
+            key = f"{record['logger']}|failures of {record['topic']}"
+        else:
+            key = f"{record['logger']}|{exc.splitlines()[-1] if exc else _repeat_key(record)}"
         fields = {k: record[k] for k in ("topic", "job_id", "attempt") if k in record}
         sender.submit(f"{record['level']} on {socket.gethostname()} ({record['role']})", text,
                       level=str(record["level"]).lower(), key=key, **fields)

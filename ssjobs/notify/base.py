@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     import urllib.error
 
+from ..config import http_url_problem
 from ..errors import NotifyError
 
 DEFAULT_TIMEOUT_S = 5.0  # a chat webhook answers in well under a second; 5 s rides out a blip
@@ -57,10 +58,11 @@ def redact(url: str) -> str:
 
 
 def check_url(url: str, what: str = "notifier url") -> str:
-    """Return ``url`` if it is an http(s) URL with a host, else raise NotifyError."""
-    parts = urllib.parse.urlsplit(str(url))
-    if parts.scheme not in ("http", "https") or not parts.netloc:
-        raise NotifyError(f"{what} must be an http:// or https:// URL, got {redact(str(url))!r}")
+    """Return ``url`` if it is an http(s) URL with a host, else raise NotifyError (the rule
+    is config's, which checks [notifier.params] url before anything starts)."""
+    problem = http_url_problem(url)
+    if problem:
+        raise NotifyError(f"{what} {problem}")
     return str(url)
 
 
