@@ -7,7 +7,7 @@ native-endian values where the layout says little-endian: ssjobs runs on little-
 (x86_64, aarch64)."""
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE
 from cpython.unicode cimport PyUnicode_DecodeUTF8
-from libc.stdint cimport uint8_t, uint32_t, uint64_t
+from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t
 from libc.string cimport memcpy, memset
 from posix.time cimport clock_gettime, timespec, CLOCK_REALTIME
 
@@ -166,7 +166,7 @@ cdef object _decode(object raw):
     return from_list(obj)
 
 
-def run_batch(list raws, call, buf, Py_ssize_t offset, ctl, Py_ssize_t max_bytes):
+def run_batch(list raws, call, finish, buf, Py_ssize_t offset, ctl, Py_ssize_t max_bytes):
     """See ``_fastloop_py.run_batch``."""
     cdef unsigned char[::1] view = buf
     cdef char* slot = <char*>&view[0] + offset
@@ -179,12 +179,12 @@ def run_batch(list raws, call, buf, Py_ssize_t offset, ctl, Py_ssize_t max_bytes
             return i, None
         raw = raws[i]
         if len(raw) > max_bytes:
-            slot[OFF_PENDING] = 1
+            (<uint16_t*>(slot + OFF_PENDING))[0] = 1
             return i + 1, Failure(raw, None, C_TOO_LARGE, None, "")
         try:
             job = _decode(raw)
         except EnvelopeError as exc:
-            slot[OFF_PENDING] = 1
+            (<uint16_t*>(slot + OFF_PENDING))[0] = 1
             return i + 1, Failure(raw, None, C_MALFORMED, exc, "")
         id_b = (<str>job.id).encode()
         idlen = min(len(id_b), JOB_ID_LEN)
@@ -196,7 +196,11 @@ def run_batch(list raws, call, buf, Py_ssize_t offset, ctl, Py_ssize_t max_bytes
         exc = None
         tb = ""
         try:
-            if call(job) is False:
+            result = call(job)
+            if result is not None and result is not True and result is not False \
+                    and hasattr(result, "__await__"):
+                result = finish(result)
+            if result is False:
                 code = C_FAILED
         except Retry as e:
             code, exc = C_RETRY, e
@@ -217,6 +221,6 @@ def run_batch(list raws, call, buf, Py_ssize_t offset, ctl, Py_ssize_t max_bytes
             (<uint32_t*>(slot + OFF_DONE))[0] += 1
         else:
             (<uint64_t*>(slot + OFF_FAILED))[0] += 1
-            slot[OFF_PENDING] = 1
+            (<uint16_t*>(slot + OFF_PENDING))[0] = 1
             return i + 1, Failure(raw, job, code, exc, tb)
     return n, None

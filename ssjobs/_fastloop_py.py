@@ -37,6 +37,7 @@ _D = struct.Struct("<d")
 _Q = struct.Struct("<Q")
 _I = struct.Struct("<I")
 _B = struct.Struct("<B")
+_H = struct.Struct("<H")
 
 _forked = False
 
@@ -48,11 +49,12 @@ def mark_forked() -> None:
     _forked = True
 
 
-def run_batch(raws: list[bytes], call: Any, buf: Any, offset: int, ctl: Any,
+def run_batch(raws: list[bytes], call: Any, finish: Any, buf: Any, offset: int, ctl: Any,
               max_bytes: int) -> tuple[int, Failure | None]:
     """Run ``raws`` in order until one does not succeed or the worker stops.
 
-    ``call(job)`` is the consumer; ``buf``/``offset`` locate the worker's scoreboard slot;
+    ``call(job)`` is the consumer; what it returns, if awaitable (an ``async def`` consumer),
+    ``finish(awaitable)`` runs to its end; ``buf``/``offset`` locate the worker's slot;
     ``ctl.stopping`` is checked before each job; envelopes over ``max_bytes`` are not decoded.
     Returns ``(end, failure)``: the jobs before ``end`` were run (or refused) and only the last
     of them can have failed, then ``failure`` describes it; ``end < len(raws)`` without a
@@ -66,12 +68,12 @@ def run_batch(raws: list[bytes], call: Any, buf: Any, offset: int, ctl: Any,
             return i, None
         raw = raws[i]
         if len(raw) > max_bytes:
-            _B.pack_into(buf, offset + PENDING_FAILURE[0], 1)
+            _H.pack_into(buf, offset + PENDING_FAILURE[0], 1)
             return i + 1, Failure(raw, None, Code.TOO_LARGE, None, "")
         try:
             job = decode(raw)
         except EnvelopeError as bad:
-            _B.pack_into(buf, offset + PENDING_FAILURE[0], 1)
+            _H.pack_into(buf, offset + PENDING_FAILURE[0], 1)
             return i + 1, Failure(raw, None, Code.MALFORMED, bad, "")
         job_id = job.id.encode()[:JOB_ID_LEN].ljust(JOB_ID_LEN, b"\0")
         buf[offset + JOB_ID_OFF:offset + JOB_ID_OFF + JOB_ID_LEN] = job_id
@@ -81,7 +83,11 @@ def run_batch(raws: list[bytes], call: Any, buf: Any, offset: int, ctl: Any,
         exc: BaseException | None = None
         tb = ""
         try:
-            if call(job) is False:
+            result = call(job)
+            if result is not None and result is not True and result is not False \
+                    and hasattr(result, "__await__"):
+                result = finish(result)
+            if result is False:
                 code = Code.FAILED
         except Retry as e:
             code, exc = Code.RETRY, e
@@ -95,9 +101,9 @@ def run_batch(raws: list[bytes], call: Any, buf: Any, offset: int, ctl: Any,
             return i, None
         elapsed = time.time() - started
         _D.pack_into(buf, offset + JOB_STARTED_AT[0], 0.0)
-        _record(buf, offset, elapsed, code == 0)
+        record(buf, offset, elapsed, code == 0)
         if code:
-            _B.pack_into(buf, offset + PENDING_FAILURE[0], 1)
+            _H.pack_into(buf, offset + PENDING_FAILURE[0], 1)
             return i + 1, Failure(raw, job, Code(code), exc, tb)
         _add(_I, buf, offset + BATCH_DONE[0], 1)
     return n, None
@@ -107,7 +113,9 @@ def _add(fmt: struct.Struct, buf: Any, pos: int, value: Any) -> None:
     fmt.pack_into(buf, pos, fmt.unpack_from(buf, pos)[0] + value)
 
 
-def _record(buf: Any, offset: int, elapsed: float, ok: bool) -> None:
+def record(buf: Any, offset: int, elapsed: float, ok: bool) -> None:
+    """Count one finished job in the slot: processed or failed, its duration's histogram
+    bucket, the time spent in consumers (also used by the concurrent asyncio runner)."""
     _add(_Q, buf, offset + (PROCESSED if ok else FAILED)[0], 1)
     pos = offset + HIST_OFF + 4 * bucket(elapsed)
     _I.pack_into(buf, pos, (_I.unpack_from(buf, pos)[0] + 1) & 0xFFFFFFFF)

@@ -207,10 +207,10 @@ class Broker:
         scoreboard slot) says which succeeded and which was running; without it everything
         goes back uncharged. Returns (requeued, dead-lettered, dropped as done)."""
         k = self.keys
-        seq, done, running = ("", 0, False) if position is None else position
+        seq, done, running = ("", 0, 0) if position is None else position
         requeued, dead, dropped = self._recover(
             keys=[k.ready, k.inflight(worker), k.dead, k.stats, k.workers],
-            args=[worker, seq, done, 1 if running else 0, max_retries, DEAD_CAP, time.time(),
+            args=[worker, seq, done, int(running), max_retries, DEAD_CAP, time.time(),
                   reason])
         return int(requeued), int(dead), int(dropped)
 

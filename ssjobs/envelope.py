@@ -30,7 +30,7 @@ _unpackb = msgpack.unpackb
 
 
 class Job:
-    """One job as a consumer sees it (SPEC §2)."""
+    """One job as a consumer sees it (docs/consumers.md)."""
 
     __slots__ = ("id", "topic", "payload", "attempts", "enqueued_at", "headers")
 

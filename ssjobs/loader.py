@@ -22,7 +22,7 @@ def add_consumer_path(paths: Iterable[Path | str]) -> None:
 class Consumer:
     """A loaded consumer: ``call(job)`` per job, plus optional setup/teardown hooks."""
 
-    __slots__ = ("spec", "call", "setup", "teardown")
+    __slots__ = ("spec", "call", "setup", "teardown", "is_async")
 
     def __init__(self, spec: str, call: Callable[[Any], Any],
                  setup: Callable[[], Any] | None = None,
@@ -31,6 +31,8 @@ class Consumer:
         self.call = call
         self.setup = setup
         self.teardown = teardown
+        # an ``async def`` consumer: its worker runs the coroutines on an event loop
+        self.is_async = inspect.iscoroutinefunction(call)
 
 
 def import_target(spec: str) -> Any:

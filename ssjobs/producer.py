@@ -1,4 +1,4 @@
-"""Push jobs from application code (SPEC §3).
+"""Push jobs from application code (docs/reference.md, "Producer").
 
 Imports only the broker, envelope, config and errors layers: an application that pushes
 jobs pulls in no click, no process code and no worker-only dependency.

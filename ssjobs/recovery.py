@@ -19,7 +19,8 @@ from .scoreboard import BatchPosition
 
 log = logging.getLogger("ssjobs.master")
 
-FLUSH_AT_STOP_S = 10.0   # a stopping master keeps retrying queued recoveries this long
+FLUSH_AT_STOP_S = 3.0    # a stopping master rides out this much of an outage to requeue
+                         # what its workers held (else the next start or another host does)
 HEARTBEAT_EVERY_S = 1.0  # how often a master refreshes its node key (its TTL: heartbeat_ttl)
 
 
@@ -77,8 +78,9 @@ class Recovery:
                 if while_waiting is not None:
                     while_waiting()
         for p in self.pending:
-            log.error("could not requeue the in-flight jobs of %s (redis down); another "
-                      "master will once this host's heartbeat expires", p.label)
+            log.error("could not requeue the in-flight jobs of %s (redis down): the next "
+                      "start on this data_dir will, or another master once this host's "
+                      "heartbeat expires", p.label)
 
     def previous_master(self, topics: Mapping[str, _Topic], old_node: str,
                         positions: Mapping[str, tuple[str, BatchPosition]]) -> None:

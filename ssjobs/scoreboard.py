@@ -32,8 +32,9 @@ STARTED_AT, HEARTBEAT = (8, "<d"), (16, "<d")
 PROCESSED, FAILED = (24, "<Q"), (32, "<Q")
 JOB_STARTED_AT, RSS = (40, "<d"), (48, "<Q")     # JOB_STARTED_AT: 0 unless a consumer runs
 # Crash recovery (docs/design.md): the batch the worker holds, how many of its oldest jobs
-# succeeded since the last settle, and whether a failure of the next one awaits its settle.
-BATCH_SEQ, BATCH_DONE, PENDING_FAILURE = (56, "<Q"), (64, "<I"), (68, "<B")
+# succeeded since the last settle, and how many after those ran and await their settle (a
+# failure; with concurrent asyncio jobs, a whole wave).
+BATCH_SEQ, BATCH_DONE, PENDING_FAILURE = (56, "<Q"), (64, "<I"), (68, "<H")
 SERIAL = (72, "<I")                             # the master's fork counter: part of the name
 BUSY_TOTAL = (80, "<d")                         # seconds spent inside consumers
 HIST_OFF, HIST_BUCKETS = 88, 24                 # u32 counts of job durations
@@ -119,8 +120,21 @@ class Slot:
         self._put(BATCH_DONE, 0)
         self._put(PENDING_FAILURE, 0)
 
+    def job_started(self, job_id: str, now: float) -> None:
+        id_b = job_id.encode()[:JOB_ID_LEN].ljust(JOB_ID_LEN, b"\0")
+        self.buf[self.offset + JOB_ID_OFF:self.offset + JOB_ID_OFF + JOB_ID_LEN] = id_b
+        self._put(JOB_STARTED_AT, now)
+
     def job_ended(self) -> None:
         self._put(JOB_STARTED_AT, 0.0)
+
+    def add_done(self, n: int) -> None:
+        """``n`` more of the batch's oldest jobs succeeded (the hot loop does this itself)."""
+        self._put(BATCH_DONE, self._get(BATCH_DONE) + n)
+
+    def set_pending(self, n: int) -> None:
+        """``n`` jobs after the done ones ran and await their settle (0: none)."""
+        self._put(PENDING_FAILURE, n)
 
     @property
     def pid(self) -> int:
@@ -146,8 +160,9 @@ class Slot:
 
     def batch(self) -> BatchPosition:
         """Where the worker is in its batch, as crash recovery needs it."""
+        pending = self._get(PENDING_FAILURE)
         return BatchPosition(self._get(BATCH_SEQ), self._get(BATCH_DONE),
-                             bool(self.job_started_at) or bool(self._get(PENDING_FAILURE)))
+                             pending or (1 if self.job_started_at else 0))
 
     def read(self) -> dict:
         o, buf = self.offset, self.buf
@@ -174,7 +189,8 @@ class Slot:
 class BatchPosition(NamedTuple):
     seq: int         # the batch the worker holds (its number in the protocol)
     done: int        # its oldest jobs that succeeded since the last settle
-    running: bool    # the next job was running, or failed and its settle is pending
+    running: int     # the jobs after those that were running, or failed and await their
+                     # settle: each is charged one attempt when the worker dies
 
 
 class Scoreboard:

@@ -6,6 +6,7 @@ scoreboard slot always says how far it got, so a crash re-runs only the job it w
 (docs/design.md)."""
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import random
@@ -14,8 +15,9 @@ import socket
 import time
 from dataclasses import dataclass
 from types import FrameType
+from typing import Any
 
-from . import envelope, fastloop, logs
+from . import asyncloop, envelope, fastloop, logs
 from .broker import CONNECTION_ERRORS, Broker, Outcomes, Settled, connect, is_transient
 from .config import JobConfig
 from .errors import ConsumerImportError, Fenced, JobTimeout, Retry
@@ -23,6 +25,7 @@ from .loader import Consumer, load_consumer
 from .outcome import Code, Failure
 from .runtime import new_nonce, set_title
 from .scoreboard import IDLE, STOPPING, Slot
+from .text import plural
 
 log = logging.getLogger("ssjobs.worker")
 
@@ -121,6 +124,8 @@ class Worker:
         self.last_job_at = self.started
         self.job_time: float | None = None  # moving average of seconds per job
         self._soft_timeout_for = 0.0        # start time of the job last sent JobTimeout
+        self._aio: asyncio.AbstractEventLoop | None = None  # for async def consumers
+        self.concurrency = 1                # jobs run at once (async consumers: up to N)
         self._outage = logs.OutageLogger(log)
 
     # -- lifecycle -----------------------------------------------------------------------
@@ -133,7 +138,7 @@ class Worker:
             return EXIT_CONSUMER_IMPORT
         if consumer.setup is not None:
             try:
-                consumer.setup()
+                self._finish_if_awaitable(consumer.setup())
             except Exception:
                 log.exception("consumer %r setup() failed", self.cfg.consumer)
                 return EXIT_SETUP_FAILED
@@ -142,6 +147,7 @@ class Worker:
             self.slot.hold_batch(self.seq)
             self.slot.set_state(IDLE)
             log.info("worker started (consumer %s)", self.cfg.consumer)
+            self.concurrency = self.cfg.concurrency_per_worker if consumer.is_async else 1
             self._loop(consumer)
         except _Interrupted:
             pass
@@ -150,18 +156,19 @@ class Worker:
             signal.setitimer(signal.ITIMER_REAL, 0)
             if consumer.teardown is not None and not self.ctl.forked:
                 try:
-                    consumer.teardown()
+                    self._finish_if_awaitable(consumer.teardown())
                 except Exception:
                     log.exception("consumer %r teardown() failed", self.cfg.consumer)
         self._retire()
-        log.info("worker exiting after %d jobs (status %d)", self.handled, self.ctl.exit_code)
+        log.info("worker exiting after %s (status %d)", plural(self.handled, "job"),
+                 self.ctl.exit_code)
         return self.ctl.exit_code
 
     def _retire(self) -> None:
         """Give back what is still held and end the registration (the master's recovery
         after we exit does the same, so a failure here loses nothing)."""
         try:
-            self._redis(self.broker.recover, self.name, self.slot.batch(), give_up=True)
+            self._redis(self.broker.recover, self.name, self.slot.batch(), give_up=0)
         except _Interrupted:
             pass
 
@@ -207,6 +214,7 @@ class Worker:
             return
         started = self.slot.job_started_at
         if started and now - started > cfg.job_timeout and started != self._soft_timeout_for \
+                and self._aio is None \
                 and (frame is None or frame.f_globals.get("__name__") not in _LOOP_MODULES):
             # Once per job, inside the consumer only. The start time stays in the slot:
             # the master's hard kill and the stuck_job alert still see it.
@@ -270,12 +278,14 @@ class Worker:
 
     def _batch_limit(self) -> int:
         """How many jobs to fetch: ~BATCH_WORK_S of work at the recent job time, at most
-        batch_size; a single job until the job time is known."""
+        batch_size; a single job until the job time is known. Never fewer than the
+        async consumer runs at once (concurrency_per_worker)."""
         if self.job_time is None:
             return 1
         if self.job_time <= 0:
             return self.cfg.batch_size
-        return max(1, min(self.cfg.batch_size, int(BATCH_WORK_S / self.job_time)))
+        wanted = max(self.concurrency, int(BATCH_WORK_S / self.job_time))
+        return max(1, min(self.cfg.batch_size, wanted))
 
     def _idle_check(self, now: float) -> None:
         idle_limit = self.cfg.dynamic_idle_time
@@ -288,8 +298,14 @@ class Worker:
         (a failure costs one more, so that a crash never loses its outcome)."""
         slot, batch = self.slot, self.batch
         started = time.perf_counter()
-        end, failure = fastloop.run_batch(batch, consumer.call, slot.buf, slot.offset,
-                                          self.ctl, self.max_bytes)
+        if self.concurrency > 1:
+            end, failures = asyncloop.run_waves(
+                batch, consumer.call, self._event_loop(), slot, self.ctl, self.max_bytes,
+                self.cfg.concurrency_per_worker, self.cfg.job_timeout)
+        else:
+            end, failure = fastloop.run_batch(batch, consumer.call, self._finish, slot.buf,
+                                              slot.offset, self.ctl, self.max_bytes)
+            failures = [failure] if failure is not None else []
         if self.ctl.forked:
             self._forked_exit()
         if end:
@@ -299,25 +315,43 @@ class Worker:
             self.handled += end
             self.last_job_at = time.time()
         slot.set_state(IDLE)
-        outcomes = Outcomes(processed=end - (failure is not None))
-        if failure is not None:
-            outcomes = self._outcome(failure, outcomes.processed)
+        outcomes = self._outcomes(failures, end - len(failures))
         held = len(batch) - end
-        if held and failure is None:  # stopping: the jobs not begun go back
+        if held and not failures:  # stopping: the jobs not begun go back
             self._settle(done=end, held=held, give_back=True, outcomes=outcomes)
             return
         take = 0 if held or self.ctl.stopping else max(0, self._fetch_size())
         self._settle(done=end, held=held, outcomes=outcomes, take=take)
+
+    # -- async def consumers: one event loop per worker, made after fork ------------------
+    def _event_loop(self) -> asyncio.AbstractEventLoop:
+        if self._aio is None:
+            self._aio = asyncio.new_event_loop()
+        return self._aio
+
+    def _finish(self, awaitable: Any) -> Any:
+        """Run what a consumer returned (a coroutine) to its end, within job_timeout."""
+        timeout = self.cfg.job_timeout
+        try:
+            return self._event_loop().run_until_complete(
+                asyncio.wait_for(awaitable, timeout) if timeout else awaitable)
+        except asyncio.TimeoutError:
+            raise JobTimeout(f"job ran past job_timeout={timeout}s") from None
+
+    def _finish_if_awaitable(self, result: Any) -> Any:
+        return self._finish(result) if hasattr(result, "__await__") else result
 
     def _settle(self, *, done: int = 0, held: int = 0, give_back: bool = False,
                 outcomes: Outcomes = Outcomes(), take: int = 0) -> Settled:
         """Settle through the broker, retried until Redis answers (a repeat is safe), then
         hold the batch it leaves us. Once stopping, an outage ends the attempt: the slot
         still says how far we got, for the master's recovery."""
+        # while stopping, ride out a short outage only to save outcomes (else the slot has it)
+        patience = STOPPING_RETRY_S if outcomes.failed or done else 0
         try:
             settled = self._redis(self.broker.settle, self.name, self.seq, done=done,
                                   held=held, give_back=give_back, outcomes=outcomes, take=take,
-                                  give_up=True)
+                                  give_up=patience)
         except Fenced as exc:
             self._rejoin(exc)
             return Settled([], None)
@@ -337,25 +371,35 @@ class Worker:
         log.warning("redis refused this worker's settle (%s): it was recovered elsewhere "
                     "or redis lost its data; the %d jobs it held are not run here, it "
                     "registers again and carries on", exc, len(self.batch))
-        self._redis(self.broker.recover, self.name, self.slot.batch(), give_up=True)
+        self._redis(self.broker.recover, self.name, self.slot.batch(), give_up=0)
         self.batch = []
         self.seq += REJOIN_SEQ_GAP
-        self._redis(self.broker.rejoin, self.name, self.seq, give_up=True)
+        self._redis(self.broker.rejoin, self.name, self.seq, give_up=0)
         self.slot.hold_batch(self.seq)
 
     # -- outcomes of failed jobs ---------------------------------------------------------
-    def _outcome(self, failure: Failure, processed: int) -> Outcomes:
+    def _outcomes(self, failures: list[Failure], processed: int) -> Outcomes:
+        failed, retries, dead = 0, [], []
+        for failure in failures:
+            ran, retry, dead_letter = self._outcome(failure)
+            failed += ran
+            retries += retry
+            dead += dead_letter
+        return Outcomes(processed, failed, retries, dead)
+
+    def _outcome(self, failure: Failure) -> tuple[int, list[tuple[float, bytes]], list[bytes]]:
+        """(failed runs counted, retries, dead letters) of one failure."""
         now = time.time()
         job = failure.job
         if job is None:
-            return Outcomes(processed, 0, (), [self._malformed(failure, now)])
+            return 0, [], [self._malformed(failure, now)]
         error = self._error(failure.exc, failure.traceback, now)
         if job.attempts + 1 >= envelope.MAX_ATTEMPTS:
             error["reason"] = "malformed"
             job.headers["error"] = error
             self._log_failure(job, error, failure.traceback, "dead-lettered (attempts counter "
                               "at its limit)")
-            return Outcomes(processed, 1, (), [envelope.encode_job(job)])
+            return 1, [], [envelope.encode_job(job)]
         job.attempts += 1
         if failure.code == Code.REJECT:
             error["reason"] = "rejected"
@@ -367,10 +411,10 @@ class Worker:
                 else retry_delay(self.cfg, job.attempts)
             job.headers["last_error"] = error
             self._log_failure(job, error, failure.traceback, f"retry in {delay:.1f}s")
-            return Outcomes(processed, 1, [(now + delay, envelope.encode_job(job))], ())
+            return 1, [(now + delay, envelope.encode_job(job))], []
         job.headers["error"] = error
         self._log_failure(job, error, failure.traceback, f"dead-lettered ({error['reason']})")
-        return Outcomes(processed, 1, (), [envelope.encode_job(job)])
+        return 1, [], [envelope.encode_job(job)]
 
     def _error(self, exc: BaseException | None, tb: str, now: float) -> dict:
         if exc is None:
@@ -403,11 +447,12 @@ class Worker:
                 ("\n" + tb.rstrip()) if tb else "", extra=extra)
 
     # -- Redis outages -------------------------------------------------------------------
-    def _redis(self, op, *args, give_up: bool = False, **kwargs):
+    def _redis(self, op, *args, give_up: float | None = None, **kwargs):
         """Run a Redis operation, retrying with back-off while Redis is down (every one
         the worker sends is safe to repeat); the outage is logged once when it starts and
-        once when it ends. Once stopping, ``give_up`` operations are abandoned after
-        STOPPING_RETRY_S (returning None). Fenced propagates (see _rejoin)."""
+        once when it ends. Once stopping, an operation with ``give_up`` seconds of patience
+        is abandoned after them (returning None): the slot still says how far the worker
+        got, for its master's recovery. Fenced propagates (see _rejoin)."""
         if self.ctl.forked:
             self._forked_exit()
         delay = 0.05
@@ -420,9 +465,9 @@ class Worker:
             except Exception as exc:
                 if not is_transient(exc):
                     raise
-                if self.ctl.stopping and give_up:
-                    deadline = deadline or time.monotonic() + STOPPING_RETRY_S
-                    if time.monotonic() > deadline:
+                if self.ctl.stopping and give_up is not None:
+                    deadline = deadline or time.monotonic() + give_up
+                    if time.monotonic() >= deadline:
                         return None
                 self._note_down(exc)
                 self._sleep(delay + random.uniform(0, delay / 2))

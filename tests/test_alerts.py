@@ -1,4 +1,4 @@
-"""Job alerts and ERROR-line relaying (issue 5, SPEC §1 [notifier], §4b).
+"""Job alerts and ERROR-line relaying (docs/consumers.md, "Alerts").
 
 Pure rules are table-tested; the relay is tested in-process and across fork; then real
 masters post to a webhook endpoint on 127.0.0.1 (a local http.server in the test).

@@ -162,7 +162,7 @@ def test_recover_with_the_slot_position_drops_the_done_and_charges_only_the_runn
     ids = push(redis_url, list(range(6)))
     broker.settle("w1", 0, take=5)
     # the worker finished jobs 0 and 1 and died while running job 2
-    assert broker.recover("w1", BatchPosition(1, 2, True), max_retries=3) == (3, 0, 2)
+    assert broker.recover("w1", BatchPosition(1, 2, 1), max_retries=3) == (3, 0, 2)
     jobs = [envelope.decode(r) for r in broker.client.lrange(broker.keys.ready, 0, -1)][::-1]
     assert [j.id for j in jobs] == ids[2:]
     assert [j.attempts for j in jobs] == [1, 0, 0, 0]
@@ -170,14 +170,14 @@ def test_recover_with_the_slot_position_drops_the_done_and_charges_only_the_runn
     counts = broker.counts()
     assert (counts["processed"], counts["failed"]) == (2, 1)
     assert broker.workers() == []
-    assert broker.recover("w1", BatchPosition(1, 2, True)) == (0, 0, 0)   # safe twice
+    assert broker.recover("w1", BatchPosition(1, 2, 1)) == (0, 0, 0)   # safe twice
 
 
 def test_recover_after_a_settle_the_slot_never_saw_requeues_all_uncharged(broker, redis_url):
     ids = push(redis_url, list(range(4)))
     broker.settle("w1", 0, take=2)
     broker.settle("w1", 1, done=2, take=2)   # ran; the worker died before reading the reply
-    assert broker.recover("w1", BatchPosition(1, 2, True)) == (2, 0, 0)
+    assert broker.recover("w1", BatchPosition(1, 2, 1)) == (2, 0, 0)
     got = [envelope.decode(r) for r in broker.client.lrange(broker.keys.ready, 0, -1)][::-1]
     assert [j.id for j in got] == ids[2:] and [j.attempts for j in got] == [0, 0]
 
@@ -186,7 +186,7 @@ def test_recover_deadletters_a_poison_job_past_max_retries(broker):
     env = envelope.encode("poison", "q", {"blob": b"\xff\x00"}, attempts=2,
                           headers={"keep": "me"})
     broker.client.lpush(broker.keys.inflight("w1"), env)
-    assert broker.recover("w1", BatchPosition(0, 0, True), max_retries=2) == (0, 1, 0)
+    assert broker.recover("w1", BatchPosition(0, 0, 1), max_retries=2) == (0, 1, 0)
     (raw,) = broker.client.lrange(broker.keys.dead, 0, -1)
     job = envelope.decode(raw)
     assert job.attempts == 3 and job.payload == {"blob": b"\xff\x00"}
@@ -197,7 +197,7 @@ def test_recover_deadletters_a_poison_job_past_max_retries(broker):
 
 def test_recover_leaves_garbage_for_the_worker_to_deadletter(broker):
     broker.client.lpush(broker.keys.inflight("w1"), b"\x97garbage", b"junk")
-    assert broker.recover("w1", BatchPosition(0, 0, True), max_retries=1) == (2, 0, 0)
+    assert broker.recover("w1", BatchPosition(0, 0, 1), max_retries=1) == (2, 0, 0)
     assert broker.backlog() == 2
 
 

@@ -38,7 +38,7 @@ def test_topics_land_on_different_nodes_and_scripts_work_there(cluster):
         broker.register_worker("w1")
         got = broker.settle("w1", 0, take=10).jobs
         assert [envelope.decode(r).id for r in got][:5] == ids
-        assert broker.recover("w1", BatchPosition(1, 0, True), max_retries=3) == (6, 0, 0)
+        assert broker.recover("w1", BatchPosition(1, 0, 1), max_retries=3) == (6, 0, 0)
         broker.register_worker("w2")
         more = broker.settle("w2", 0, take=10).jobs
         broker.settle("w2", 1, done=len(more), outcomes=Outcomes(processed=len(more)))

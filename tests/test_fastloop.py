@@ -1,4 +1,5 @@
 """The hot loop, run through both the compiled module and its pure-Python twin."""
+import asyncio
 import importlib
 
 import msgpack
@@ -33,11 +34,15 @@ def make_slot():
 MAX = envelope.DEFAULT_MAX_PAYLOAD_BYTES
 
 
+def FINISH(awaitable):  # what the worker does with an awaitable a consumer returned
+    return asyncio.new_event_loop().run_until_complete(awaitable)
+
+
 def run_all(loop, raws, consumer, slot, ctl=None):
     """Run a batch as the worker does: after each failure, go on with the rest."""
     failures, i = [], 0
     while i < len(raws):
-        end, failure = loop.run_batch(raws[i:], consumer, slot.buf, slot.offset, ctl or Ctl(),
+        end, failure = loop.run_batch(raws[i:], consumer, FINISH, slot.buf, slot.offset, ctl or Ctl(),
                                       MAX)
         assert end > 0 or failure is None
         if failure is None and end < len(raws) - i:
@@ -83,14 +88,14 @@ def test_a_failure_ends_the_run_and_is_marked_pending_in_the_slot(loop):
         if job.payload == 2:
             raise ValueError("two")
 
-    end, failure = loop.run_batch(raws, consumer, slot.buf, slot.offset, Ctl(), MAX)
+    end, failure = loop.run_batch(raws, consumer, FINISH, slot.buf, slot.offset, Ctl(), MAX)
     assert end == 3 and failure.job.payload == 2
     # crash recovery reads this: two jobs done, the third's outcome not yet settled
-    assert slot.batch() == scoreboard.BatchPosition(0, 2, True)
+    assert slot.batch() == scoreboard.BatchPosition(0, 2, 1)
     slot.hold_batch(1)  # the worker settled it
-    end, failure = loop.run_batch(raws[3:], consumer, slot.buf, slot.offset, Ctl(), MAX)
+    end, failure = loop.run_batch(raws[3:], consumer, FINISH, slot.buf, slot.offset, Ctl(), MAX)
     assert (end, failure) == (2, None)
-    assert slot.batch() == scoreboard.BatchPosition(1, 2, False)
+    assert slot.batch() == scoreboard.BatchPosition(1, 2, 0)
 
 
 def test_stop_between_jobs_returns_where_it_stopped(loop):
@@ -104,7 +109,7 @@ def test_stop_between_jobs_returns_where_it_stopped(loop):
 
     raws = [envelope.encode(f"id{i}", "q", i) for i in range(5)]
     slot = make_slot()
-    end, failure = loop.run_batch(raws, consumer, slot.buf, slot.offset, ctl, MAX)
+    end, failure = loop.run_batch(raws, consumer, FINISH, slot.buf, slot.offset, ctl, MAX)
     assert seen == [0, 1] and (end, failure) == (2, None)
     assert slot.batch().done == 2
 
@@ -119,7 +124,7 @@ def test_job_id_and_start_time_are_visible_while_running_and_cleared_after(loop)
         observed["running"] = slot.batch().running
 
     raws = [envelope.encode(long_id, "q", 1)]
-    loop.run_batch(raws, consumer, slot.buf, slot.offset, Ctl(), MAX)
+    loop.run_batch(raws, consumer, FINISH, slot.buf, slot.offset, Ctl(), MAX)
     assert observed["state"] == "busy" and observed["running"]
     assert observed["job_id"] == long_id
     assert observed["job_started_at"] > 1e9
@@ -130,7 +135,7 @@ def test_an_envelope_over_max_bytes_is_refused_without_decoding(loop):
     slot = make_slot()
     seen = []
     big = envelope.encode("big", "q", "x" * 5000)
-    end, failure = loop.run_batch([big], seen.append, slot.buf, slot.offset, Ctl(), 4096)
+    end, failure = loop.run_batch([big], seen.append, FINISH, slot.buf, slot.offset, Ctl(), 4096)
     assert seen == [] and end == 1
     assert failure.code == Code.TOO_LARGE and failure.job is None and failure.raw == big
 
@@ -139,9 +144,30 @@ def test_an_attempts_counter_at_its_limit_is_malformed_not_an_overflow(loop):
     slot = make_slot()
     for attempts in (envelope.MAX_ATTEMPTS, 2**64 - 1):
         raw = msgpack.packb([1, "id", "q", attempts, 1.0, {}, None])
-        end, failure = loop.run_batch([raw], lambda job: None, slot.buf, slot.offset, Ctl(),
+        end, failure = loop.run_batch([raw], lambda job: None, FINISH, slot.buf, slot.offset, Ctl(),
                                       MAX)
         assert failure.code == Code.MALFORMED, attempts
+
+
+def test_an_async_consumer_and_an_awaitable_result_are_awaited(loop):
+    slot = make_slot()
+    ran = []
+
+    async def consumer(job):
+        await asyncio.sleep(0)
+        ran.append(job.payload)
+        if job.payload == "no":
+            return False
+
+    def plain(job):   # a plain function that returns an awaitable
+        return consumer(job)
+
+    raws = [envelope.encode("a", "q", "yes"), envelope.encode("b", "q", "no")]
+    end, failure = loop.run_batch(raws, consumer, FINISH, slot.buf, slot.offset, Ctl(), MAX)
+    assert (end, failure.code, failure.job.payload) == (2, Code.FAILED, "no")
+    end, failure = loop.run_batch(raws[:1], plain, FINISH, slot.buf, slot.offset, Ctl(), MAX)
+    assert (end, failure) == (1, None)
+    assert ran == ["yes", "no", "yes"] and slot.read()["processed"] == 2
 
 
 def test_a_process_forked_inside_the_consumer_records_and_runs_nothing(loop):
@@ -157,7 +183,7 @@ def test_a_process_forked_inside_the_consumer_records_and_runs_nothing(loop):
             loop.mark_forked()                  # (what the worker's at-fork hook does)
 
     before = slot.read()["processed"]
-    end, failure = loop.run_batch(raws, consumer, slot.buf, slot.offset, Ctl(), MAX)
+    end, failure = loop.run_batch(raws, consumer, FINISH, slot.buf, slot.offset, Ctl(), MAX)
     if ran == [0]:  # the child: it stopped at once
         os._exit(0 if (end, failure) == (0, None) else 1)
     _, status = os.wait()
@@ -216,7 +242,7 @@ def test_both_twins_decode_every_shape_the_same_way():
     def outcome(mod, raw):
         seen = []
         slot = make_slot()
-        _, failure = mod.run_batch([raw], seen.append, slot.buf, slot.offset, Ctl(), MAX)
+        _, failure = mod.run_batch([raw], seen.append, FINISH, slot.buf, slot.offset, Ctl(), MAX)
         if failure:
             return "('malformed',)"
         j = seen[0]

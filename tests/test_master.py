@@ -1,4 +1,4 @@
-"""The master under attack: real forks, real signals, real Redis (SPEC §6)."""
+"""The master under attack: real forks, real signals, real Redis (docs/design.md)."""
 import os
 import random
 import signal
@@ -493,3 +493,22 @@ def test_master_and_workers_drop_privileges_to_process_user(redis_url, tmp_path)
             m.kill_all()
     finally:
         shutil.rmtree(root, ignore_errors=True)
+
+
+def test_stop_while_redis_is_down_is_prompt(env, redis_server):
+    project, out, make = env
+    m = make([{"topic": "q", "consumer": "rec:run", "static_workers": 3}])
+    m.start()
+    wait_for(lambda: all(w["state"] == "idle" for w in m.workers()) and m.workers())
+    redis_server.stop()   # the workers are now retrying Redis with back-off
+    time.sleep(1.5)
+    began = time.monotonic()
+    try:
+        assert m.stop(timeout=30) == 0
+        took = time.monotonic() - began
+        # every wait of a worker (the blocking fetch, the reconnect back-off) ends on SIGTERM;
+        # the master still tries a few seconds to requeue what its workers held
+        assert took < 8, took
+        assert "did not stop within" not in project.log_text()
+    finally:
+        redis_server.start(redis_server.port)

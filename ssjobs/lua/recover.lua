@@ -1,9 +1,9 @@
 -- recover: requeue what a worker that is gone held, and delete its registration (which
 -- fences it, should it be alive after all: its next settle is refused). Safe to run twice.
 -- With the worker's position in its batch (its master reads it from the scoreboard), the
--- oldest `done` entries succeeded (dropped, counted processed), the next one was running
--- (charged one attempt; past max_retries dead-lettered as a poison job, reason "crashed"),
--- and the rest go back to the front of ready in order, uncharged. Without it (a dead host),
+-- oldest `done` entries succeeded (dropped, counted processed), the next `running` ones ran
+-- (each charged one attempt; past max_retries dead-lettered as a poison job, reason
+-- "crashed"), and the rest go back to the front of ready in order, uncharged. Without it (a dead host),
 -- everything goes back uncharged. See docs/design.md, "Crashes".
 -- KEYS[1] ready     LIST
 -- KEYS[2] inflight  LIST  the worker's batch, oldest on the right
@@ -12,18 +12,18 @@
 -- KEYS[5] workers   HASH  worker name -> number of the batch it holds
 -- ARGV[1] worker name
 -- ARGV[2] seq       the batch the worker's slot names, '' when unknown
--- ARGV[3] done      ARGV[4] running ('1': charge the entry after the done ones)
+-- ARGV[3] done      ARGV[4] running (how many entries after the done ones to charge)
 -- ARGV[5] max_retries   ARGV[6] dead cap   ARGV[7] now   ARGV[8] error message
 -- returns {requeued, dead-lettered, dropped as done}
 local name = ARGV[1]
-local done, running = tonumber(ARGV[3]) or 0, ARGV[4] == '1'
+local done, running = tonumber(ARGV[3]) or 0, tonumber(ARGV[4]) or 0
 local max_retries = tonumber(ARGV[5])
 local stored = redis.call('HGET', KEYS[5], name)
 if ARGV[2] == '' then
-  done, running = 0, false
+  done, running = 0, 0
 elseif stored and tonumber(stored) ~= tonumber(ARGV[2]) then
   -- its last settle ran (or the slot is stale): the list holds a batch it never began
-  done, running = 0, false
+  done, running = 0, 0
 end
 -- (no registration: the worker was fenced, and what its list holds it took after the fence,
 -- which is what its slot describes)
@@ -51,10 +51,11 @@ local n = #items
 local dropped = math.min(done, n)
 local requeued, dead = 0, 0
 if dropped > 0 then redis.call('HINCRBY', KEYS[4], 'processed', dropped) end
-local was_running = n - dropped  -- index of the entry after the done ones
+local first_running = n - dropped  -- items are newest first: these ran, oldest first
+local last_running = first_running - running + 1
 for i = 1, n - dropped do  -- newest first: RPUSH leaves the oldest rightmost, next to run
   local env, is_dead = items[i], false
-  if running and i == was_running then
+  if i >= last_running and i <= first_running then
     redis.call('HINCRBY', KEYS[4], 'failed', 1)
     if string.byte(env, 1) == 0x97 then
       local ok, new_env, poisoned = pcall(charge, env)
