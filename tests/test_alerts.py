@@ -1,4 +1,4 @@
-"""Job alerts and ERROR-line relaying (docs/consumers.md, "Alerts").
+"""Job alerts and ERROR-line relaying (docs/consumers.md, "Notifications").
 
 Pure rules are table-tested; the relay is tested in-process and across fork; then real
 masters post to a webhook endpoint on 127.0.0.1 (a local http.server in the test).

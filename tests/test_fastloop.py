@@ -42,8 +42,8 @@ def run_all(loop, raws, consumer, slot, ctl=None):
     """Run a batch as the worker does: after each failure, go on with the rest."""
     failures, i = [], 0
     while i < len(raws):
-        end, failure = loop.run_batch(raws[i:], consumer, FINISH, slot.buf, slot.offset, ctl or Ctl(),
-                                      MAX)
+        end, failure = loop.run_batch(raws[i:], consumer, FINISH, slot.buf, slot.offset,
+                                      ctl or Ctl(), MAX)
         assert end > 0 or failure is None
         if failure is None and end < len(raws) - i:
             break  # stopping
