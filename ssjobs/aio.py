@@ -15,10 +15,10 @@ from . import envelope
 from .broker import CONNECTION_ERRORS, TopicKeys
 from .delays import push_delay
 from .errors import BrokerUnavailable
+from .names import check_topic
 from .producer import (
     PUSH_SCRIPT,
     Tokens,
-    check_topic,
     chunked_calls,
     chunks_of,
     make_envelope,

@@ -14,6 +14,7 @@ import redis
 
 from .errors import BrokerUnavailable, Fenced
 from .scoreboard import BatchPosition
+from .urls import CLUSTER_SCHEMES, SENTINEL_SCHEMES, parse_sentinel
 
 DEAD_CAP = 10_000            # dead-letter list length kept per topic; older entries trimmed
 PROMOTE_LIMIT = 1_000        # delayed jobs promoted per call, so one call stays short
@@ -42,9 +43,6 @@ def _with_take(name: str) -> str:
     return script_source("take") + "\n" + script_source(name)
 
 
-CLUSTER_SCHEMES = ("redis+cluster://", "rediss+cluster://")
-SENTINEL_SCHEMES = ("redis+sentinel://", "rediss+sentinel://")
-SENTINEL_PORT = 26379
 
 
 def connect(url: str, *, socket_timeout: float | None = 10.0,
@@ -71,29 +69,17 @@ def connect(url: str, *, socket_timeout: float | None = 10.0,
 
 
 def _sentinel_master(url: str, options: dict) -> redis.Redis:
-    from urllib.parse import unquote, urlsplit
-
     from redis.sentinel import Sentinel
 
-    parts = urlsplit(url)
-    hosts = []
-    for host in parts.netloc.rpartition("@")[2].split(","):
-        name, _, port = host.rpartition(":") if ":" in host else (host, "", "")
-        hosts.append((name, int(port) if port else SENTINEL_PORT))
-    service, _, db = parts.path.strip("/").partition("/")
-    if not service:
-        raise ValueError("a sentinel URL names the service: redis+sentinel://host:port/NAME")
-    password = unquote(parts.password) if parts.password else None
-    username = unquote(parts.username) if parts.username else None
-    tls = url.startswith("rediss")
+    sentinel_url = parse_sentinel(url)
+    auth = {"password": sentinel_url.password, "username": sentinel_url.username,
+            "ssl": sentinel_url.tls}
     # The Sentinels get the same credentials and TLS as the master: a Sentinel with
     # requirepass refuses them otherwise, and its answers (which master) travel in clear.
-    sentinel = Sentinel(hosts, sentinel_kwargs={"socket_timeout": 5.0,
-                                                "socket_connect_timeout": 5.0,
-                                                "password": password, "username": username,
-                                                "ssl": tls})
-    return sentinel.master_for(service, db=int(db or 0), password=password,
-                               username=username, ssl=tls, **options)
+    sentinel = Sentinel(sentinel_url.hosts, sentinel_kwargs={"socket_timeout": 5.0,
+                                                             "socket_connect_timeout": 5.0,
+                                                             **auth})
+    return sentinel.master_for(sentinel_url.service, db=sentinel_url.db, **auth, **options)
 
 
 def nodes_key(prefix: str) -> str:

@@ -20,17 +20,13 @@ from . import envelope
 from .broker import CONNECTION_ERRORS, TopicKeys, connect, script_source
 from .delays import push_delay
 from .errors import BrokerUnavailable
+from .names import check_topic
 
 CHUNK_SIZE = 1_000   # envelopes per push command: big enough to amortise the round trip,
                      # small enough to keep one command well under Redis' 512 MB limit
 MARKER_TTL_S = 3600  # a push token's marker outlives any retry of its last push by far
 PUSH_SCRIPT = script_source("push")
 PUSH_SHA = hashlib.sha1(PUSH_SCRIPT.encode()).hexdigest()
-
-
-def check_topic(topic: Any) -> None:
-    if not isinstance(topic, str) or not topic or "{" in topic or "}" in topic:
-        raise ValueError(f"invalid topic {topic!r}")
 
 
 def make_envelope(topic: str, payload: Any, now: float, max_payload_bytes: int,
