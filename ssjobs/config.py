@@ -497,9 +497,3 @@ def load_data_dir(path: str | os.PathLike) -> Path:
 def find_config_path(cli_value: str | None = None) -> Path:
     """The ``-c`` value, else $SSJOBS_CONFIG, else ./ssjobs.toml; made absolute."""
     return _abspath(cli_value or os.environ.get(CONFIG_ENV) or DEFAULT_CONFIG_NAME)
-
-
-if __name__ == "__main__":  # `python -m ssjobs.config > config_example.toml`
-    from .configdoc import render_example
-
-    print(render_example(), end="")

@@ -19,7 +19,7 @@ import socket
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from . import forkfds
 from .errors import ExtensionUnavailable
@@ -28,11 +28,12 @@ from .scoreboard import (
     HIST_BOUNDS_S,
     HIST_BUCKETS,
     KINDS,
-    STARTED_AT,
-    STATE,
     STATES,
     merge,
 )
+
+if TYPE_CHECKING:
+    from .master import Master
 
 log = logging.getLogger("ssjobs.metrics")
 
@@ -85,7 +86,7 @@ class JobTimes:
         """Read every slot that was ever claimed (``board``: a Scoreboard)."""
         for index in range(board.nslots):
             slot = board.slot(index)
-            info = slot.read() if slot._get(STARTED_AT) else None   # 0: never claimed
+            info = slot.read() if slot.started_at else None   # 0: never claimed
             prev = self.seen.get(index)
             if prev is not None and (info is None or info["started_at"] != prev.started_at):
                 self._retire(index, prev)
@@ -143,7 +144,8 @@ class MetricsExtension:
     # keyed by master: (pid, started_at).
     _carried: dict[tuple[int, float], JobTimes] = {}
 
-    def __init__(self, master: Any) -> None:
+    def __init__(self, master: Master) -> None:
+        assert master.cfg.metrics is not None  # built only for a config with [metrics]
         self.host, self.port = master.cfg.metrics.address
         self.token = master.cfg.metrics.token
         self._key = (os.getpid(), master.started_at)
@@ -157,7 +159,7 @@ class MetricsExtension:
         self._threads: list[threading.Thread] = []
         self._brokers = _topic_brokers(master.cfg)
 
-    def start(self, master: Any) -> None:
+    def start(self, master: Master) -> None:
         from prometheus_client import CollectorRegistry, make_wsgi_app
 
         self.tick(master, time.time())
@@ -174,15 +176,14 @@ class MetricsExtension:
         self._spawn(self._refresh_loop, "ssjobs-metrics-redis")
         log.info("metrics served at http://%s:%d/metrics", self.host, self.port)
 
-    def tick(self, master: Any, now: float) -> None:
+    def tick(self, master: Master, now: float) -> None:
         """Once a second in the master loop: memory reads only."""
         board = master.board
         workers = {(t, k, s): 0 for t in master.topics for k in KINDS for s in WORKER_STATES}
         if board is not None:
             self.job_times.update(board)
             for proc in list(master.workers.values()):
-                code = board.slot(proc.slot)._get(STATE)
-                state = STATES[code] if code < len(STATES) else "unknown"
+                state = STATES[board.slot(proc.slot).state]
                 key = (proc.topic, KINDS[proc.kind & 1], state)
                 workers[key] = workers.get(key, 0) + 1
         self.view = MasterView(tuple(master.topics), master.started_at, workers,
@@ -194,13 +195,13 @@ class MetricsExtension:
         return forkfds.socket_fds(getattr(self.server, "socket", None)) + \
             forkfds.redis_fds(clients.values())
 
-    def worker_exited(self, master: Any, slot: int, info: dict) -> None:
+    def worker_exited(self, master: Master, slot: int, info: dict) -> None:
         self.job_times.worker_exited(slot, info)
 
-    def reloaded(self, master: Any, refused: dict[str, str]) -> None:
+    def reloaded(self, master: Master, refused: dict[str, str]) -> None:
         pass
 
-    def stop(self, master: Any) -> None:
+    def stop(self, master: Master) -> None:
         self._stop.set()
         if self.server is not None:
             self.server.shutdown()

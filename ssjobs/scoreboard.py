@@ -202,6 +202,11 @@ class Slot:
         return self._get(JOB_STARTED_AT)
 
     @property
+    def started_at(self) -> float:
+        """When the slot was claimed for its worker (0.0: never claimed)."""
+        return self._get(STARTED_AT)
+
+    @property
     def serial(self) -> int:
         return self._get(SERIAL)
 
