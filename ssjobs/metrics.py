@@ -246,19 +246,12 @@ class MetricsExtension:
 def _topic_brokers(cfg: Any) -> dict[str, tuple[str, Any]]:
     """topic -> (name of its Redis for the log, Broker), on connections of our own (short
     timeouts)."""
-    from .broker import Broker, connect
+    from .broker import Brokers
     from .redact import redact_url
 
-    clients: dict[str, Any] = {}
-    brokers = {}
-    for job in cfg.jobs:
-        rcfg = cfg.redis_for(job)
-        client = clients.get(rcfg.url)
-        if client is None:
-            client = clients[rcfg.url] = connect(rcfg.url, socket_timeout=REDIS_TIMEOUT_S)
-        where = f"metrics: redis {redact_url(rcfg.url)}"
-        brokers[job.topic] = (where, Broker(client, rcfg.prefix, job.topic))
-    return brokers
+    pool = Brokers(socket_timeout=REDIS_TIMEOUT_S)
+    return {job.topic: (f"metrics: redis {redact_url(cfg.redis_for(job).url)}",
+                        pool.broker(cfg.redis_for(job), job.topic)) for job in cfg.jobs}
 
 
 class _Collector:

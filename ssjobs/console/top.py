@@ -23,7 +23,7 @@ from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..broker import Broker, connect
+from ..broker import Broker, Brokers
 from ..config import Config
 from ..redact import redact, redact_url
 from ..runtime import RuntimeFiles, StopSignals
@@ -66,14 +66,10 @@ class Sampler:
 
     def __init__(self, cfg: Config) -> None:
         self.files = RuntimeFiles(cfg.process.data_dir)
-        clients: dict[str, Any] = {}
-        self.brokers: dict[str, tuple[str, Broker]] = {}
-        for job in cfg.jobs:
-            url = cfg.redis_for(job).url
-            if url not in clients:
-                clients[url] = connect(url, socket_timeout=REDIS_TIMEOUT_S)
-            self.brokers[job.topic] = (url, Broker(clients[url], cfg.redis_for(job).prefix,
-                                                   job.topic))
+        pool = Brokers(socket_timeout=REDIS_TIMEOUT_S)
+        self.brokers: dict[str, tuple[str, Broker]] = {
+            job.topic: (cfg.redis_for(job).url, pool.broker(cfg.redis_for(job), job.topic))
+            for job in cfg.jobs}
         self.last: dict[str, tuple[float, int]] = {}      # topic -> (time, processed)
         self.history: dict[str, deque[float]] = {t: deque(maxlen=HISTORY_S)
                                                  for t in self.brokers}
