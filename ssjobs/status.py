@@ -127,17 +127,12 @@ def read_scoreboard(files: RuntimeFiles, *, histograms: dict[str, list[int]] | N
     """This host's workers (the documented fields) and the scoreboard header; ([], None) when the
     scoreboard is missing or not (yet) valid. ``histograms``, if given, receives the job-time
     histogram of each topic (summed over its live workers)."""
-    from .scoreboard import Scoreboard
+    from .scoreboard import read_board
 
-    try:
-        board = Scoreboard.open(files.scoreboard_path)
-    except (OSError, ValueError):
+    found = read_board(files.scoreboard_path)
+    if found is None:
         return [], None
-    try:
-        slots = board.workers()
-        header = board.header()
-    finally:
-        board.close()
+    slots, header = found
     if histograms is not None:
         histograms.update(topic_histograms(slots))
     workers = [{k: slot[k] for k in WORKER_FIELDS} for slot in slots]

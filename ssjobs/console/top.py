@@ -27,7 +27,7 @@ from ..broker import Broker, Brokers
 from ..config import Config
 from ..redact import redact, redact_url
 from ..runtime import RuntimeFiles, StopSignals
-from ..scoreboard import Scoreboard, percentiles_ms, topic_histograms
+from ..scoreboard import percentiles_ms, read_board, topic_histograms
 from ..text import age, milliseconds, size
 from . import common
 
@@ -108,14 +108,10 @@ class Sampler:
 
     def _scoreboard(self) -> tuple[list[dict], dict | None]:
         pid = self.files.running_pid()
-        try:
-            board = Scoreboard.open(self.files.scoreboard_path)
-        except (OSError, ValueError):
+        found = read_board(self.files.scoreboard_path)
+        if found is None:
             return [], ({"pid": pid, "started_at": None} if pid else None)
-        try:
-            workers, header = board.workers(), board.header()
-        finally:
-            board.close()
+        workers, header = found
         if not pid:
             return [], None
         started = header["started_at"] if header["master_pid"] == pid else None
