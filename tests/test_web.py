@@ -7,7 +7,6 @@ import json
 import re
 import sys
 import time
-import types
 from pathlib import Path
 
 import pytest
@@ -16,7 +15,15 @@ pytest.importorskip("starlette", reason="the web extra is not installed: pip ins
 
 from conftest import wait_for  # noqa: E402
 from masters import MasterProc  # noqa: E402
-from webtools import Served, add_dead, csrf_of, http  # noqa: E402
+from webtools import (  # noqa: E402
+    SCRIPT,
+    FakeTracking,
+    Served,
+    add_dead,
+    csrf_of,
+    http,
+    tracked_record,
+)
 
 from ssjobs.broker import TopicKeys, node_key, nodes_key  # noqa: E402
 from ssjobs.errors import ControlError  # noqa: E402
@@ -34,7 +41,6 @@ CONSUMERS = """
 JOBS = [{"topic": "mail.send", "consumer": "demo:ok", "static_workers": 2},
         {"topic": "report.build", "consumer": "demo:ok"},
         {"topic": "video/encode", "consumer": "demo:hold"}]
-SCRIPT = "<script>alert('xss')</script>"
 
 
 @pytest.fixture
@@ -164,6 +170,8 @@ def test_the_topic_page_buttons_retry_and_purge_with_a_form_post(site, rclient):
         cookie = f"{auth.COOKIE}={page.cookie(auth.COOKIE)}"
         csrf = csrf_of(page.text)
         assert page.text.count('name="id"') == 3 and 'id="purge"' in page.text
+        in_forms = set(re.findall(r'name="csrf" value="([^"]*)"', page.text))
+        assert in_forms == {csrf}                  # every form carries the page's token
         done = http("POST", web.url("/topics/video/encode/dead/retry"),
                     form={"csrf": csrf, "id": ids[2]}, cookie=cookie)
         assert done.status == 303
@@ -361,32 +369,6 @@ def test_without_job_tracking_the_job_page_says_it_is_not_available(site, monkey
     assert page.status == 200 and 'id="tracking-unavailable"' in page.text
     assert api.status == 404 and "not available" in api.json()["error"]
     assert lookup.status == 303 and lookup.header("location") == "/jobs/video/encode/x1"
-
-
-class FakeTracking(types.ModuleType):
-    """Stands in for ``ssjobs.tracking`` (read/cancel, the interface the page codes to)."""
-
-    def __init__(self, records: dict) -> None:
-        super().__init__("ssjobs.tracking")
-        self.records = records
-        self.cancelled: list[str] = []
-
-    def read(self, client, keys, job_id):
-        assert keys.topic == "report.build"
-        return self.records.get(job_id)
-
-    def cancel(self, client, keys, job_id):
-        self.cancelled.append(job_id)
-        record = self.records.get(job_id)
-        return record["state"] if record else None
-
-
-def tracked_record(state: str = "running") -> dict:
-    now = time.time()
-    return {"id": "j1", "topic": "report.build", "state": state, "attempts": 1,
-            "enqueued_at": now - 60, "started_at": now - 30, "finished_at": None,
-            "result": {"html": SCRIPT}, "error": {"type": "ValueError", "message": SCRIPT},
-            "progress": {"fraction": 0.4, "message": "rows 4000/10000"}}
 
 
 def test_a_tracked_job_shows_state_result_progress_and_can_be_cancelled(site, monkeypatch):

@@ -2,11 +2,12 @@
 test can stand in a module, like a fake ``ssjobs.tracking``), plain HTTP, dead letters."""
 from __future__ import annotations
 
-from http.client import HTTPConnection
 import json as jsonlib
 import socket
 import threading
 import time
+import types
+from http.client import HTTPConnection
 from pathlib import Path
 from typing import Any, NamedTuple
 from urllib.parse import urlencode, urlsplit
@@ -16,6 +17,7 @@ from ssjobs.broker import TopicKeys
 from ssjobs.config import load_config
 
 TEST_SAMPLE_S = 0.3    # the dashboard's refresh in tests (2 s in production)
+SCRIPT = "<script>alert('xss')</script>"   # what an attacker puts in a payload
 
 
 class Served:
@@ -120,3 +122,29 @@ def csrf_of(page: str) -> str:
     marker = '<meta name="csrf" content="'
     start = page.index(marker) + len(marker)
     return page[start:page.index('"', start)]
+
+
+class FakeTracking(types.ModuleType):
+    """Stands in for ``ssjobs.tracking`` (read/cancel, the interface the page codes to)."""
+
+    def __init__(self, records: dict) -> None:
+        super().__init__("ssjobs.tracking")
+        self.records = records
+        self.cancelled: list[str] = []
+
+    def read(self, client, keys, job_id):
+        assert keys.topic == "report.build"
+        return self.records.get(job_id)
+
+    def cancel(self, client, keys, job_id):
+        self.cancelled.append(job_id)
+        record = self.records.get(job_id)
+        return record["state"] if record else None
+
+
+def tracked_record(state: str = "running") -> dict:
+    now = time.time()
+    return {"id": "j1", "topic": "report.build", "state": state, "attempts": 1,
+            "enqueued_at": now - 60, "started_at": now - 30, "finished_at": None,
+            "result": {"html": SCRIPT}, "error": {"type": "ValueError", "message": SCRIPT},
+            "progress": {"fraction": 0.4, "message": "rows 4000/10000"}}

@@ -136,7 +136,7 @@ async def job(request: Request) -> Response:
     dash = _web(request).dashboard
     name, job_id = request.path_params["topic"], request.path_params["job_id"]
     data = await _call(request, dash.job, name, job_id)
-    return render(request, "job.html", title=f"job {job_id}", nav="jobs", data=data,
+    return render(request, "job.html", title=f"job {job_id}", nav="jobs", data=data, live=True,
                   topics=[j.topic for j in dash.cfg.jobs], flash=_flash(request),
                   status_code=200 if not data["available"] or data["record"] else 404)
 
