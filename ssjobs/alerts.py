@@ -38,10 +38,9 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
-import redis
-
 from . import logs, scaling
-from .broker import CONNECTION_ERRORS
+from .broker import Broker, claim
+from .errors import BrokerError
 from .notify import AsyncSender, error_sink, make_notifier
 from .notify.relay import RelayServer
 from .notify.relay import report_failure as report_relay_failure
@@ -359,17 +358,13 @@ def _dead_counts(master: Any) -> dict[str, tuple[int, int]]:
         groups.setdefault(id(ts.broker.client), []).append((topic, ts.broker))
     out: dict[str, tuple[int, int]] = {}
     for members in groups.values():
-        pipe = members[0][1].client.pipeline(transaction=False)
-        for _, broker in members:
-            pipe.llen(broker.keys.dead)
-            pipe.hget(broker.keys.stats, "dead")
         try:
-            replies = pipe.execute()
-        except (*CONNECTION_ERRORS, redis.RedisError) as exc:
+            counts = Broker.dead_counts([broker for _, broker in members])
+        except BrokerError as exc:
             log.debug("alerts: dead-letter counts unavailable: %s", exc)
             continue
-        for i, (topic, _) in enumerate(members):
-            out[topic] = (int(replies[2 * i]), int(replies[2 * i + 1] or 0))
+        for (topic, _), count in zip(members, counts, strict=True):
+            out[topic] = count
     return out
 
 
@@ -493,7 +488,7 @@ class AlertsExtension:
         key = f"{prefix}:alert:{alert.rule}:{alert.topic}"
         ttl_ms = max(int((self.cfg.repeat_interval - TICK_S) * 1000), MIN_CLAIM_MS)
         try:
-            return bool(client.set(key, master.node, nx=True, px=ttl_ms))
-        except (*CONNECTION_ERRORS, redis.RedisError) as exc:
+            return claim(client, key, master.node, ttl_ms)
+        except BrokerError as exc:
             log.debug("alerts: cannot de-duplicate %s (%s): sending it from here", key, exc)
             return True  # better twice than never

@@ -20,9 +20,9 @@ from typing import Any, Callable
 import redis
 
 from . import __version__, forkfds, logs, orphans, reloading, scaling, sdnotify, worker
-from .broker import CONNECTION_ERRORS, Broker, connect
+from .broker import Broker, connect
 from .config import Config, JobConfig, RedisConfig
-from .errors import ControlError, SsjobsError
+from .errors import BrokerUnavailable, ControlError, SsjobsError
 from .loader import add_consumer_path
 from .notify import relay
 from .privileges import drop_privileges
@@ -536,7 +536,7 @@ class Master:
                 self.recovery.dead_hosts(self.clients.values(), list(self.topics.values()),
                                          self.cfg.redis.prefix, self.node)
             self.outage.note_success("redis")
-        except CONNECTION_ERRORS as exc:
+        except BrokerUnavailable as exc:
             self.outage.note_failure("redis", exc)
         if mono - self._last_janitor < HOUSEKEEPING_EVERY_S:
             self._write_snapshot()

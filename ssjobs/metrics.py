@@ -1,9 +1,8 @@
 """Job-time figures from the scoreboard, and the Prometheus endpoint of the master.
 
-The pure part (no I/O): :func:`quantile` interpolates a percentile inside the scoreboard's
-fixed job-time buckets (``HIST_BOUNDS_S``), :func:`percentiles_ms` gives ``p50_ms``/``p95_ms``
-for ``status`` and ``top``, and :class:`JobTimes` keeps per-topic totals that survive workers
-exiting (a worker's histogram lives in its slot, which a new worker zeroes when it reuses it).
+:class:`JobTimes` keeps per-topic totals that survive workers exiting (a worker's histogram
+lives in its slot, which a new worker zeroes when it reuses it); the histogram maths
+(percentiles, sums) is in ``ssjobs.scoreboard``, next to the bucket layout.
 
 :class:`MetricsExtension` is the master extension built when ``[metrics] listen`` is set. Its
 ``tick`` (master loop, once a second) only reads the scoreboard and the master's own state;
@@ -19,14 +18,21 @@ import os
 import socket
 import threading
 import time
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from . import forkfds
 from .errors import ExtensionUnavailable
 from .logs import OutageLogger
-from .scoreboard import HIST_BOUNDS_S, HIST_BUCKETS, KINDS, STARTED_AT, STATE, STATES
+from .scoreboard import (
+    HIST_BOUNDS_S,
+    HIST_BUCKETS,
+    KINDS,
+    STARTED_AT,
+    STATE,
+    STATES,
+    merge,
+)
 
 log = logging.getLogger("ssjobs.metrics")
 
@@ -51,49 +57,6 @@ GAUGES = (("backlog", "ssjobs_backlog", "Jobs waiting in the ready list."),
 
 
 # -- job-time percentiles from histogram buckets ---------------------------------------------
-
-def quantile(hist: Sequence[int], q: float) -> float | None:
-    """The ``q`` quantile (0..1) in seconds of a scoreboard histogram, interpolated linearly
-    inside its bucket; None without any job. Like Prometheus' ``histogram_quantile``, a rank
-    in the overflow bucket gives the highest finite bound."""
-    total = sum(hist)
-    if not total:
-        return None
-    rank = q * total
-    seen = 0
-    for i, count in enumerate(hist):
-        if count and seen + count >= rank:
-            low = HIST_BOUNDS_S[i - 1] if i else 0.0
-            high = HIST_BOUNDS_S[i]
-            if high == float("inf"):
-                return low
-            return low + (high - low) * (rank - seen) / count
-        seen += count
-    return HIST_BOUNDS_S[-2]
-
-
-def percentiles_ms(hist: Sequence[int] | None) -> dict[str, float | None]:
-    """``{"p50_ms", "p95_ms"}`` of a histogram (None when it counts no job)."""
-    out: dict[str, float | None] = {}
-    for name, q in (("p50_ms", 0.50), ("p95_ms", 0.95)):
-        value = quantile(hist, q) if hist else None
-        out[name] = None if value is None else round(value * 1000, 3)
-    return out
-
-
-def merge(into: list[int], hist: Sequence[int]) -> list[int]:
-    for i, count in enumerate(hist):
-        into[i] += count
-    return into
-
-
-def topic_histograms(slots: list[dict]) -> dict[str, list[int]]:
-    """Per topic, the sum of the ``histogram`` of the given scoreboard slots."""
-    out: dict[str, list[int]] = {}
-    for slot in slots:
-        merge(out.setdefault(slot["topic"], [0] * HIST_BUCKETS), slot["histogram"])
-    return out
-
 
 @dataclass
 class _Seen:

@@ -6,9 +6,9 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from ..broker import CONNECTION_ERRORS, Broker, connect
+from ..broker import Broker, connect, translate
 from ..config import Config, JobConfig, load_config
-from ..errors import BrokerUnavailable, ControlError
+from ..errors import BrokerError, BrokerUnavailable, ControlError
 
 REDIS_TIMEOUT_S = 5.0    # a console command waits this long for Redis before it gives up
 
@@ -36,13 +36,12 @@ def broker_for(cfg: Config, job: JobConfig, *, timeout: float = REDIS_TIMEOUT_S)
 @contextmanager
 def redis_errors(url: str) -> Iterator[None]:
     """Turn a Redis failure into one clear line naming the server (without its password)."""
-    import redis
-
     from ..redact import redact, redact_url
 
     try:
-        yield
-    except (*CONNECTION_ERRORS, redis.RedisError) as exc:
+        with translate():
+            yield
+    except BrokerError as exc:
         raise BrokerUnavailable(redact(f"redis {redact_url(url)}: {exc}")) from None
 
 
