@@ -10,7 +10,8 @@ pages render them). Nothing here knows about HTTP.
 - Dead letters go through :mod:`ssjobs.console.dead`, the code of ``ssjobs dead ...``.
 - Tracked jobs through ``ssjobs.tracking`` (``read``/``cancel``), when this build has it.
 
-Every Redis failure becomes :class:`~ssjobs.errors.BrokerUnavailable` with a redacted line.
+Every Redis failure becomes :class:`~ssjobs.errors.BrokerUnavailable` with a redacted line
+(:func:`ssjobs.console.common.redis_errors`, as for ``ssjobs dead``).
 """
 from __future__ import annotations
 
@@ -20,19 +21,18 @@ import socket
 import threading
 import time
 from collections import deque
-from collections.abc import Iterator
-from contextlib import contextmanager
 from types import ModuleType
 from typing import Any
 
 import redis
 
-from ..broker import CONNECTION_ERRORS, Broker, connect, node_key, nodes_key
+from ..broker import Broker, connect, node_key, nodes_key
 from ..config import Config, JobConfig
 from ..console import dead
+from ..console.common import redis_errors
 from ..errors import BrokerUnavailable, ControlError
 from ..master import SUMMARY_WORKER_FIELDS
-from ..redact import redact, redact_url
+from ..redact import redact
 from ..runtime import RuntimeFiles
 from ..scoreboard import Scoreboard
 from ..status import collect_status, topic_counters
@@ -45,17 +45,6 @@ PREVIEW_CHARS = 300         # payload and message shown in the dead-letter list
 FULL_TEXT_CHARS = 200_000   # a payload or traceback longer than this is cut on its page
 TRACKING_MODULE = "ssjobs.tracking"
 FINISHED_STATES = ("succeeded", "dead", "cancelled")
-
-
-@contextmanager
-def redis_errors(url: str) -> Iterator[None]:
-    """Any Redis failure as BrokerUnavailable naming the server (never its password)."""
-    try:
-        yield
-    except BrokerUnavailable:
-        raise
-    except (*CONNECTION_ERRORS, redis.RedisError) as exc:
-        raise BrokerUnavailable(redact(f"redis {redact_url(url)}: {exc}")) from None
 
 
 class History:

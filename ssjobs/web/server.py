@@ -7,8 +7,9 @@ import logging
 import socket
 from typing import Any
 
-from ..config import Config, is_loopback
+from ..config import Config
 from ..errors import ControlError
+from ..urls import is_loopback
 from .app import create_app
 
 log = logging.getLogger("ssjobs.web")

@@ -17,7 +17,8 @@ from markupsafe import Markup, escape
 
 from .. import __version__
 from ..console.common import when
-from ..status import _age, _bytes, _ms
+from ..text import age as _age
+from ..text import milliseconds, size
 
 STATIC_TYPES = {".css": "text/css; charset=utf-8", ".js": "text/javascript; charset=utf-8",
                 ".svg": "image/svg+xml"}
@@ -50,7 +51,7 @@ def environment(root_path: str) -> Environment:
                       trim_blocks=True, lstrip_blocks=True)
     env.globals.update(root=root_path, version=__version__, poll_ms=POLL_MS,
                        sparkline=sparkline, asset=lambda name: _asset_url(root_path, name))
-    env.filters.update(age=age, when=when, bytes=_bytes, ms=_ms, num=num, rate=rate,
+    env.filters.update(age=age, when=when, bytes=size, ms=milliseconds, num=num, rate=rate,
                        part=url_part, short=short_id, jsonpretty=_json)
     return env
 
