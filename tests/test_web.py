@@ -3,6 +3,7 @@ read-only mode, root_path, escaping; against a private Redis and, for the fleet,
 (The same in a real browser: tests/test_web_browser.py.)"""
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 import sys
@@ -29,7 +30,7 @@ from ssjobs.broker import TopicKeys, node_key, nodes_key  # noqa: E402
 from ssjobs.errors import ControlError  # noqa: E402
 from ssjobs.producer import Producer  # noqa: E402
 from ssjobs.web import auth, model  # noqa: E402
-from ssjobs.web.server import build_server, check_listen  # noqa: E402
+from ssjobs.web.server import build_server, settings  # noqa: E402
 
 CONSUMERS = """
     import time
@@ -310,17 +311,25 @@ def test_root_path_serves_prefixed_and_stripped_paths_and_every_link_carries_it(
     assert css.status == 200 and css.header("content-type").startswith("text/css")
 
 
-def test_a_non_loopback_listen_address_without_a_token_is_refused(site):
-    from ssjobs.config import load_config
+def test_a_non_loopback_listen_address_without_a_token_is_refused(site, tmp_path):
+    from ssjobs.config import WebConfig, load_config
+    from ssjobs.errors import ConfigError
 
-    for host in ("0.0.0.0", "10.1.2.3", "[::]", "example.org"):
-        with pytest.raises(ControlError, match="without a token"):
-            check_listen(host, "")
-    for host in ("127.0.0.1", "localhost", "[::1]", "127.0.0.9"):
-        check_listen(host, "")
-    check_listen("0.0.0.0", "a-token")
-    with pytest.raises(ControlError):
-        build_server(load_config(site.config), "0.0.0.0", 9181)
+    cfg = load_config(site.config)
+    for listen in ("0.0.0.0:9181", "10.1.2.3:80", "[::]:9181", "example.org:9181"):
+        with pytest.raises(ControlError, match="not a loopback address"):
+            settings(cfg, listen)
+        with pytest.raises(ControlError, match="web.token"):
+            build_server(cfg, WebConfig(listen=listen))
+        settings(dataclasses.replace(cfg, web=WebConfig(token="a-token")), listen)
+    for listen in ("127.0.0.1:9181", "localhost:80", "[::1]:9181", "127.0.0.9:1"):
+        assert settings(cfg, listen).listen == listen
+    with pytest.raises(ControlError, match="--listen port"):
+        settings(cfg, "127.0.0.1:0")
+    site.write_config(JOBS, extra='[web]\nlisten = "0.0.0.0:9181"\n')
+    with pytest.raises(ConfigError) as refused:        # `ssjobs check` says so too
+        load_config(site.config)
+    assert any("web.listen" in e and "web.token" in e for e in refused.value.errors)
 
 
 def test_pages_send_security_headers_and_load_nothing_from_elsewhere(site):
@@ -442,3 +451,35 @@ def test_session_cookies_and_csrf_tokens_cannot_be_forged_or_reused_elsewhere():
     assert not guard.csrf_ok(None, guard.csrf_token(session))
     assert guard.bearer_ok("Bearer the-token") and not guard.bearer_ok("Basic the-token")
     assert not auth.Guard("").bearer_ok("Bearer ")
+
+
+# -- the command ---------------------------------------------------------------------------
+
+def test_ssjobs_web_serves_until_sigterm_and_refuses_a_public_address_without_a_token(
+        site, procs):
+    import signal
+    import subprocess
+
+    from redis_server import free_port
+
+    refused = subprocess.run([sys.executable, "-m", "ssjobs", "web", "-c", str(site.config),
+                              "--listen", "0.0.0.0:9181"], capture_output=True, text=True,
+                             timeout=60)
+    assert refused.returncode == 1 and "not a loopback address" in refused.stderr
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "ssjobs", "web", "-c", str(site.config),
+                             "--listen", f"127.0.0.1:{port}"], stderr=subprocess.PIPE,
+                            text=True)
+    procs.append(proc)
+
+    def answers():
+        try:
+            return http("GET", f"http://127.0.0.1:{port}/api/overview")
+        except OSError:
+            return None
+
+    reply = wait_for(answers, 30, what="ssjobs web answering")
+    assert reply.status == 200 and "mail.send" in reply.json()["topics"]
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(15) == 0
+    assert f"dashboard on http://127.0.0.1:{port}/" in proc.stderr.read()

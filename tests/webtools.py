@@ -24,13 +24,14 @@ class Served:
     """``with Served(config_path, token=...) as web: web.url("/")``."""
 
     def __init__(self, config: Path, **options: Any) -> None:
+        from ssjobs.config import WebConfig
         from ssjobs.web.server import build_server
 
         self.sock = socket.socket()
         self.sock.bind(("127.0.0.1", 0))
         self.port = self.sock.getsockname()[1]
-        self.server = build_server(load_config(config), "127.0.0.1", self.port,
-                                   sample_every=TEST_SAMPLE_S, **options)
+        web = WebConfig(listen=f"127.0.0.1:{self.port}", **options)
+        self.server = build_server(load_config(config), web, sample_every=TEST_SAMPLE_S)
         self.root = options.get("root_path", "").rstrip("/")
         self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]},
                                        daemon=True)
