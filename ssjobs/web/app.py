@@ -131,13 +131,13 @@ class Gate:
         path = _route_path(scope, web.root_path)
         bearer = guard.bearer_ok(request.headers.get("authorization"))
         session = guard.session(request.cookies.get(COOKIE))
+        open_path = path in OPEN_PATHS or path.startswith("/static/")
         new_cookie = None
-        if session is None and not guard.needs_login:
+        if session is None and not guard.needs_login and not open_path:
             new_cookie = guard.new_cookie()
             session = guard.session(new_cookie)
         state = scope.setdefault("state", {})
         state.update(session=session, bearer=bearer)
-        open_path = path in OPEN_PATHS or path.startswith("/static/")
         if guard.needs_login and not (bearer or session or open_path):
             await self._refuse(scope, path)(scope, receive, send)
             return

@@ -15,6 +15,7 @@ Every Redis failure becomes :class:`~ssjobs.errors.BrokerUnavailable` with a red
 """
 from __future__ import annotations
 
+import bisect
 import importlib
 import json
 import socket
@@ -68,13 +69,18 @@ class History:
 
     def per_minute(self, topic: str, now: float) -> list[float | None]:
         """Jobs/s in each of the last ``minutes`` one-minute windows ending now, oldest
-        first; None where no sample reaches that far back (the page was not running)."""
+        first; None where no sample reaches that far back (the page was not running). The
+        last one, the rate of the last minute, covers less while the samples are younger."""
         samples = list(self.samples.get(topic, ()))
+        times = [t for t, _ in samples]
+
+        def at(t: float) -> tuple[float, int] | None:       # the last sample at or before t
+            i = bisect.bisect_right(times, t)
+            return samples[i - 1] if i else None
+
         out: list[float | None] = []
         for k in range(self.minutes, 0, -1):
-            start, end = now - 60 * k, now - 60 * (k - 1)
-            first = _at_or_before(samples, start)
-            last = _at_or_before(samples, end)
+            first, last = at(now - 60 * k), at(now - 60 * (k - 1))
             if first is None or last is None or last[0] <= first[0]:
                 out.append(None)
             else:
@@ -83,20 +89,6 @@ class History:
             (t0, c0), (t1, c1) = samples[0], samples[-1]
             out[-1] = round((c1 - c0) / (t1 - t0), 2) if t1 > t0 else None
         return out
-
-    def rate(self, topic: str, now: float) -> float | None:
-        """Jobs/s over the last minute (or since the first sample, if younger)."""
-        return self.per_minute(topic, now)[-1]
-
-
-def _at_or_before(samples: list[tuple[float, int]], t: float) -> tuple[float, int] | None:
-    best = None
-    for sample in samples:
-        if sample[0] <= t:
-            best = sample
-        else:
-            break
-    return best
 
 
 class Dashboard:
@@ -169,7 +161,7 @@ class Dashboard:
         for topic, counters in topics.items():
             counters["history"] = self.history.per_minute(topic, now)
             if counters.get("processed") is not None:
-                counters["rate_1m"] = self.history.rate(topic, now)
+                counters["rate_1m"] = counters["history"][-1]
             counters.update(self._topic_notes(topic))
         hosts, fleet_error = self.fleet(status)
         overview = {"at": now, "read_only": self.read_only, **status, "hosts": hosts}

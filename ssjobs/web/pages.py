@@ -164,22 +164,24 @@ async def read_form(request: Request) -> dict[str, list[str]] | None:
     return parse_qs(body.decode("utf-8", "replace"), keep_blank_values=True)
 
 
-def refusal(request: Request, csrf: str | None) -> tuple[int, str] | None:
-    """Why this POST may not act: (status, message), or None. A bearer-authenticated call
-    needs no CSRF token; a browser's needs the one its page was given."""
+def refusal(request: Request, csrf: str | None, *, action: bool = True
+            ) -> tuple[int, str] | None:
+    """Why this POST may not go on: (status, message), or None. A bearer-authenticated call
+    needs no CSRF token; a browser's needs the one its page was given. An ``action``
+    (retry, purge, cancel) is refused in read-only mode too."""
     web = _web(request)
     if not by_bearer(request) and not web.guard.csrf_ok(session_of(request), csrf):
         return 403, "missing or invalid CSRF token: reload the page and try again"
-    if web.read_only:
+    if action and web.read_only:
         return 403, "this dashboard is read-only ([web] read_only = true): no actions"
     return None
 
 
-async def _form_action(request: Request) -> dict[str, list[str]]:
+async def _form_action(request: Request, *, action: bool = True) -> dict[str, list[str]]:
     form = await read_form(request)
     if form is None:
         raise _Failed(error_page(request, 400, "expected a form (url-encoded, at most 64 KB)"))
-    refused = refusal(request, (form.get(CSRF_FIELD) or [""])[0])
+    refused = refusal(request, (form.get(CSRF_FIELD) or [""])[0], action=action)
     if refused:
         raise _Failed(error_page(request, *refused))
     return form
@@ -280,19 +282,10 @@ async def login(request: Request) -> Response:
 
 @_handled
 async def logout(request: Request) -> Response:
-    await read_form_checked(request)
+    await _form_action(request, action=False)      # logging out works when read-only too
     web = _web(request)
     response = RedirectResponse(web.url("/login" if web.guard.needs_login else "/"), 303)
     response.headers.append("set-cookie", session_cookie("", web.root_path,
                                                          request.url.scheme == "https",
                                                          clear=True))
     return response
-
-
-async def read_form_checked(request: Request) -> None:
-    """A POST that only needs its CSRF token (logout works in read-only mode too)."""
-    form = await read_form(request) or {}
-    csrf = (form.get(CSRF_FIELD) or [""])[0]
-    if not by_bearer(request) and not _web(request).guard.csrf_ok(session_of(request), csrf):
-        raise _Failed(error_page(request, 403, "missing or invalid CSRF token: reload the "
-                                               "page and try again"))
