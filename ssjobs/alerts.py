@@ -14,7 +14,7 @@ Rules (the ``alert`` field of a webhook body):
   a "recovered" message when it clears.
 - ``dead_letters``: the dead-letter list grew; at most one alert per ``repeat_interval``,
   with how many were added meanwhile.
-- ``crash_loop``: workers keep crashing right after start (``CRASH_LOOP_AT`` in a row).
+- ``crash_loop``: workers keep crashing right after start (``scaling.CRASH_LOOP_AT`` in a row).
 - ``consumer_import``: workers exit before their consumer is ready (it cannot be imported,
   or its ``setup()`` fails).
 - ``redis_down``: the master cannot reach Redis for ``alert_after`` seconds (this host only:
@@ -36,7 +36,7 @@ import time
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from . import logs, scaling
 from .broker import Broker, claim
@@ -44,8 +44,12 @@ from .errors import BrokerError
 from .notify import AsyncSender, error_sink, make_notifier
 from .notify.relay import RelayServer
 from .notify.relay import report_failure as report_relay_failure
-from .scoreboard import BUSY, JOB_STARTED_AT, STATE
+from .scoreboard import BUSY
 from .text import plural
+
+if TYPE_CHECKING:
+    from .config import NotifierConfig
+    from .master import Master
 
 log = logging.getLogger("ssjobs.alerts")
 
@@ -54,12 +58,10 @@ CONSUMER_IMPORT, REDIS_DOWN, STUCK_JOB = "consumer_import", "redis_down", "stuck
 RELOAD_REFUSED, ORPHAN_TOPIC = "reload_refused", "orphan_topic"
 FIRE, RECOVERED = "fire", "recovered"
 
-CRASH_LOOP_AT = 3  # quick crashes in a row that make a crash loop (as the master logs it)
 # A crash-looping topic crashes at least once per back-off cap plus a short life; quieter
 # than that for this long, it has recovered (its crash streak only resets on a clean exit).
 QUIET_AFTER_S = scaling.CRASH_BACKOFF_MAX_S + scaling.HEALTHY_LIFETIME_S + 5.0
 STUCK_GRACE_S = 2.0  # the worker's own timeout fires within its 1 s tick; past this it failed
-TICK_S = 1.0  # the master ticks once a second
 MIN_CLAIM_MS = 1000  # a fleet claim outlives one tick, so hosts ticking out of phase send once
 STOP_FLUSH_S = 2.0  # at stop, queued messages get this long; a hanging endpoint no longer
 HELPER_BLOCKED_SIGNALS = {signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT,
@@ -273,7 +275,8 @@ class Rules:
             alerts.append(Alert(CONSUMER_IMPORT, v.topic, f"recovered: consumer of {v.topic}",
                                 f"Workers of topic {v.topic!r} on {self.node} start again.",
                                 "info", recovered=True))
-        crashing = self._rose("crash", v.topic, v.crashes, now) and v.crashes >= CRASH_LOOP_AT
+        crashing = self._rose("crash", v.topic, v.crashes, now) \
+            and v.crashes >= scaling.CRASH_LOOP_AT
         # A consumer that cannot start also crash-loops: it is reported as the cause above.
         event = self._hold(CRASH_LOOP, v.topic).update(crashing and not failing, now)
         if event == FIRE:
@@ -326,14 +329,14 @@ def reload_refused(topic: str, why: str, node: str) -> Alert:
 
 # -- reading the master ----------------------------------------------------------------------
 
-def observe(master: Any, now: float, *, redis_up: bool = True) -> list[TopicView]:
+def observe(master: Master, now: float, *, redis_up: bool = True) -> list[TopicView]:
     """A TopicView per topic from the master's state (``now`` in epoch seconds)."""
     dead = _dead_counts(master) if redis_up else {}
     busy: dict[str, list[tuple[int, float, int]]] = {}
     for proc in list(master.workers.values()):
         slot = master.board.slot(proc.slot)
-        if slot._get(STATE) == BUSY:
-            busy.setdefault(proc.topic, []).append((proc.pid, slot._get(JOB_STARTED_AT),
+        if slot.state == BUSY:
+            busy.setdefault(proc.topic, []).append((proc.pid, slot.job_started_at,
                                                     proc.slot))
     views = []
     for topic, ts in master.topics.items():
@@ -351,7 +354,7 @@ def observe(master: Any, now: float, *, redis_up: bool = True) -> list[TopicView
     return views
 
 
-def _dead_counts(master: Any) -> dict[str, tuple[int, int]]:
+def _dead_counts(master: Master) -> dict[str, tuple[int, int]]:
     """topic -> (LLEN dead, lifetime dead counter): one pipelined round trip per Redis."""
     groups: dict[int, list[tuple[str, Any]]] = {}
     for topic, ts in master.topics.items():
@@ -385,8 +388,9 @@ class AlertsExtension:
     """Built by the master when ``[notifier]`` is configured: ``start``, ``tick`` once a
     second (never blocks on the notifier), ``stop``; a reload makes a new one."""
 
-    def __init__(self, master: Any) -> None:
-        self.cfg = master.cfg.notifier
+    def __init__(self, master: Master) -> None:
+        assert master.cfg.notifier is not None  # built only for a config with [notifier]
+        self.cfg: NotifierConfig = master.cfg.notifier
         self.notifier = make_notifier(self.cfg.kind, self.cfg.params)
         self.rules = Rules(alert_after=self.cfg.alert_after, repeat=self.cfg.repeat_interval,
                            node=master.node)
@@ -395,7 +399,7 @@ class AlertsExtension:
         self._sink: Any = None
         self._owned: set[tuple[str, str]] = set()  # alerts this host sent: it sends recovery
 
-    def start(self, master: Any) -> None:
+    def start(self, master: Master) -> None:
         if not (self.cfg.log_notify or self.cfg.jobs_check_notify):
             return
         with _signals_blocked():
@@ -409,14 +413,14 @@ class AlertsExtension:
         if self._sink is not None:
             logs.add_error_sink(self._sink)
         if self.cfg.jobs_check_notify:
-            down = master.outage.down_for("redis") if hasattr(master, "outage") else None
+            down = master.outage.down_for("redis")
             self.rules.prime(observe(master, time.time(), redis_up=down is None),
                              time.monotonic())
         log.info("notifier %s: %s", self.cfg.kind, " and ".join(
             what for what, on in (("ERROR lines", self.cfg.log_notify),
                                   ("job alerts", self.cfg.jobs_check_notify)) if on))
 
-    def tick(self, master: Any, now: float) -> None:
+    def tick(self, master: Master, now: float) -> None:
         if self.sender is None or not self.cfg.jobs_check_notify:
             return
         mono = time.monotonic()
@@ -434,10 +438,10 @@ class AlertsExtension:
         sender's HTTP connections live only while a message is being sent."""
         return []
 
-    def worker_exited(self, master: Any, slot: int, info: dict) -> None:
+    def worker_exited(self, master: Master, slot: int, info: dict) -> None:
         pass
 
-    def reloaded(self, master: Any, refused: dict[str, str]) -> None:
+    def reloaded(self, master: Master, refused: dict[str, str]) -> None:
         """Called after a reload started this extension: alert each refused topic."""
         if self.sender is None or not self.cfg.jobs_check_notify:
             return
@@ -446,7 +450,7 @@ class AlertsExtension:
             self.sender.submit(alert.title, alert.text, alert.level, dedup=False,
                                topic=alert.topic, alert=alert.rule)
 
-    def stop(self, master: Any) -> None:
+    def stop(self, master: Master) -> None:
         if self._sink is not None:
             logs.remove_error_sink(self._sink)
             self._sink = None
@@ -457,7 +461,7 @@ class AlertsExtension:
             self.sender.close(STOP_FLUSH_S)
             self.sender = None
 
-    def _may_send(self, master: Any, alert: Alert) -> bool:
+    def _may_send(self, master: Master, alert: Alert) -> bool:
         """Fleet de-dup: only the host that claimed a firing alert sends it, and only the
         host that sent it sends its recovery."""
         key = (alert.rule, alert.topic)
@@ -474,19 +478,20 @@ class AlertsExtension:
         self._owned.discard(key)
         return False
 
-    def _claim(self, master: Any, alert: Alert) -> bool:
+    def _claim(self, master: Master, alert: Alert) -> bool:
         """``SET {prefix}:alert:{rule}:{topic} node NX PX``; it expires a tick before
         ``repeat_interval`` so the next round is not lost to clock phase."""
         ts = master.topics.get(alert.topic)
         if ts is not None:
             client, prefix = ts.broker.client, ts.broker.keys.prefix
         else:  # a topic of no config (orphan_topic): claimed on the main Redis
-            client = master.clients.get(master.cfg.redis.url)
-            prefix = master.cfg.redis.prefix
-            if client is None:
+            main = master.clients.get(master.cfg.redis.url)
+            if main is None:
                 return True
+            client, prefix = main, master.cfg.redis.prefix
         key = f"{prefix}:alert:{alert.rule}:{alert.topic}"
-        ttl_ms = max(int((self.cfg.repeat_interval - TICK_S) * 1000), MIN_CLAIM_MS)
+        ttl_ms = max(int((self.cfg.repeat_interval - scaling.MASTER_TICK_S) * 1000),
+                     MIN_CLAIM_MS)
         try:
             return claim(client, key, master.node, ttl_ms)
         except BrokerError as exc:

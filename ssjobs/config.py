@@ -25,7 +25,7 @@ except ImportError:  # Python 3.10
 from . import redact, urls
 from .errors import ConfigError
 from .names import topic_problem
-from .rules import Rule, between, matches, one_of, spec_rule
+from .rules import LOG_FORMATS, LOG_LEVELS, ROTATE_RULE, Rule, between, matches, one_of, spec_rule
 from .tomllines import key_lines, line_of
 from .urls import http_url_problem, show
 
@@ -104,11 +104,10 @@ class LogConfig:
     dir: Path | None = setting(None, f'where ssjobs.log is written; "{STDERR}" or unset: stderr '
                                "(start --foreground only)", convert=_to_log_dir,
                                example="./data/logs", commented=False)
-    level: str = setting("info", "log level", rule=one_of("debug", "info", "warning", "error"))
-    format: str = setting("text", "json: one JSON object per line", rule=one_of("text", "json"))
+    level: str = setting("info", "log level", rule=one_of(*LOG_LEVELS))
+    format: str = setting("text", "json: one JSON object per line", rule=one_of(*LOG_FORMATS))
     rotate: str = setting("", '"" (leave it to logrotate + USR1), "daily", or a size like "100MB"',
-                          rule=matches(r"|daily|0*[1-9]\d*\s*(?i:[KMG]?B)?",
-                                       '"", "daily" or a size like "100MB"'))
+                          rule=ROTATE_RULE)
     keep: int = setting(14, "rotated files to keep", rule=between(0))
     handler_class: str | None = setting(None, "custom logging.Handler subclass", key="class",
                                         rule=spec_rule('"module:Class"'),
@@ -526,9 +525,3 @@ def load_data_dir(path: str | os.PathLike) -> Path:
 def find_config_path(cli_value: str | None = None) -> Path:
     """The ``-c`` value, else $SSJOBS_CONFIG, else ./ssjobs.toml; made absolute."""
     return _abspath(cli_value or os.environ.get(CONFIG_ENV) or DEFAULT_CONFIG_NAME)
-
-
-if __name__ == "__main__":  # `python -m ssjobs.config > config_example.toml`
-    from .configdoc import render_example
-
-    print(render_example(), end="")

@@ -13,13 +13,14 @@ when the extension starts, so ``status`` does not need it.
 """
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import socket
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from . import forkfds
 from .errors import ExtensionUnavailable
@@ -28,11 +29,12 @@ from .scoreboard import (
     HIST_BOUNDS_S,
     HIST_BUCKETS,
     KINDS,
-    STARTED_AT,
-    STATE,
     STATES,
     merge,
 )
+
+if TYPE_CHECKING:
+    from .master import Master
 
 log = logging.getLogger("ssjobs.metrics")
 
@@ -85,7 +87,7 @@ class JobTimes:
         """Read every slot that was ever claimed (``board``: a Scoreboard)."""
         for index in range(board.nslots):
             slot = board.slot(index)
-            info = slot.read() if slot._get(STARTED_AT) else None   # 0: never claimed
+            info = slot.read() if slot.started_at else None   # 0: never claimed
             prev = self.seen.get(index)
             if prev is not None and (info is None or info["started_at"] != prev.started_at):
                 self._retire(index, prev)
@@ -143,7 +145,8 @@ class MetricsExtension:
     # keyed by master: (pid, started_at).
     _carried: dict[tuple[int, float], JobTimes] = {}
 
-    def __init__(self, master: Any) -> None:
+    def __init__(self, master: Master) -> None:
+        assert master.cfg.metrics is not None  # built only for a config with [metrics]
         self.host, self.port = master.cfg.metrics.address
         self.token = master.cfg.metrics.token
         self._key = (os.getpid(), master.started_at)
@@ -157,7 +160,7 @@ class MetricsExtension:
         self._threads: list[threading.Thread] = []
         self._brokers = _topic_brokers(master.cfg)
 
-    def start(self, master: Any) -> None:
+    def start(self, master: Master) -> None:
         from prometheus_client import CollectorRegistry, make_wsgi_app
 
         self.tick(master, time.time())
@@ -174,15 +177,14 @@ class MetricsExtension:
         self._spawn(self._refresh_loop, "ssjobs-metrics-redis")
         log.info("metrics served at http://%s:%d/metrics", self.host, self.port)
 
-    def tick(self, master: Any, now: float) -> None:
+    def tick(self, master: Master, now: float) -> None:
         """Once a second in the master loop: memory reads only."""
         board = master.board
         workers = {(t, k, s): 0 for t in master.topics for k in KINDS for s in WORKER_STATES}
         if board is not None:
             self.job_times.update(board)
             for proc in list(master.workers.values()):
-                code = board.slot(proc.slot)._get(STATE)
-                state = STATES[code] if code < len(STATES) else "unknown"
+                state = STATES[board.slot(proc.slot).state]
                 key = (proc.topic, KINDS[proc.kind & 1], state)
                 workers[key] = workers.get(key, 0) + 1
         self.view = MasterView(tuple(master.topics), master.started_at, workers,
@@ -194,13 +196,13 @@ class MetricsExtension:
         return forkfds.socket_fds(getattr(self.server, "socket", None)) + \
             forkfds.redis_fds(clients.values())
 
-    def worker_exited(self, master: Any, slot: int, info: dict) -> None:
+    def worker_exited(self, master: Master, slot: int, info: dict) -> None:
         self.job_times.worker_exited(slot, info)
 
-    def reloaded(self, master: Any, refused: dict[str, str]) -> None:
+    def reloaded(self, master: Master, refused: dict[str, str]) -> None:
         pass
 
-    def stop(self, master: Any) -> None:
+    def stop(self, master: Master) -> None:
         self._stop.set()
         if self.server is not None:
             self.server.shutdown()
@@ -245,19 +247,12 @@ class MetricsExtension:
 def _topic_brokers(cfg: Any) -> dict[str, tuple[str, Any]]:
     """topic -> (name of its Redis for the log, Broker), on connections of our own (short
     timeouts)."""
-    from .broker import Broker, connect
+    from .broker import Brokers
     from .redact import redact_url
 
-    clients: dict[str, Any] = {}
-    brokers = {}
-    for job in cfg.jobs:
-        rcfg = cfg.redis_for(job)
-        client = clients.get(rcfg.url)
-        if client is None:
-            client = clients[rcfg.url] = connect(rcfg.url, socket_timeout=REDIS_TIMEOUT_S)
-        where = f"metrics: redis {redact_url(rcfg.url)}"
-        brokers[job.topic] = (where, Broker(client, rcfg.prefix, job.topic))
-    return brokers
+    pool = Brokers(socket_timeout=REDIS_TIMEOUT_S)
+    return {job.topic: (f"metrics: redis {redact_url(cfg.redis_for(job).url)}",
+                        pool.broker(cfg.redis_for(job), job.topic)) for job in cfg.jobs}
 
 
 class _Collector:
@@ -344,11 +339,22 @@ def _make_server(host: str, port: int, app: Any) -> Any:
     most MAX_CONNECTIONS clients at once, each on its own daemon thread, and gives none of
     them more than READ_TIMEOUT_S of silence or REQUEST_DEADLINE_S in all: a flood of
     idle or slow connections costs a few threads, never one per connection."""
-    from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
+    from wsgiref.simple_server import make_server
 
-    class Server(WSGIServer):
+    server_class = type("MetricsServer", (_bounded_server(),), {
+        "address_family": socket.AF_INET6 if ":" in host else socket.AF_INET,
+        "bind_host": host})
+    return make_server(host, port, app, server_class=server_class,
+                       handler_class=_quiet_handler())
+
+
+@functools.cache
+def _bounded_server() -> type:
+    from wsgiref.simple_server import WSGIServer
+
+    class BoundedServer(WSGIServer):
         allow_reuse_address = True
-        address_family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        bind_host = ""
 
         def __init__(self, *args: Any, **kw: Any) -> None:
             self.slots = threading.BoundedSemaphore(MAX_CONNECTIONS)
@@ -360,7 +366,7 @@ def _make_server(host: str, port: int, app: Any) -> Any:
             import socketserver
 
             socketserver.TCPServer.server_bind(self)
-            self.server_name, self.server_port = host, self.server_address[1]
+            self.server_name, self.server_port = self.bind_host, self.server_address[1]
             self.setup_environ()
 
         def process_request(self, request: Any, client_address: Any) -> None:
@@ -396,13 +402,20 @@ def _make_server(host: str, port: int, app: Any) -> Any:
         def handle_error(self, request: Any, client_address: Any) -> None:
             log.debug("metrics: a client from %s failed", client_address, exc_info=True)
 
+    return BoundedServer
+
+
+@functools.cache
+def _quiet_handler() -> type:
+    from wsgiref.simple_server import WSGIRequestHandler
+
     class QuietHandler(WSGIRequestHandler):
         timeout = READ_TIMEOUT_S  # StreamRequestHandler sets it on the connection
 
         def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - stdlib's name
             pass
 
-    return make_server(host, port, app, server_class=Server, handler_class=QuietHandler)
+    return QuietHandler
 
 
 def _hang_up(request: Any) -> None:

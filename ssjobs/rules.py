@@ -48,3 +48,34 @@ def spec_rule(what: str, *names: str) -> Rule:
     """A "module:attr" spec, or one of ``names``."""
     return Rule("", lambda v: None if v in names or is_spec(v) else
                 f"must be {what}, got {show(v)}")
+
+
+# -- the log settings' vocabulary: checked in the config, used by ssjobs.logs ---------------
+
+LOG_LEVELS = ("debug", "info", "warning", "error")
+LOG_FORMATS = ("text", "json")
+_SIZE_UNITS = {"": 1, "B": 1, "KB": 1024, "MB": 1024**2, "GB": 1024**3}
+_ROTATE_WHAT = '"", "daily" or a size like "100MB"'
+
+
+def rotation(rotate: str) -> str | int | None:
+    """``log.rotate``: ``""`` → None, ``"daily"`` → "daily", ``"100MB"`` → bytes;
+    ValueError for anything else."""
+    text = rotate.strip().upper()
+    if text in ("", "DAILY"):
+        return text.lower() or None
+    match = re.fullmatch(r"(\d+)\s*([KMG]?B)?", text)
+    if not match or int(match.group(1)) <= 0:
+        raise ValueError(f"must be {_ROTATE_WHAT}, got {show(rotate)}")
+    return int(match.group(1)) * _SIZE_UNITS[(match.group(2) or "").upper()]
+
+
+def _rotation_problem(v: str) -> str | None:
+    try:
+        rotation(v)
+    except ValueError as exc:
+        return str(exc)
+    return None
+
+
+ROTATE_RULE = Rule("", _rotation_problem)

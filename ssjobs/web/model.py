@@ -35,7 +35,7 @@ from ..errors import BrokerUnavailable, ControlError
 from ..master import SUMMARY_WORKER_FIELDS
 from ..redact import redact
 from ..runtime import RuntimeFiles
-from ..scoreboard import Scoreboard
+from ..scoreboard import read_board
 from ..status import collect_status, topic_counters
 
 SAMPLE_EVERY_S = 2.0        # the overview is recomputed this often (pages poll every 3 s)
@@ -227,15 +227,10 @@ class Dashboard:
 
     def local_workers(self) -> list[dict]:
         """This host's workers, from the shared-memory scoreboard (as the summary has them)."""
-        try:
-            board = Scoreboard.open(self.files.scoreboard_path)
-        except (OSError, ValueError):
+        read = read_board(self.files.scoreboard_path)
+        if read is None:
             return []
-        try:
-            slots = board.workers()
-        finally:
-            board.close()
-        workers = [{k: slot[k] for k in SUMMARY_WORKER_FIELDS} for slot in slots]
+        workers = [{k: slot[k] for k in SUMMARY_WORKER_FIELDS} for slot in read[0]]
         return sorted(workers, key=_worker_order)
 
     # -- one topic --------------------------------------------------------------------
