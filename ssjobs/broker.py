@@ -420,9 +420,9 @@ class Brokers:
                                                  connect_timeout=self.connect_timeout)
         return client
 
-    def broker(self, redis_cfg: Any, topic: str) -> Broker:
+    def broker(self, redis_cfg: Any, topic: str, rules: Rules = NO_RULES) -> Broker:
         """The broker of ``topic`` on ``redis_cfg`` (a RedisConfig: url and prefix)."""
-        return Broker(self.client(redis_cfg.url), redis_cfg.prefix, topic)
+        return Broker(self.client(redis_cfg.url), redis_cfg.prefix, topic, rules)
 
     def close(self) -> None:
         for client in self.clients.values():

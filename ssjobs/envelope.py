@@ -13,7 +13,7 @@ from __future__ import annotations
 import itertools
 import os
 import time
-from typing import Any
+from typing import Any, ClassVar
 
 import msgpack
 
@@ -45,8 +45,26 @@ class Job:
         self.enqueued_at = enqueued_at
         self.headers = headers if headers is not None else {}
 
+    # The worker's ssjobs.tracking.Tracker on a tracked topic (None: progress and cancelled
+    # touch nothing, as in a consumer's unit test).
+    tracker: ClassVar[Any] = None
+
     def __repr__(self) -> str:
         return f"Job(id={self.id!r}, topic={self.topic!r}, attempts={self.attempts})"
+
+    def progress(self, fraction: float, message: str = "") -> None:
+        """How far this job is (0..1, and a message), shown by ``ssjobs job show`` and the
+        dashboard for a tracked topic; rate-limited, so it may be called often."""
+        if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) \
+                or not 0 <= fraction <= 1:
+            raise ValueError(f"progress fraction must be a number from 0 to 1, got {fraction!r}")
+        if Job.tracker is not None:
+            Job.tracker.progress(self.id, float(fraction), str(message))
+
+    @property
+    def cancelled(self) -> bool:
+        """True once someone cancelled this running job (a consumer may check and stop)."""
+        return Job.tracker is not None and Job.tracker.cancelled(self.id)
 
 
 # Job ids: 12 hex digits of epoch milliseconds (so ids sort by enqueue time), then 10 hex

@@ -230,7 +230,8 @@ class Master:
         return TopicState(job, self._broker(job, rcfg))
 
     def _broker(self, job: JobConfig, rcfg: RedisConfig | None = None) -> Broker:
-        return self.brokers.broker(rcfg or self.cfg.redis_for(job), job.topic)
+        return self.brokers.broker(rcfg or self.cfg.redis_for(job), job.topic,
+                                   worker.rules_of(job))
 
     def _install_signals(self) -> None:
         self._wake_r, self._wake_w = os.pipe()
@@ -386,7 +387,7 @@ class Master:
                 if mono - proc.term_sent_at > self.cfg.process.stop_timeout:
                     self._kill(proc, "stop-timeout")
                 continue
-            timeout = proc.job.job_timeout
+            timeout = slot.timeout_of_job(proc.job.job_timeout)  # a job may bring its own
             started = slot.job_started_at  # the consumer cannot clear it: see _fastloop_py
             if timeout and state == BUSY and started and now - started > timeout + TIMEOUT_GRACE_S:
                 log.error("worker %s #%d (pid %d): job ran past job_timeout=%ss; killing it",

@@ -18,7 +18,7 @@ from types import FrameType
 from typing import Any
 
 from . import asyncloop, envelope, fastloop, logs
-from .broker import Broker, Outcomes, Settled, connect
+from .broker import Broker, Outcomes, Record, Rules, Settled, connect
 from .config import JobConfig
 from .errors import BrokerUnavailable, ConsumerImportError, Fenced, JobTimeout, Retry
 from .loader import Consumer, load_consumer
@@ -26,6 +26,7 @@ from .outcome import Code, Failure
 from .runtime import new_nonce, set_title
 from .scoreboard import IDLE, STOPPING, Slot
 from .text import plural
+from .tracking import Tracker, encode_result, error_text
 
 log = logging.getLogger("ssjobs.worker")
 
@@ -42,6 +43,7 @@ EXIT_FORKED_CHILD = 16     # a process forked by consumer code returned into the
 
 IDLE_WAIT_S = 2.0          # blocking wait per idle round: a stop interrupts it, so it can be
                            # long: half a Redis command a second per idle worker
+IDLE_POLL_S = 0.5          # an idle worker of a limited or tracked topic takes this often
 IDLE_PROMOTE_EVERY_S = 30.0  # an idle worker looks at delayed jobs itself this often (its
                            # master promotes due ones every second; a known due time wakes it)
 TICK_S = 1.0               # timer period for job timeouts, lifetime and memory checks
@@ -94,6 +96,13 @@ class Control:
             self.exit_code = code
 
 
+def rules_of(job_cfg: JobConfig) -> Rules:
+    """What the take step enforces for this topic (flow control, tracking)."""
+    rate = job_cfg.rate
+    return Rules(rate[0] if rate else 0, rate[1] if rate else 1.0, job_cfg.concurrency,
+                 job_cfg.track, job_cfg.result_ttl)
+
+
 def read_rss() -> int:
     with open("/proc/self/statm", "rb") as f:
         return int(f.read().split()[1]) * _PAGE
@@ -113,8 +122,11 @@ class Worker:
         self.name = ident.name
         self.slot = slot
         self.ctl = Control()
+        self.rules = rules_of(job_cfg)
         self.broker = Broker(connect(redis_url, socket_timeout=IDLE_WAIT_S + 10), prefix,
-                             job_cfg.topic)
+                             job_cfg.topic, self.rules)
+        if self.rules.track:
+            envelope.Job.tracker = Tracker(self.broker.client, self.broker.keys)
         self.max_bytes = getattr(job_cfg, "max_payload_bytes",
                                  envelope.DEFAULT_MAX_PAYLOAD_BYTES)
         self.seq = 0                  # the batch this worker holds, as Redis numbers it
@@ -210,16 +222,17 @@ class Worker:
         self.slot.set_rss(rss)
         if cfg.max_memory_mb and rss > cfg.max_memory_mb * 1024 * 1024:
             ctl.stop(EXIT_RECYCLE_MEMORY)
-        if not cfg.job_timeout or ctl.forked:
-            return
         started = self.slot.job_started_at
-        if started and now - started > cfg.job_timeout and started != self._soft_timeout_for \
+        timeout = self.slot.timeout_of_job(cfg.job_timeout)  # a job may bring its own
+        if not started or not timeout or ctl.forked:
+            return
+        if now - started > timeout and started != self._soft_timeout_for \
                 and self._aio is None \
                 and (frame is None or frame.f_globals.get("__name__") not in _LOOP_MODULES):
             # Once per job, inside the consumer only. The start time stays in the slot:
             # the master's hard kill and the stuck_job alert still see it.
             self._soft_timeout_for = started
-            raise JobTimeout(f"job ran past job_timeout={cfg.job_timeout}s")
+            raise JobTimeout(f"job ran past its timeout of {timeout:g}s")
 
     # -- the loop ------------------------------------------------------------------------
     def _loop(self, consumer: Consumer) -> None:
@@ -233,13 +246,15 @@ class Worker:
                 ctl.stop(EXIT_RECYCLE_COUNT)
                 break
             if not self.batch and now >= next_fetch:
-                due = self._settle(take=want).next_due
+                settled = self._settle(take=want)
                 if not self.batch:
-                    next_fetch = now + IDLE_PROMOTE_EVERY_S
-                    if due is not None:
-                        next_fetch = min(next_fetch, due)
+                    next_fetch = now + self._idle_look_again(settled)
             if not self.batch:
-                if not self._wait(max(0.01, min(IDLE_WAIT_S, next_fetch - now))):
+                if self.rules.limited or self.rules.track:
+                    # every take goes through the script that enforces the limits and
+                    # marks tracked jobs running: wait without taking, then look again
+                    self._sleep(max(0.0, next_fetch - time.time()))
+                elif not self._wait(max(0.01, min(IDLE_WAIT_S, next_fetch - now))):
                     next_fetch = 0.0  # the wait's reply was lost: settle picks up its job
                 if not self.batch:
                     self._idle_check(now)
@@ -249,10 +264,23 @@ class Worker:
         if self.batch and not ctl.forked:  # held, not begun, and told to stop: hand back
             self._settle(held=len(self.batch), give_back=True)
 
+    def _idle_look_again(self, settled: Settled) -> float:
+        """Seconds an idle worker waits before it takes again: when flow control says, or
+        (limited and tracked topics, which do not block) soon; else until the next delayed
+        job is due, or IDLE_PROMOTE_EVERY_S."""
+        if settled.wait is not None:
+            return min(settled.wait, IDLE_PROMOTE_EVERY_S)
+        wait = IDLE_POLL_S if self.rules.limited or self.rules.track else IDLE_PROMOTE_EVERY_S
+        if settled.next_due is not None:
+            wait = min(wait, max(0.0, settled.next_due - time.time()))
+        return wait
+
     def _fetch_size(self) -> int:
         want = self._batch_limit()
         if self.cfg.max_consumer_count:
             want = min(want, self.cfg.max_consumer_count - self.handled)
+        if self.rules.concurrency:  # every job held counts: take only what runs now
+            want = min(want, self.concurrency)
         return want
 
     def _wait(self, timeout: float) -> bool:
@@ -298,13 +326,16 @@ class Worker:
         (a failure costs one more, so that a crash never loses its outcome)."""
         slot, batch = self.slot, self.batch
         started = time.perf_counter()
+        finished: list[tuple[envelope.Job, Any]] = []   # successes a settle must know of
         if self.concurrency > 1:
             end, failures = asyncloop.run_waves(
                 batch, consumer.call, self._event_loop(), slot, self.ctl, self.max_bytes,
-                self.cfg.concurrency_per_worker, self.cfg.job_timeout)
+                self.cfg.concurrency_per_worker, self.cfg.job_timeout, finished,
+                self.rules.track)
         else:
             end, failure = fastloop.run_batch(batch, consumer.call, self._finish, slot.buf,
-                                              slot.offset, self.ctl, self.max_bytes)
+                                              slot.offset, self.ctl, self.max_bytes, finished,
+                                              self.rules.track)
             failures = [failure] if failure is not None else []
         if self.ctl.forked:
             self._forked_exit()
@@ -315,7 +346,7 @@ class Worker:
             self.handled += end
             self.last_job_at = time.time()
         slot.set_state(IDLE)
-        outcomes = self._outcomes(failures, end - len(failures))
+        outcomes = self._outcomes(failures, end - len(failures), finished)
         held = len(batch) - end
         if held and not failures:  # stopping: the jobs not begun go back
             self._settle(done=end, held=held, give_back=True, outcomes=outcomes)
@@ -330,8 +361,8 @@ class Worker:
         return self._aio
 
     def _finish(self, awaitable: Any) -> Any:
-        """Run what a consumer returned (a coroutine) to its end, within job_timeout."""
-        timeout = self.cfg.job_timeout
+        """Run what a consumer returned (a coroutine) to its end, within its timeout."""
+        timeout = self.slot.timeout_of_job(self.cfg.job_timeout)
         try:
             return self._event_loop().run_until_complete(
                 asyncio.wait_for(awaitable, timeout) if timeout else awaitable)
@@ -378,14 +409,40 @@ class Worker:
         self.slot.hold_batch(self.seq)
 
     # -- outcomes of failed jobs ---------------------------------------------------------
-    def _outcomes(self, failures: list[Failure], processed: int) -> Outcomes:
+    def _outcomes(self, failures: list[Failure], processed: int,
+                  finished: list[tuple[envelope.Job, Any]]) -> Outcomes:
         failed, retries, dead = 0, [], []
+        records: list[Record] = []
+        releases: list[tuple[str, str]] = []
         for failure in failures:
             ran, retry, dead_letter = self._outcome(failure)
             failed += ran
             retries += retry
             dead += dead_letter
-        return Outcomes(processed, failed, retries, dead)
+            job = failure.job
+            if job is not None:
+                self._note_end(job, "retrying" if retry else "dead", records, releases)
+        for job, result in finished:
+            self._note_end(job, "succeeded", records, releases, result)
+        return Outcomes(processed, failed, retries, dead, records, releases)
+
+    def _note_end(self, job: envelope.Job, state: str, records: list[Record],
+                  releases: list[tuple[str, str]], result: Any = None) -> None:
+        """What the settle writes for a job that ended (or failed): its record on a tracked
+        topic, and its unique key given back once it will not run again."""
+        unique = job.headers.get("unique")
+        if state != "retrying" and isinstance(unique, str):
+            releases.append((unique, job.id))
+        if not self.rules.track:
+            return
+        if state == "succeeded":
+            data, why = encode_result(result)
+            records.append(Record(job.id, state, job.attempts, data, "", why))
+        else:
+            error = job.headers.get("error") or job.headers.get("last_error") or {}
+            records.append(Record(job.id, state, job.attempts, b"",
+                                  error_text(str(error.get("type", "")),
+                                             str(error.get("message", "")))))
 
     def _outcome(self, failure: Failure) -> tuple[int, list[tuple[float, bytes]], list[bytes]]:
         """(failed runs counted, retries, dead letters) of one failure."""
@@ -403,7 +460,7 @@ class Worker:
         job.attempts += 1
         if failure.code == Code.REJECT:
             error["reason"] = "rejected"
-        elif job.attempts > self.cfg.max_retries:
+        elif job.attempts > self._max_retries(job):
             error["reason"] = "failed"
         else:
             exc = failure.exc
@@ -415,6 +472,13 @@ class Worker:
         job.headers["error"] = error
         self._log_failure(job, error, failure.traceback, f"dead-lettered ({error['reason']})")
         return 1, [], [envelope.encode_job(job)]
+
+    def _max_retries(self, job: envelope.Job) -> int:
+        """The job's own max_retries header (a push option), else the topic's."""
+        value = job.headers.get("max_retries")
+        if isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= 1000:
+            return value
+        return self.cfg.max_retries
 
     def _error(self, exc: BaseException | None, tb: str, now: float) -> dict:
         if exc is None:
