@@ -55,7 +55,7 @@ def collect_status(cfg: Config | None, files: RuntimeFiles, *, running_pid: int 
     info = dict(master_info or {})
     pid = running_pid or info.get("pid") or files.running_pid()
     if not pid:
-        return last_snapshot(files, cfg, redis_timeout)
+        return _with_embedded(last_snapshot(files, cfg, redis_timeout), cfg, files)
     job_times: dict[str, list[int]] = {}
     workers, header = read_scoreboard(files, histograms=job_times)
     master = {
@@ -100,6 +100,17 @@ def collect_status(cfg: Config | None, files: RuntimeFiles, *, running_pid: int 
         (files.read_snapshot() or {}).get("problems")
     if found and isinstance(found, dict):
         status["problems"] = {str(k): redact(str(v)) for k, v in found.items()}
+    return _with_embedded(status, cfg, files)
+
+
+def _with_embedded(status: dict, cfg: Config | None, files: RuntimeFiles) -> dict:
+    """``embedded_redis``: the server of url = "embedded", as it is now (ssjobs.embedded)."""
+    from .embedded import describe
+
+    configured = cfg is not None and cfg.embedded_redis is not None
+    status.pop("embedded_redis", None)  # a snapshot's is stale
+    if (found := describe(files.dir, configured=configured)) is not None:
+        status["embedded_redis"] = found
     return status
 
 
@@ -276,6 +287,10 @@ def render_status(status: dict, *, now: float | None = None) -> Any:
     """Tables for humans: a rich renderable when rich is installed, else plain text."""
     now = time.time() if now is None else now
     title = _headline(status, now)
+    if status.get("embedded_redis"):
+        from .embedded import status_line
+
+        title += "\n" + status_line(status["embedded_redis"], bool(status.get("running")))
     topic_rows = [[topic, *(_num(c.get(k)) for k in ("backlog", "delayed", "inflight", "dead",
                                                        "processed", "failed")),
                    _rate(c.get("rate_1m")), _ms(c.get("p50_ms")), _ms(c.get("p95_ms")),
