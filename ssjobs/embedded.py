@@ -65,6 +65,8 @@ ADOPT_PING_TIMEOUT_S = 2.0   # a leftover server that does not answer within thi
 STOP_TIMEOUT_S = 30.0        # SIGTERM: Redis writes and fsyncs its append-only file; then KILL
 VERSION_TIMEOUT_S = 10.0     # `redis-server --version`
 LOG_TAIL_BYTES = 8192        # read back to quote why a server exited at start
+# "123:M 03 Dec 2026 09:06:04.162 # " before each line Redis logs ("#": a warning)
+_LOG_PREFIX = re.compile(r"^\d+:[A-Z] \d+ \w+ \d+ [\d:.]+ ([.\-*#]) ")
 # Signals a master may ignore or block, which an exec'd program would inherit so.
 RESET_SIGNALS = (signal.SIGPIPE, signal.SIGXFSZ, signal.SIGINT, signal.SIGQUIT,
                  signal.SIGTERM, signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2,
@@ -445,7 +447,8 @@ class EmbeddedRedis:
                     "the workers wait for it", self.pid, state, READY_TIMEOUT_S)
 
     def _log_tail(self, offset: int) -> str:
-        """The last line the server logged since ``offset`` (Redis' reason to give up)."""
+        """Why the server gave up: its last warnings logged since ``offset`` (Redis marks
+        them "#"), without their pid and time; else its last line."""
         if self.log_file is None:
             return ""
         try:
@@ -454,7 +457,12 @@ class EmbeddedRedis:
                 text = f.read().decode(errors="replace")
         except OSError:
             return ""
-        lines = [line.strip() for line in text.splitlines() if line.strip()]
+        lines = [_LOG_PREFIX.sub("", line).strip() for line in text.splitlines()
+                 if line.strip()]
+        warned = [line for line in text.splitlines() if _LOG_PREFIX.match(line)
+                  and _LOG_PREFIX.match(line)[1] == "#"]
+        if warned:
+            return "; ".join(_LOG_PREFIX.sub("", line).strip() for line in warned[-2:])
         return lines[-1] if lines else ""
 
     def _write_pid_file(self) -> None:
@@ -521,12 +529,22 @@ def _exit_reason(status: int) -> str:
     return f"killed by {signal.Signals(-code).name}" if code < 0 else f"exit status {code}"
 
 
+def _client(socket_path: Path, timeout: float) -> Any:
+    """A client of the server's socket that tries once (redis-py's default retries with
+    back-off would make every "is it up?" take seconds)."""
+    import redis
+    from redis.backoff import NoBackoff
+    from redis.retry import Retry
+
+    return redis.Redis(unix_socket_path=str(socket_path), socket_timeout=timeout,
+                       socket_connect_timeout=timeout, retry=Retry(NoBackoff(), 0))
+
+
 def _ping(socket_path: Path, timeout: float) -> str:
     """"ok", "loading" (it answers, still reading its append-only file) or "down"."""
     import redis
 
-    client = redis.Redis(unix_socket_path=str(socket_path), socket_timeout=timeout,
-                         socket_connect_timeout=timeout)
+    client = _client(socket_path, timeout)
     try:
         client.ping()
         return "ok"
@@ -557,8 +575,7 @@ def describe(data_dir: Path, *, configured: bool, timeout: float = 1.0) -> dict 
         "restarts": recorded.restarts, "rss_bytes": _rss(recorded.pid)}
     import redis
 
-    client = redis.Redis(unix_socket_path=str(files.socket), socket_timeout=timeout,
-                         socket_connect_timeout=timeout)
+    client = _client(files.socket, timeout)
     try:
         memory = client.info("memory")
         info["used_memory"] = int(memory.get("used_memory", 0))

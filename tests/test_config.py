@@ -15,8 +15,8 @@ except ImportError:  # Python 3.10
     import tomli as tomllib
 
 from ssjobs.config import (
-    SECTIONS,
     MAX_SOCKET_PATH_BYTES,
+    SECTIONS,
     Config,
     embedded_url,
     key_lines,
