@@ -457,13 +457,13 @@ class EmbeddedRedis:
                 text = f.read().decode(errors="replace")
         except OSError:
             return ""
-        lines = [_LOG_PREFIX.sub("", line).strip() for line in text.splitlines()
-                 if line.strip()]
-        warned = [line for line in text.splitlines() if _LOG_PREFIX.match(line)
-                  and _LOG_PREFIX.match(line)[1] == "#"]
-        if warned:
-            return "; ".join(_LOG_PREFIX.sub("", line).strip() for line in warned[-2:])
-        return lines[-1] if lines else ""
+        lines, warned = [], []
+        for line in filter(str.strip, text.splitlines()):
+            found = _LOG_PREFIX.match(line)
+            lines.append(line[found.end():].strip() if found else line.strip())
+            if found and found[1] == "#":
+                warned.append(lines[-1])
+        return "; ".join(warned[-2:]) if warned else lines[-1] if lines else ""
 
     def _write_pid_file(self) -> None:
         assert self.pid is not None and self.binary is not None
