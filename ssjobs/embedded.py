@@ -84,13 +84,17 @@ class ServerBinary(NamedTuple):
 
 
 def find_server() -> ServerBinary | None:
-    """The redis-server an embedded Redis runs: the bundle's, else the first on PATH."""
+    """The redis-server an embedded Redis runs: the bundle's, else the first on PATH (in
+    its absolute directories)."""
     bundle = getattr(sys, "_MEIPASS", None)
     if bundle:
         path = os.path.join(bundle, BUNDLE_DIR, SERVER)
         if os.access(path, os.X_OK):
             return ServerBinary(path, True)
-    found = shutil.which(SERVER)
+    # absolute PATH entries only: "" or "." would run a redis-server from the current dir
+    search = os.pathsep.join(p for p in os.environ.get("PATH", os.defpath).split(os.pathsep)
+                             if os.path.isabs(p))
+    found = shutil.which(SERVER, path=search)
     return ServerBinary(found, False) if found else None
 
 

@@ -461,3 +461,18 @@ def test_the_example_config_runs_an_embedded_server():
     assert cfg.redis.url.endswith("/data/process/redis/redis.sock")
     assert subprocess.run([sys.executable, "-m", "ssjobs.config"], capture_output=True,
                           text=True).stdout.count('url = "embedded"') == 1
+
+
+def test_a_redis_server_in_the_current_directory_is_never_run(tmp_path):
+    """PATH entries that are not absolute ("" or ".") are skipped: `ssjobs --version` run by
+    root in someone else's directory must not run their redis-server."""
+    planted = tmp_path / "redis-server"
+    planted.write_text(f"#!/bin/sh\ntouch {tmp_path}/ran\necho 'Redis server v=9.9.9'\n")
+    planted.chmod(0o755)
+    bare = tmp_path / "bin"
+    bare.mkdir()
+    result = subprocess.run([sys.executable, "-m", "ssjobs", "--version"], cwd=tmp_path,
+                            capture_output=True, text=True, timeout=60,
+                            env={**os.environ, "PATH": f".::{bare}"})
+    assert result.stdout.rstrip().endswith("redis-server: none on PATH)"), result.stdout
+    assert not (tmp_path / "ran").exists()
