@@ -12,13 +12,13 @@ from typing import Any, Awaitable, Callable, Iterable
 import redis.asyncio as aioredis
 
 from . import envelope
-from .broker import CONNECTION_ERRORS, TopicKeys
+from .broker import TopicKeys, translate
 from .delays import push_delay
 from .errors import BrokerUnavailable
+from .names import check_topic
 from .producer import (
     PUSH_SCRIPT,
     Tokens,
-    check_topic,
     chunked_calls,
     chunks_of,
     make_envelope,
@@ -88,18 +88,17 @@ class AsyncProducer:
         """Send, and once more after a lost connection (push.lua makes that safe)."""
         for attempt in (1, 2):
             try:
-                await call()
+                with translate():
+                    await call()
                 return
-            except CONNECTION_ERRORS as exc:
+            except BrokerUnavailable:
                 if attempt == 2:
-                    raise BrokerUnavailable(f"cannot push to redis: {exc}") from exc
+                    raise
 
     async def queue_size(self, topic: str) -> int:
         """Jobs waiting in ``ready`` (not delayed, not in flight)."""
-        try:
+        with translate():
             return int(await self._client.llen(self._topic(topic).ready))
-        except CONNECTION_ERRORS as exc:
-            raise BrokerUnavailable(f"cannot reach redis: {exc}") from exc
 
     async def close(self) -> None:
         await self._client.aclose()

@@ -36,17 +36,20 @@ import time
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any
-
-import redis
+from typing import TYPE_CHECKING, Any
 
 from . import logs, scaling
-from .broker import CONNECTION_ERRORS
+from .broker import Broker, claim
+from .errors import BrokerError
 from .notify import AsyncSender, error_sink, make_notifier
 from .notify.relay import RelayServer
 from .notify.relay import report_failure as report_relay_failure
-from .scoreboard import BUSY, JOB_STARTED_AT, STATE
+from .scoreboard import BUSY
 from .text import plural
+
+if TYPE_CHECKING:
+    from .config import NotifierConfig
+    from .master import Master
 
 log = logging.getLogger("ssjobs.alerts")
 
@@ -327,14 +330,14 @@ def reload_refused(topic: str, why: str, node: str) -> Alert:
 
 # -- reading the master ----------------------------------------------------------------------
 
-def observe(master: Any, now: float, *, redis_up: bool = True) -> list[TopicView]:
+def observe(master: Master, now: float, *, redis_up: bool = True) -> list[TopicView]:
     """A TopicView per topic from the master's state (``now`` in epoch seconds)."""
     dead = _dead_counts(master) if redis_up else {}
     busy: dict[str, list[tuple[int, float, int]]] = {}
     for proc in list(master.workers.values()):
         slot = master.board.slot(proc.slot)
-        if slot._get(STATE) == BUSY:
-            busy.setdefault(proc.topic, []).append((proc.pid, slot._get(JOB_STARTED_AT),
+        if slot.state == BUSY:
+            busy.setdefault(proc.topic, []).append((proc.pid, slot.job_started_at,
                                                     proc.slot))
     views = []
     for topic, ts in master.topics.items():
@@ -352,24 +355,20 @@ def observe(master: Any, now: float, *, redis_up: bool = True) -> list[TopicView
     return views
 
 
-def _dead_counts(master: Any) -> dict[str, tuple[int, int]]:
+def _dead_counts(master: Master) -> dict[str, tuple[int, int]]:
     """topic -> (LLEN dead, lifetime dead counter): one pipelined round trip per Redis."""
     groups: dict[int, list[tuple[str, Any]]] = {}
     for topic, ts in master.topics.items():
         groups.setdefault(id(ts.broker.client), []).append((topic, ts.broker))
     out: dict[str, tuple[int, int]] = {}
     for members in groups.values():
-        pipe = members[0][1].client.pipeline(transaction=False)
-        for _, broker in members:
-            pipe.llen(broker.keys.dead)
-            pipe.hget(broker.keys.stats, "dead")
         try:
-            replies = pipe.execute()
-        except (*CONNECTION_ERRORS, redis.RedisError) as exc:
+            counts = Broker.dead_counts([broker for _, broker in members])
+        except BrokerError as exc:
             log.debug("alerts: dead-letter counts unavailable: %s", exc)
             continue
-        for i, (topic, _) in enumerate(members):
-            out[topic] = (int(replies[2 * i]), int(replies[2 * i + 1] or 0))
+        for (topic, _), count in zip(members, counts, strict=True):
+            out[topic] = count
     return out
 
 
@@ -390,8 +389,9 @@ class AlertsExtension:
     """Built by the master when ``[notifier]`` is configured: ``start``, ``tick`` once a
     second (never blocks on the notifier), ``stop``; a reload makes a new one."""
 
-    def __init__(self, master: Any) -> None:
-        self.cfg = master.cfg.notifier
+    def __init__(self, master: Master) -> None:
+        assert master.cfg.notifier is not None  # built only for a config with [notifier]
+        self.cfg: NotifierConfig = master.cfg.notifier
         self.notifier = make_notifier(self.cfg.kind, self.cfg.params)
         self.rules = Rules(alert_after=self.cfg.alert_after, repeat=self.cfg.repeat_interval,
                            node=master.node)
@@ -400,7 +400,7 @@ class AlertsExtension:
         self._sink: Any = None
         self._owned: set[tuple[str, str]] = set()  # alerts this host sent: it sends recovery
 
-    def start(self, master: Any) -> None:
+    def start(self, master: Master) -> None:
         if not (self.cfg.log_notify or self.cfg.jobs_check_notify):
             return
         with _signals_blocked():
@@ -414,14 +414,14 @@ class AlertsExtension:
         if self._sink is not None:
             logs.add_error_sink(self._sink)
         if self.cfg.jobs_check_notify:
-            down = master.outage.down_for("redis") if hasattr(master, "outage") else None
+            down = master.outage.down_for("redis")
             self.rules.prime(observe(master, time.time(), redis_up=down is None),
                              time.monotonic())
         log.info("notifier %s: %s", self.cfg.kind, " and ".join(
             what for what, on in (("ERROR lines", self.cfg.log_notify),
                                   ("job alerts", self.cfg.jobs_check_notify)) if on))
 
-    def tick(self, master: Any, now: float) -> None:
+    def tick(self, master: Master, now: float) -> None:
         if self.sender is None or not self.cfg.jobs_check_notify:
             return
         mono = time.monotonic()
@@ -439,10 +439,10 @@ class AlertsExtension:
         sender's HTTP connections live only while a message is being sent."""
         return []
 
-    def worker_exited(self, master: Any, slot: int, info: dict) -> None:
+    def worker_exited(self, master: Master, slot: int, info: dict) -> None:
         pass
 
-    def reloaded(self, master: Any, refused: dict[str, str]) -> None:
+    def reloaded(self, master: Master, refused: dict[str, str]) -> None:
         """Called after a reload started this extension: alert each refused topic."""
         if self.sender is None or not self.cfg.jobs_check_notify:
             return
@@ -451,7 +451,7 @@ class AlertsExtension:
             self.sender.submit(alert.title, alert.text, alert.level, dedup=False,
                                topic=alert.topic, alert=alert.rule)
 
-    def stop(self, master: Any) -> None:
+    def stop(self, master: Master) -> None:
         if self._sink is not None:
             logs.remove_error_sink(self._sink)
             self._sink = None
@@ -462,7 +462,7 @@ class AlertsExtension:
             self.sender.close(STOP_FLUSH_S)
             self.sender = None
 
-    def _may_send(self, master: Any, alert: Alert) -> bool:
+    def _may_send(self, master: Master, alert: Alert) -> bool:
         """Fleet de-dup: only the host that claimed a firing alert sends it, and only the
         host that sent it sends its recovery."""
         key = (alert.rule, alert.topic)
@@ -479,21 +479,21 @@ class AlertsExtension:
         self._owned.discard(key)
         return False
 
-    def _claim(self, master: Any, alert: Alert) -> bool:
+    def _claim(self, master: Master, alert: Alert) -> bool:
         """``SET {prefix}:alert:{rule}:{topic} node NX PX``; it expires a tick before
         ``repeat_interval`` so the next round is not lost to clock phase."""
         ts = master.topics.get(alert.topic)
         if ts is not None:
             client, prefix = ts.broker.client, ts.broker.keys.prefix
         else:  # a topic of no config (orphan_topic): claimed on the main Redis
-            client = master.clients.get(master.cfg.redis.url)
-            prefix = master.cfg.redis.prefix
-            if client is None:
+            main = master.clients.get(master.cfg.redis.url)
+            if main is None:
                 return True
+            client, prefix = main, master.cfg.redis.prefix
         key = f"{prefix}:alert:{alert.rule}:{alert.topic}"
         ttl_ms = max(int((self.cfg.repeat_interval - TICK_S) * 1000), MIN_CLAIM_MS)
         try:
-            return bool(client.set(key, master.node, nx=True, px=ttl_ms))
-        except (*CONNECTION_ERRORS, redis.RedisError) as exc:
+            return claim(client, key, master.node, ttl_ms)
+        except BrokerError as exc:
             log.debug("alerts: cannot de-duplicate %s (%s): sending it from here", key, exc)
             return True  # better twice than never

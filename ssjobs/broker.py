@@ -5,30 +5,59 @@ so each script touches a single slot. See docs/protocol.md for the wire format.
 """
 from __future__ import annotations
 
+import functools
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from functools import cache
 from importlib import resources
-from typing import NamedTuple, Sequence
+from typing import Any, Callable, NamedTuple, Sequence, TypeVar
 
 import redis
 
-from .errors import BrokerUnavailable, Fenced
+from .errors import BrokerError, BrokerUnavailable, Fenced
 from .scoreboard import BatchPosition
+from .urls import CLUSTER_SCHEMES, SENTINEL_SCHEMES, parse_sentinel
+
+F = TypeVar("F", bound=Callable[..., Any])
 
 DEAD_CAP = 10_000            # dead-letter list length kept per topic; older entries trimmed
 PROMOTE_LIMIT = 1_000        # delayed jobs promoted per call, so one call stays short
-CONNECTION_ERRORS = (redis.ConnectionError, redis.TimeoutError, ConnectionError, OSError)
+# What redis-py raises when the server cannot be reached (it wraps socket errors in these).
+_DOWN = (redis.ConnectionError, redis.TimeoutError)
 # Replies of a Redis that is there but cannot serve right now (loading, failing over, out of
 # memory, a replica after failover): waited out like an outage, not a bug.
 _TRANSIENT_REPLIES = ("LOADING", "BUSY", "MASTERDOWN", "CLUSTERDOWN", "TRYAGAIN", "OOM",
                       "READONLY")
 
 
-def is_transient(exc: BaseException) -> bool:
-    """True for an error that retrying later can cure: Redis down, or busy as above."""
-    if isinstance(exc, CONNECTION_ERRORS + (redis.ReadOnlyError,)):
+def _unavailable(exc: BaseException) -> bool:
+    if isinstance(exc, (*_DOWN, redis.ReadOnlyError)):
         return True
     return isinstance(exc, redis.ResponseError) and str(exc).startswith(_TRANSIENT_REPLIES)
+
+
+@contextmanager
+def translate() -> Iterator[None]:
+    """The broker boundary: a Redis that cannot serve now (down, loading, failing over, out
+    of memory) becomes :class:`BrokerUnavailable`, which every caller waits out; any other
+    error reply becomes :class:`BrokerError`. Used around every command, here and where a
+    module talks to a client directly, so no redis-py type reaches the rest of ssjobs."""
+    try:
+        yield
+    except redis.RedisError as exc:
+        if _unavailable(exc):
+            raise BrokerUnavailable(f"{type(exc).__name__}: {exc}") from exc
+        raise BrokerError(f"{type(exc).__name__}: {exc}") from exc
+
+
+def _io(method: F) -> F:
+    """A Broker method whose Redis errors are translated (see :func:`translate`)."""
+    @functools.wraps(method)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        with translate():
+            return method(*args, **kwargs)
+    return wrapper  # type: ignore[return-value]
 
 
 @cache
@@ -42,9 +71,6 @@ def _with_take(name: str) -> str:
     return script_source("take") + "\n" + script_source(name)
 
 
-CLUSTER_SCHEMES = ("redis+cluster://", "rediss+cluster://")
-SENTINEL_SCHEMES = ("redis+sentinel://", "rediss+sentinel://")
-SENTINEL_PORT = 26379
 
 
 def connect(url: str, *, socket_timeout: float | None = 10.0,
@@ -66,34 +92,31 @@ def connect(url: str, *, socket_timeout: float | None = 10.0,
             plain = url.replace("+cluster", "", 1)
             return RedisCluster.from_url(plain, **options)  # type: ignore[return-value]
         return redis.Redis.from_url(url, health_check_interval=0, **options)
+    except redis.RedisError as exc:  # a Sentinel that cannot be asked which master
+        raise BrokerUnavailable(f"{type(exc).__name__}: {exc}") from exc
     except ValueError as exc:
         raise BrokerUnavailable(f"invalid redis url: {exc}") from None
 
 
 def _sentinel_master(url: str, options: dict) -> redis.Redis:
-    from urllib.parse import unquote, urlsplit
-
     from redis.sentinel import Sentinel
 
-    parts = urlsplit(url)
-    hosts = []
-    for host in parts.netloc.rpartition("@")[2].split(","):
-        name, _, port = host.rpartition(":") if ":" in host else (host, "", "")
-        hosts.append((name, int(port) if port else SENTINEL_PORT))
-    service, _, db = parts.path.strip("/").partition("/")
-    if not service:
-        raise ValueError("a sentinel URL names the service: redis+sentinel://host:port/NAME")
-    password = unquote(parts.password) if parts.password else None
-    username = unquote(parts.username) if parts.username else None
-    tls = url.startswith("rediss")
+    sentinel_url = parse_sentinel(url)
+    auth = {"password": sentinel_url.password, "username": sentinel_url.username,
+            "ssl": sentinel_url.tls}
     # The Sentinels get the same credentials and TLS as the master: a Sentinel with
     # requirepass refuses them otherwise, and its answers (which master) travel in clear.
-    sentinel = Sentinel(hosts, sentinel_kwargs={"socket_timeout": 5.0,
-                                                "socket_connect_timeout": 5.0,
-                                                "password": password, "username": username,
-                                                "ssl": tls})
-    return sentinel.master_for(service, db=int(db or 0), password=password,
-                               username=username, ssl=tls, **options)
+    sentinel = Sentinel(sentinel_url.hosts, sentinel_kwargs={"socket_timeout": 5.0,
+                                                             "socket_connect_timeout": 5.0,
+                                                             **auth})
+    return sentinel.master_for(sentinel_url.service, db=sentinel_url.db, **auth, **options)
+
+
+def claim(client: redis.Redis, key: str, owner: str, ttl_ms: int) -> bool:
+    """Claim ``key`` fleet-wide for ``ttl_ms`` (SET NX PX): True for the one caller that got
+    it (one alert per condition across every master)."""
+    with translate():
+        return bool(client.set(key, owner, nx=True, px=ttl_ms))
 
 
 def nodes_key(prefix: str) -> str:
@@ -160,14 +183,17 @@ class Broker:
         self._requeue_dead = client.register_script(script_source("requeue_dead"))
 
     # -- worker side -----------------------------------------------------------------
+    @_io
     def register_worker(self, worker: str) -> None:
         """The worker's registration: it holds batch 0 (empty). Idempotent."""
         self.client.hsetnx(self.keys.workers, worker, 0)
 
+    @_io
     def rejoin(self, worker: str, seq: int) -> None:
         """Register again after being fenced, holding batch ``seq`` (empty)."""
         self.client.hset(self.keys.workers, worker, seq)
 
+    @_io
     def settle(self, worker: str, seq: int, *, done: int = 0, held: int = 0,
                give_back: bool = False, outcomes: Outcomes = NO_OUTCOMES,
                take: int = 0) -> Settled:
@@ -193,6 +219,7 @@ class Broker:
             raise
         return Settled(jobs, float(due) if due else None)
 
+    @_io
     def wait_one(self, worker: str, timeout: float) -> bytes | None:
         """Block up to ``timeout`` seconds for one job, moved straight into in-flight. Never
         send it again after a lost reply: the next settle hands back what it moved."""
@@ -200,6 +227,7 @@ class Broker:
                                   timeout, "RIGHT", "LEFT")  # type: ignore[arg-type,return-value]
 
     # -- master side -----------------------------------------------------------------
+    @_io
     def recover(self, worker: str, position: BatchPosition | None = None, *,
                 max_retries: int = 3, reason: str = "worker died while running this job",
                 ) -> tuple[int, int, int]:
@@ -214,19 +242,23 @@ class Broker:
                   reason])
         return int(requeued), int(dead), int(dropped)
 
+    @_io
     def promote(self, now: float | None = None) -> int:
         k = self.keys
         return int(self._promote(keys=[k.ready, k.delayed],
                                  args=[time.time() if now is None else now, PROMOTE_LIMIT]))
 
+    @_io
     def workers(self) -> list[str]:
         """Every registered worker of this topic (each may hold an in-flight list)."""
         return [_text(w) for w in self.client.hkeys(self.keys.workers)]  # type: ignore[union-attr]
 
     # -- producer and console side --------------------------------------------------------
+    @_io
     def backlog(self) -> int:
         return int(self.client.llen(self.keys.ready))
 
+    @_io
     def counts(self) -> dict[str, int]:
         """backlog, delayed, inflight, dead and the stats counters, in one round trip."""
         k = self.keys
@@ -250,17 +282,32 @@ class Broker:
         out["dead_total"] = int(stats.get(b"dead", 0))
         return out
 
+    @staticmethod
+    def dead_counts(brokers: Sequence[Broker]) -> list[tuple[int, int]]:
+        """(dead letters now, dead-lettered ever) of each broker, which all share one
+        client, in one round trip."""
+        with translate():
+            pipe = brokers[0].client.pipeline(transaction=False)
+            for broker in brokers:
+                pipe.llen(broker.keys.dead)
+                pipe.hget(broker.keys.stats, "dead")
+            replies = pipe.execute()
+        return [(int(replies[2 * i]), int(replies[2 * i + 1] or 0)) for i in range(len(brokers))]
+
     # -- dead letters, for the console (`ssjobs dead ...`) ---------------------------------
+    @_io
     def dead_range(self, start: int, stop: int) -> list[bytes]:
         """Dead-lettered envelopes ``start..stop`` (inclusive, LRANGE indexes; 0 = newest)."""
         return self.client.lrange(self.keys.dead, start, stop)  # type: ignore[return-value]
 
+    @_io
     def dead_requeue(self, entry: bytes, envelope: bytes) -> bool:
         """Replace the dead ``entry`` by ``envelope`` in ready, atomically; False when the
         entry was gone (retried or purged meanwhile)."""
         return bool(self._requeue_dead(keys=[self.keys.dead, self.keys.ready],
                                        args=[entry, envelope]))
 
+    @_io
     def dead_drop_oldest(self, count: int) -> int:
         """Delete the ``count`` oldest dead-lettered jobs; returns how many were deleted."""
         pipe = self.client.pipeline(transaction=True)

@@ -11,7 +11,8 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from .config import Config, load_config
-from .control import EXIT_FAILED, EXIT_INVALID, EXIT_OK, fail, report_config_error, say
+from .console.output import fail, report_config_error, say
+from .control import EXIT_FAILED, EXIT_INVALID, EXIT_OK
 from .errors import ConfigError
 from .redisprobe import version_tuple
 from .text import plural

@@ -5,7 +5,7 @@ Adding a command (``push``, ``dead``, ``top`` ...): decorate it with ``@cli.comm
 build it elsewhere and ``cli.add_command(cmd)``; give it ``@config_option`` and get the file
 with ``config_path(ctx, config)``; return the exit status. Errors: raise a ``SsjobsError``
 (printed as one line by :func:`main`, exit 1; a ``ConfigError`` exits 2, as a usage error
-does) or print with ``control.fail`` and return 1.
+does) or print with ``console.output.fail`` and return 1.
 """
 from __future__ import annotations
 
@@ -167,16 +167,16 @@ def reload(ctx: click.Context, config: str | None) -> int:
 
 
 @cli.command(short_help="Master, topics and workers; exit 3 when not running.")
-@click.option("--json", "as_json", is_flag=True, help="One JSON object (docs/deploy.md).")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object (docs/reference.md).")
 @click.option("--watch", is_flag=True, help="Refresh every second until Ctrl-C.")
 @config_option
 @click.pass_context
 def status(ctx: click.Context, as_json: bool, watch: bool, config: str | None) -> int:
     """Show the master, topic counters (from Redis) and this host's workers (from the
     scoreboard). Exit 0 when running; 3 when not (the last snapshot is shown)."""
-    from . import control
+    from .console import statusview
 
-    return control.status(config_path(ctx, config), as_json=as_json, watch=watch)
+    return statusview.status(config_path(ctx, config), as_json=as_json, watch=watch)
 
 
 @cli.command(short_help="Validate the config, import consumers, ping Redis.")
@@ -308,7 +308,7 @@ def run(argv: list[str] | None = None) -> int:
         _error(exc.format_message())
         return exc.exit_code
     except ConfigError as exc:
-        from .control import config_error_lines
+        from .console.output import config_error_lines
 
         for line in config_error_lines(exc):
             _error(line)

@@ -2,36 +2,36 @@
 
 Each setting is declared once, as a dataclass field made by :func:`setting` (TOML key, type
 from the annotation, default, rule, one-line doc). Loading, validation, error messages and
-``config_example.toml`` (:func:`render_example`) all come from those declarations.
+``config_example.toml`` and the key tables of docs/reference.md (``ssjobs.configdoc``) all
+come from those declarations.
 Errors read ``jobs[1].static_workers (line 42): must be between 1 and 1024, got 0``.
 """
 from __future__ import annotations
 
 import difflib
-import json
-import keyword
 import math
 import os
-import re
 from dataclasses import MISSING, asdict, dataclass, field, fields, replace
 from functools import cache
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Callable, Mapping, NamedTuple
-from urllib.parse import quote, urlsplit
+from urllib.parse import quote
 
 try:
     import tomllib
 except ImportError:  # Python 3.10
     import tomli as tomllib  # type: ignore[no-redef]
 
-from . import redact
+from . import redact, urls
 from .errors import ConfigError
+from .names import topic_problem
+from .rules import Rule, between, matches, one_of, spec_rule
 from .tomllines import key_lines, line_of
+from .urls import http_url_problem, show
 
 CONFIG_ENV = "SSJOBS_CONFIG"
 DEFAULT_CONFIG_NAME = "ssjobs.toml"
-MAX_TOPIC_BYTES = 64  # the topic is part of every Redis key name of its queue
 MAX_PAYLOAD_LIMIT = 512 * 1024 * 1024  # Redis' own limit on one string (proto-max-bulk-len)
 STDERR = "-"  # log.dir that means "log to stderr" (foreground runs: docker, journald)
 EMBEDDED = "embedded"  # redis.url: the master runs its own redis-server (ssjobs.embedded)
@@ -59,124 +59,6 @@ NOTIFIER_PARAMS = {
     "wecom": ChannelParams(("key", "url"), ("key", "url", "prefix")),
 }
 NOTIFIER_KINDS = tuple(NOTIFIER_PARAMS)
-
-
-# -- rules: a hint for the docs, and a test giving an error message (None when fine) --------
-
-class Rule(NamedTuple):
-    hint: str
-    test: Callable[[Any], str | None]
-
-
-def _num(v: float) -> str:
-    return str(int(v)) if isinstance(v, float) and v.is_integer() else repr(v)
-
-
-def _show(s: str) -> str:
-    return json.dumps(s if len(s) <= 60 else s[:57] + "...", ensure_ascii=False)
-
-
-def between(lo: int, hi: int | None = None) -> Rule:
-    if hi is None:
-        return Rule(f">= {lo}", lambda v: None if v >= lo else f"must be >= {lo}, got {_num(v)}")
-    return Rule(f"{lo}..{hi}", lambda v: None if lo <= v <= hi
-                else f"must be between {lo} and {hi}, got {_num(v)}")
-
-
-def one_of(*choices: str) -> Rule:
-    return Rule(" | ".join(choices), lambda v: None if v in choices
-                else f"must be one of {', '.join(choices)}, got {_show(v)}")
-
-
-def matches(pattern: str, what: str) -> Rule:
-    return Rule("", lambda v: None if re.fullmatch(pattern, v)
-                else f"must be {what}, got {_show(v)}")
-
-
-def is_spec(v: str) -> bool:
-    """True for "module.path:attr" made of Python identifiers."""
-    module, sep, attr = v.partition(":")
-    return bool(sep) and all(n.isidentifier() and not keyword.iskeyword(n)
-                             for n in [*module.split("."), attr])
-
-
-def spec_rule(what: str, *names: str) -> Rule:
-    """A "module:attr" spec, or one of ``names``."""
-    return Rule("", lambda v: None if v in names or is_spec(v) else
-                f"must be {what}, got {_show(v)}")
-
-
-def _topic(v: str) -> str | None:
-    if not re.fullmatch(r"[^\s{}]+", v):
-        return f"must be non-empty, without whitespace, '{{' or '}}', got {_show(v)}"
-    size = len(v.encode())
-    return None if size <= MAX_TOPIC_BYTES else \
-        f"must be at most {MAX_TOPIC_BYTES} bytes (UTF-8), got {size}"
-
-
-def _redis_url(v: str) -> str | None:
-    """Check a Redis URL without echoing it: it may carry a password."""
-    if v == EMBEDDED:
-        return None
-    if v.startswith(("redis+sentinel://", "rediss+sentinel://")):
-        return _sentinel_url(v)
-    try:
-        url = urlsplit(v)
-        port = url.port
-    except ValueError as e:
-        return f"is not a valid URL ({e})"
-    if url.scheme == "unix":
-        return None if url.path else 'needs a socket path, e.g. "unix:///run/redis.sock"'
-    if url.scheme not in ("redis", "rediss", "redis+cluster", "rediss+cluster"):
-        return "must start with redis://, rediss://, unix://, redis+cluster:// or redis+sentinel://"
-    if not url.hostname or port == 0:
-        return 'needs a host (and port 1..65535), e.g. "redis://127.0.0.1:6379/0"'
-    db = url.path.strip("/")
-    return None if not db or (db.isascii() and db.isdigit()) else "database must be a number"
-
-
-def _sentinel_url(v: str) -> str | None:
-    rest = v.split("://", 1)[1]
-    hosts, _, path = rest.partition("/")
-    service, _, db = path.partition("/")
-    for host in hosts.rpartition("@")[2].split(","):
-        name, _, port = host.rpartition(":") if ":" in host else (host, "", "")
-        if not name or (port and not (port.isdigit() and 0 < int(port) < 65536)):
-            return 'needs sentinel host:port pairs, e.g. "redis+sentinel://10.0.0.1:26379/mymaster"'
-    if not service:
-        return 'needs the service name, e.g. "redis+sentinel://10.0.0.1:26379/mymaster"'
-    db = db.strip("/")
-    return None if not db or (db.isascii() and db.isdigit()) else "database must be a number"
-
-
-def is_loopback(host: str) -> bool:
-    """True for "localhost" and literal loopback addresses (a name is not resolved)."""
-    import ipaddress
-
-    if host.lower() == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
-
-
-def http_url_problem(v: Any) -> str | None:
-    """Why ``v`` is not an http(s) URL with a host (None when it is). The message shows only
-    scheme and host: a webhook's path or query carries its secret token."""
-    parts = urlsplit(str(v))
-    if parts.scheme in ("http", "https") and parts.netloc:
-        return None
-    return f"must be an http:// or https:// URL, got {_show(f'{parts.scheme}://{parts.netloc}')}"
-
-
-def _listen(v: str) -> str | None:
-    host, _, port = v.rpartition(":")
-    if not re.fullmatch(r"[^\s\[\]:]+|\[[0-9A-Fa-f:.]+\]", host):
-        return f'must be "host:port" (e.g. "127.0.0.1:9108"), got {_show(v)}'
-    if port.isascii() and port.isdigit() and 1 <= int(port) <= 65535:
-        return None
-    return f"port must be between 1 and 65535, got {_show(port)}"
 
 
 # -- declarations: one dataclass field per key -----------------------------------------------
@@ -244,7 +126,8 @@ class RedisConfig:
                        "redis://, rediss:// (TLS), unix:///path.sock, "
                        "redis+cluster://node:port, redis+sentinel://host:port/service, "
                        f'"{EMBEDDED}" (the master runs one: docs/deploy.md)',
-                       rule=_redis_url, example=EMBEDDED)
+                       rule=lambda v: None if v == EMBEDDED else urls.redis_url_problem(v),
+                       example=EMBEDDED)
     prefix: str = setting("ssjobs", "key namespace",
                           rule=matches(r"[^\s{}]{1,64}", "1..64 characters, no space, { or }"))
     embedded_port: int = setting(0, f'with "{EMBEDDED}": also on 127.0.0.1:PORT; 0: its Unix '
@@ -274,28 +157,27 @@ class NotifierConfig:
 @dataclass(frozen=True)
 class MetricsConfig:
     listen: str = setting(doc="Prometheus text format at /metrics, served by the master",
-                          rule=_listen, example="127.0.0.1:9108")
+                          rule=urls.listen_problem, example="127.0.0.1:9108")
     token: str = setting("", 'scrapes must send "Authorization: Bearer <token>"; "": none')
     allow_public: bool = setting(False, "serve a non-loopback listen address without a token")
 
     def cross_check(self) -> list[tuple[str, str]]:
         """(key, message) of what the keys together do not allow."""
-        if self.token or self.allow_public or is_loopback(self.address[0]):
+        if self.token or self.allow_public or urls.is_loopback(self.address[0]):
             return []
-        return [("listen", f"{_show(self.listen)} is not a loopback address, so anyone who "
+        return [("listen", f"{urls.show(self.listen)} is not a loopback address, so anyone who "
                            "reaches it could scrape the metrics: set metrics.token, or "
                            "allow_public = true")]
 
     @property
     def address(self) -> tuple[str, int]:
         """``(host, port)``; an IPv6 host loses its brackets."""
-        host, _, port = self.listen.rpartition(":")
-        return host.strip("[]"), int(port)
+        return urls.split_listen(self.listen)
 
 
 @dataclass(frozen=True)
 class JobConfig:
-    topic: str = setting(doc="unique", rule=_topic)
+    topic: str = setting(doc="unique", rule=topic_problem)
     consumer: str = setting(doc='"module:function" or "module:Class"',
                             rule=spec_rule('"module:function" or "module:Class"'))
     static_workers: int = setting(1, "always running, restarted if they exit",
@@ -389,7 +271,7 @@ def _describe(v: Any) -> str:
         return f"boolean {str(v).lower()}"
     if isinstance(v, (int, float)):
         return f"{'integer' if isinstance(v, int) else 'float'} {v!r}"
-    return f"string {_show(v)}" if isinstance(v, str) else \
+    return f"string {show(v)}" if isinstance(v, str) else \
         {"list": "array", "dict": "table"}.get(type(v).__name__, type(v).__name__)
 
 
@@ -442,6 +324,7 @@ class Spec(NamedTuple):
     doc: str
     example: Any
     commented: bool  # shown commented out in config_example.toml
+    type: str        # the annotation, as written (for docs/reference.md)
 
 
 @cache
@@ -452,7 +335,7 @@ def specs(cls: type) -> tuple[Spec, ...]:
                       {} if f.default_factory is not MISSING else f.default, f.metadata["rule"],
                       f.metadata["doc"], f.metadata["example"],
                       f.default is None if f.metadata["commented"] is None
-                      else f.metadata["commented"])
+                      else f.metadata["commented"], str(f.type))
                  for f in fields(cls) if "doc" in f.metadata)
 
 
@@ -499,7 +382,7 @@ def _unknown(raw: dict, known: list[str], path: str, ctx: _Ctx) -> None:
     for key in raw:
         if key not in known:
             close = difflib.get_close_matches(key, known, n=1)
-            hint = f" (did you mean {_show(close[0])}?)" if close else ""
+            hint = f" (did you mean {show(close[0])}?)" if close else ""
             what = "table" if isinstance(raw[key], dict) else "key"
             ctx.error(f"{path}.{key}" if path else key, f"unknown {what}{hint}")
 
@@ -518,7 +401,7 @@ def _jobs(raw: Any, ctx: _Ctx, redis: RedisConfig | None) -> tuple[JobConfig, ..
         jobs.append(_table(JobConfig, item, path, ctx, extra={"redis": job_redis}))
         topic = item.get("topic") if isinstance(item, dict) else None
         if isinstance(topic, str) and topic in seen:
-            ctx.error(f"{path}.topic", f"duplicate topic {_show(topic)} (also in {seen[topic]})")
+            ctx.error(f"{path}.topic", f"duplicate topic {show(topic)} (also in {seen[topic]})")
         elif isinstance(topic, str):
             seen[topic] = path
     return tuple(jobs)
@@ -587,7 +470,7 @@ def _notifier_params(notifier: NotifierConfig, ctx: _Ctx) -> None:
     channel = NOTIFIER_PARAMS.get(notifier.kind)
     if channel is None:  # "module:Class": its constructor decides (check imports it)
         return
-    path, params, kind = "notifier.params", dict(notifier.params), _show(notifier.kind)
+    path, params, kind = "notifier.params", dict(notifier.params), show(notifier.kind)
     _unknown(params, list(channel.keys), path, ctx)
     for key, value in params.items():
         if key == "headers" and key in channel.keys:
@@ -676,74 +559,3 @@ def load_data_dir(path: str | os.PathLike) -> Path:
 def find_config_path(cli_value: str | None = None) -> Path:
     """The ``-c`` value, else $SSJOBS_CONFIG, else ./ssjobs.toml; made absolute."""
     return _abspath(cli_value or os.environ.get(CONFIG_ENV) or DEFAULT_CONFIG_NAME)
-
-
-# -- config_example.toml --------------------------------------------------------------------
-
-EXAMPLE_JOBS: tuple[dict[str, Any], ...] = (  # the first shows every key, the others a few
-    {"topic": "demo.echo", "consumer": "demo:echo", "static_workers": 2, "dynamic_workers": 2,
-     "max_execute_time": 3600, "max_consumer_count": 1000},
-    {"topic": "demo.report", "consumer": "demo:Report", "max_retries": 2, "retry_backoff": 1},
-)
-_EXAMPLE_HEAD = """\
-# ssjobs configuration: every key, its default and what it does.
-# Generated from ssjobs/config.py by `python -m ssjobs.config > config_example.toml`;
-# a test fails when the two drift apart. Relative paths are relative to this file.
-"""
-
-
-def _toml(v: Any) -> str:
-    """JSON spells these values (strings, numbers, booleans, arrays) as TOML does."""
-    return json.dumps(int(v) if isinstance(v, float) and v.is_integer() else v)
-
-
-def _line(text: str, comment: str, commented: bool) -> str:
-    text = f"# {text}" if commented else text
-    return f"{text:<40} # {comment}" if comment else text
-
-
-def _key_doc(spec: Spec, value: Any) -> str:
-    notes = [spec.rule.hint] if spec.rule and spec.rule.hint else []
-    if spec.default not in (MISSING, None, {}) and value != spec.default:
-        notes.append(f"default {_toml(spec.default)}")
-    doc = ("REQUIRED. " if spec.default is MISSING else "") + spec.doc
-    return f"{doc} ({', '.join(notes)})" if notes else doc
-
-
-def _render_table(cls: type, header: str, doc: str, commented: bool,
-                  values: Mapping[str, Any] | None = None) -> list[str]:
-    """One table; with ``values``, only those keys (else every key, with its example)."""
-    out, subtables = [_line(header, doc, commented)], []
-    for spec in specs(cls):
-        if values is not None and spec.key not in values:
-            continue
-        example = spec.example
-        value = values[spec.key] if values else spec.default if example is _NOTHING else example
-        if isinstance(spec.default, dict):  # a sub-table, after the plain keys
-            subtables += ["", _line(f"[{header.strip('[]')}.{spec.key}]",
-                                    _key_doc(spec, value), commented)]
-            subtables += [_line(f"{k} = {_toml(v)}", "", commented) for k, v in value.items()]
-        else:
-            out.append(_line(f"{spec.key} = {_toml(value)}", _key_doc(spec, value),
-                             commented or spec.commented))
-    return out + subtables + [""]
-
-
-def render_example() -> str:
-    """The text of ``config_example.toml``, generated from the declarations."""
-    out = [_EXAMPLE_HEAD]
-    for name, section in SECTIONS.items():
-        if not section.array:
-            out += _render_table(section.cls, f"[{name}]", section.doc, section.optional)
-            continue
-        first = {**{s.key: s.default for s in specs(section.cls)}, **EXAMPLE_JOBS[0]}
-        out += _render_table(section.cls, f"[[{name}]]", section.doc, False, first)
-        other = {s.key: s.default for s in specs(RedisConfig)}  # another Redis, not "embedded"
-        out += _render_table(RedisConfig, f"[{name}.redis]", JOB_REDIS_DOC, True, other)
-        for job in EXAMPLE_JOBS[1:]:
-            out += _render_table(section.cls, f"[[{name}]]", section.doc, False, job)
-    return "\n".join(out).rstrip("\n") + "\n"
-
-
-if __name__ == "__main__":
-    print(render_example(), end="")

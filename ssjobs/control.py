@@ -8,25 +8,22 @@ a :class:`~ssjobs.errors.SsjobsError` that escapes is printed the same way by ``
 """
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 from . import fsguard
 from .config import Config, load_config, load_data_dir
+from .console.output import fail, report_config_error, say
 from .errors import ConfigError, ControlError, SsjobsError
 from .logs import DAEMON_OUTPUT_NAME, LOG_FILE_MODE
 from .privileges import prepare_dirs
-from .redact import redact
 from .runtime import (
     ReadyPipe,
     RuntimeFiles,
-    StopSignals,
     parent_pid,
     pid_alive,
     send_signal,
@@ -51,31 +48,6 @@ ORPHAN_WAIT_S = 5.0             # workers of a SIGKILLed master exit on their ow
 WATCH_INTERVAL_S = 1.0          # `status --watch` refresh period
 DAEMON_OUTPUT_TAIL_BYTES = 65536      # read back on a failed start to quote its last line
 PIPE_WIDTH = 160                # columns of `status` tables written to a pipe or file
-
-
-# -- output ----------------------------------------------------------------------------------
-
-def say(message: str) -> None:
-    """One line (or block) on stdout, secrets masked."""
-    print(redact(message), flush=True)
-
-
-def fail(message: str, hint: str | None = None) -> None:
-    """One error line on stderr (and an optional hint line), secrets masked."""
-    print(f"ssjobs: {redact(message)}", file=sys.stderr, flush=True)
-    if hint:
-        print(f"hint: {redact(hint)}", file=sys.stderr, flush=True)
-
-
-def config_error_lines(exc: ConfigError) -> list[str]:
-    """One line per problem, each naming the file: ``/etc/jobs.toml: jobs[0].topic: ...``."""
-    where = f"{exc.path}: " if exc.path else ""
-    return [f"{where}{e}" for e in exc.errors]
-
-
-def report_config_error(exc: ConfigError) -> None:
-    for line in config_error_lines(exc):
-        fail(line)
 
 
 def _load(cfg_path: str | os.PathLike) -> Config | None:
@@ -406,81 +378,3 @@ def reload(cfg_path: str | os.PathLike) -> int:
         f"{plural(replaced, 'worker')} one by one"
         + (f", {plural(len(refused), 'topic')} refused" if refused else ""))
     return EXIT_FAILED if refused else EXIT_OK
-
-
-# -- status ----------------------------------------------------------------------------------
-
-def load_for_status(cfg_path: str | os.PathLike) -> tuple[Config | None, Path]:
-    """The config when valid (for Redis counters), else None with only process.data_dir
-    (and a warning): status must work when the rest of the file has since become invalid."""
-    try:
-        cfg = load_config(cfg_path)
-        return cfg, cfg.process.data_dir
-    except ConfigError as exc:
-        data_dir = load_data_dir(cfg_path)  # raises when even data_dir is unusable
-        first = config_error_lines(exc)[0]
-        more = f" (and {len(exc.errors) - 1} more)" if len(exc.errors) > 1 else ""
-        fail(f"warning: config invalid, showing what needs only process.data_dir: "
-             f"{first}{more}")
-        return None, data_dir
-
-
-def status(cfg_path: str | os.PathLike, *, as_json: bool = False, watch: bool = False) -> int:
-    """Print the status; 0 when a master runs, 3 when not (then the last snapshot)."""
-    from .status import collect_status
-
-    cfg, data_dir = load_for_status(cfg_path)
-    files = RuntimeFiles(data_dir)
-
-    def collect() -> dict:
-        return collect_status(cfg, files)
-
-    if watch:
-        return _watch(collect, as_json)
-    current = collect()
-    _print_status(current, as_json)
-    return EXIT_OK if current["running"] else EXIT_NOT_RUNNING
-
-
-def _print_status(current: dict, as_json: bool) -> None:
-    if as_json:
-        say(json.dumps(current, indent=2))
-        return
-    from .status import render_status
-
-    rendered = render_status(current)
-    if isinstance(rendered, str):
-        say(rendered)
-    else:
-        from rich.console import Console
-
-        # Piped: no terminal width to fit, so do not squeeze the tables into 80 columns.
-        width = None if sys.stdout.isatty() else PIPE_WIDTH
-        Console(highlight=False, width=width).print(rendered)
-
-
-def _watch(collect: Callable[[], dict], as_json: bool) -> int:
-    """Refresh every WATCH_INTERVAL_S until Ctrl-C; the exit status of the last view."""
-    current = collect()
-    with StopSignals() as stop:
-        if not as_json and sys.stdout.isatty():
-            try:
-                from rich.live import Live
-
-                from .status import render_status
-            except ImportError:
-                pass
-            else:
-                with Live(render_status(current), auto_refresh=False, screen=False) as live:
-                    while not stop.wait(WATCH_INTERVAL_S) and not stop.received:
-                        current = collect()
-                        live.update(render_status(current), refresh=True)
-                return EXIT_OK if current["running"] else EXIT_NOT_RUNNING
-        while not stop.received:
-            _print_status(current, as_json)
-            if not as_json:
-                say("")
-            stop.wait(WATCH_INTERVAL_S)
-            if not stop.received:
-                current = collect()
-    return EXIT_OK if current["running"] else EXIT_NOT_RUNNING

@@ -25,8 +25,13 @@ class EnvelopeError(SsjobsError):
     """Raised when bytes taken from Redis are not a valid job envelope."""
 
 
-class BrokerUnavailable(SsjobsError):
-    """Raised when Redis cannot be reached or answers with a connection error."""
+class BrokerError(SsjobsError):
+    """Raised when Redis refuses a command (an error reply that waiting will not cure)."""
+
+
+class BrokerUnavailable(BrokerError):
+    """Raised when Redis cannot serve now: unreachable, timed out, loading, failing over,
+    out of memory, a read-only replica. Callers wait it out."""
 
 
 class Fenced(SsjobsError):

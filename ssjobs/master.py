@@ -15,15 +15,15 @@ import signal
 import socket
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable
 
 import redis
 
-from . import __version__, forkfds, logs, orphans, reloading, scaling, sdnotify, worker
-from .broker import CONNECTION_ERRORS, Broker, connect
+from . import __version__, forkfds, logs, orphans, redisprobe, reloading, scaling, sdnotify, worker
+from .broker import Broker, connect
 from .config import Config, JobConfig, RedisConfig
 from .embedded import EmbeddedRedis
-from .errors import ControlError, SsjobsError
+from .errors import BrokerUnavailable, ControlError, SsjobsError
+from .extension import Extension, extension_factories
 from .loader import add_consumer_path
 from .notify import relay
 from .privileges import drop_privileges
@@ -111,7 +111,7 @@ class Master:
         self._wake_r = self._wake_w = -1
         self._last_housekeeping = self._last_janitor = self._last_watchdog = 0.0
         self.board: Scoreboard = None  # type: ignore[assignment]  # set by _start
-        self.extensions: list = []
+        self.extensions: list[Extension] = []
         self.extension_state: dict[str, str] = {}  # name -> "on" or "off: why" (status)
         self.reloader = reloading.Reloader(self)
         self.orphan_watches: list[orphans.Watch] = []
@@ -168,7 +168,7 @@ class Master:
             self.topics[job.topic] = TopicState(job, self._broker(job))
         self.orphan_watches = orphans.watches(cfg, self.clients)
         self._install_signals()
-        redis_down = self._check_redis_at_start()
+        redis_down = redisprobe.check_at_start(cfg, log)
         self.heartbeat = Heartbeat(self.clients.values(), cfg.redis.prefix, self.node,
                                    cfg.process.heartbeat_ttl, self.master_info, self.outage)
         self.heartbeat.beat()
@@ -205,30 +205,13 @@ class Master:
         except OSError as exc:
             raise ControlError(f"process.workdir {cfg.workdir}: {exc.strerror}") from None
 
-    def _check_redis_at_start(self) -> str | None:
-        """A wrong password or a missing permission fails the start at once; an
-        unreachable Redis is waited for (the workers reconnect): then it returns why."""
-        from .redact import redact_url
-        from .redisprobe import probe
-
-        urls = dict.fromkeys(self.cfg.redis_for(job).url for job in self.cfg.jobs)
-        down = None
-        for url in urls:
-            found = probe(url, timeout=2.0)
-            if found.permanent:
-                raise ControlError(f"redis {redact_url(url)}: {found.error}")
-            if not found.ok and down is None:
-                down = f"redis {redact_url(url)}: {found.error}"
-                log.warning("%s; the workers start once it is reachable", down)
-        return down
-
     # -- extensions: metrics, alerts ... (each optional, none may take the master down) ----
     def _start_extensions(self) -> None:
         """Start each extension; one that cannot start is off, with one ERROR line (its
         settings were checked with the config: what fails here is the environment, a busy
         port, a user's notifier class) and status says so."""
         self.extensions, self.extension_state = [], {}
-        for name, factory in _extension_factories(self.cfg):
+        for name, factory in extension_factories(self.cfg):
             try:
                 ext = factory(self)
                 ext.start(self)
@@ -249,6 +232,10 @@ class Master:
     def _slots_needed(self, cfg: Config) -> int:
         # Room for every worker twice over, so a reload can overlap old and new workers.
         return max(MIN_SLOTS, 2 * sum(j.static_workers + j.dynamic_workers for j in cfg.jobs))
+
+    def topic_state(self, job: JobConfig, rcfg: RedisConfig | None = None) -> TopicState:
+        """Fresh state of a topic the master starts serving (a reload may add one)."""
+        return TopicState(job, self._broker(job, rcfg))
 
     def _broker(self, job: JobConfig, rcfg: RedisConfig | None = None) -> Broker:
         rcfg = rcfg or self.cfg.redis_for(job)
@@ -550,7 +537,7 @@ class Master:
                 self.recovery.dead_hosts(self.clients.values(), list(self.topics.values()),
                                          self.cfg.redis.prefix, self.node)
             self.outage.note_success("redis")
-        except CONNECTION_ERRORS as exc:
+        except BrokerUnavailable as exc:
             self.outage.note_failure("redis", exc)
         if mono - self._last_janitor < HOUSEKEEPING_EVERY_S:
             self._write_snapshot()
@@ -635,24 +622,6 @@ class Master:
         self.files.remove(self.files.pid_path)
         self.files.release_lock()
 
-
-
-def _extension_factories(cfg: Config) -> list[tuple[str, Callable[[Master], Any]]]:
-    """(name, factory) of the master extensions for this config. Each is built with the
-    master and has ``start(master)``, ``tick(master, now)`` (once a second, must not block),
-    ``stop(master)``, ``fds()`` (its own fds, closed in forked workers),
-    ``worker_exited(master, slot, info)`` (a worker's last scoreboard slot, before it is
-    reused) and ``reloaded(master, refused)`` (after a reload started it again: the topics
-    whose new workers could not start, and why). The notifier starts first, so that an
-    ERROR the others log while starting reaches it."""
-    factories: list[tuple[str, Callable[[Master], Any]]] = []
-    if cfg.notifier is not None:
-        from .alerts import AlertsExtension
-        factories.append(("notifier", AlertsExtension))
-    if cfg.metrics is not None:
-        from .metrics import MetricsExtension
-        factories.append(("metrics", MetricsExtension))
-    return factories
 
 
 def serve(cfg: Config, *, ready_fd: int | None = None) -> int:

@@ -1,9 +1,8 @@
 """Job-time figures from the scoreboard, and the Prometheus endpoint of the master.
 
-The pure part (no I/O): :func:`quantile` interpolates a percentile inside the scoreboard's
-fixed job-time buckets (``HIST_BOUNDS_S``), :func:`percentiles_ms` gives ``p50_ms``/``p95_ms``
-for ``status`` and ``top``, and :class:`JobTimes` keeps per-topic totals that survive workers
-exiting (a worker's histogram lives in its slot, which a new worker zeroes when it reuses it).
+:class:`JobTimes` keeps per-topic totals that survive workers exiting (a worker's histogram
+lives in its slot, which a new worker zeroes when it reuses it); the histogram maths
+(percentiles, sums) is in ``ssjobs.scoreboard``, next to the bucket layout.
 
 :class:`MetricsExtension` is the master extension built when ``[metrics] listen`` is set. Its
 ``tick`` (master loop, once a second) only reads the scoreboard and the master's own state;
@@ -19,14 +18,22 @@ import os
 import socket
 import threading
 import time
-from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from . import forkfds
 from .errors import ExtensionUnavailable
 from .logs import OutageLogger
-from .scoreboard import HIST_BOUNDS_S, HIST_BUCKETS, KINDS, STARTED_AT, STATE, STATES
+from .scoreboard import (
+    HIST_BOUNDS_S,
+    HIST_BUCKETS,
+    KINDS,
+    STATES,
+    merge,
+)
+
+if TYPE_CHECKING:
+    from .master import Master
 
 log = logging.getLogger("ssjobs.metrics")
 
@@ -51,49 +58,6 @@ GAUGES = (("backlog", "ssjobs_backlog", "Jobs waiting in the ready list."),
 
 
 # -- job-time percentiles from histogram buckets ---------------------------------------------
-
-def quantile(hist: Sequence[int], q: float) -> float | None:
-    """The ``q`` quantile (0..1) in seconds of a scoreboard histogram, interpolated linearly
-    inside its bucket; None without any job. Like Prometheus' ``histogram_quantile``, a rank
-    in the overflow bucket gives the highest finite bound."""
-    total = sum(hist)
-    if not total:
-        return None
-    rank = q * total
-    seen = 0
-    for i, count in enumerate(hist):
-        if count and seen + count >= rank:
-            low = HIST_BOUNDS_S[i - 1] if i else 0.0
-            high = HIST_BOUNDS_S[i]
-            if high == float("inf"):
-                return low
-            return low + (high - low) * (rank - seen) / count
-        seen += count
-    return HIST_BOUNDS_S[-2]
-
-
-def percentiles_ms(hist: Sequence[int] | None) -> dict[str, float | None]:
-    """``{"p50_ms", "p95_ms"}`` of a histogram (None when it counts no job)."""
-    out: dict[str, float | None] = {}
-    for name, q in (("p50_ms", 0.50), ("p95_ms", 0.95)):
-        value = quantile(hist, q) if hist else None
-        out[name] = None if value is None else round(value * 1000, 3)
-    return out
-
-
-def merge(into: list[int], hist: Sequence[int]) -> list[int]:
-    for i, count in enumerate(hist):
-        into[i] += count
-    return into
-
-
-def topic_histograms(slots: list[dict]) -> dict[str, list[int]]:
-    """Per topic, the sum of the ``histogram`` of the given scoreboard slots."""
-    out: dict[str, list[int]] = {}
-    for slot in slots:
-        merge(out.setdefault(slot["topic"], [0] * HIST_BUCKETS), slot["histogram"])
-    return out
-
 
 @dataclass
 class _Seen:
@@ -122,7 +86,7 @@ class JobTimes:
         """Read every slot that was ever claimed (``board``: a Scoreboard)."""
         for index in range(board.nslots):
             slot = board.slot(index)
-            info = slot.read() if slot._get(STARTED_AT) else None   # 0: never claimed
+            info = slot.read() if slot.started_at else None   # 0: never claimed
             prev = self.seen.get(index)
             if prev is not None and (info is None or info["started_at"] != prev.started_at):
                 self._retire(index, prev)
@@ -180,7 +144,8 @@ class MetricsExtension:
     # keyed by master: (pid, started_at).
     _carried: dict[tuple[int, float], JobTimes] = {}
 
-    def __init__(self, master: Any) -> None:
+    def __init__(self, master: Master) -> None:
+        assert master.cfg.metrics is not None  # built only for a config with [metrics]
         self.host, self.port = master.cfg.metrics.address
         self.token = master.cfg.metrics.token
         self._key = (os.getpid(), master.started_at)
@@ -194,7 +159,7 @@ class MetricsExtension:
         self._threads: list[threading.Thread] = []
         self._brokers = _topic_brokers(master.cfg)
 
-    def start(self, master: Any) -> None:
+    def start(self, master: Master) -> None:
         from prometheus_client import CollectorRegistry, make_wsgi_app
 
         self.tick(master, time.time())
@@ -211,15 +176,14 @@ class MetricsExtension:
         self._spawn(self._refresh_loop, "ssjobs-metrics-redis")
         log.info("metrics served at http://%s:%d/metrics", self.host, self.port)
 
-    def tick(self, master: Any, now: float) -> None:
+    def tick(self, master: Master, now: float) -> None:
         """Once a second in the master loop: memory reads only."""
         board = master.board
         workers = {(t, k, s): 0 for t in master.topics for k in KINDS for s in WORKER_STATES}
         if board is not None:
             self.job_times.update(board)
             for proc in list(master.workers.values()):
-                code = board.slot(proc.slot)._get(STATE)
-                state = STATES[code] if code < len(STATES) else "unknown"
+                state = STATES[board.slot(proc.slot).state]
                 key = (proc.topic, KINDS[proc.kind & 1], state)
                 workers[key] = workers.get(key, 0) + 1
         self.view = MasterView(tuple(master.topics), master.started_at, workers,
@@ -231,13 +195,13 @@ class MetricsExtension:
         return forkfds.socket_fds(getattr(self.server, "socket", None)) + \
             forkfds.redis_fds(clients.values())
 
-    def worker_exited(self, master: Any, slot: int, info: dict) -> None:
+    def worker_exited(self, master: Master, slot: int, info: dict) -> None:
         self.job_times.worker_exited(slot, info)
 
-    def reloaded(self, master: Any, refused: dict[str, str]) -> None:
+    def reloaded(self, master: Master, refused: dict[str, str]) -> None:
         pass
 
-    def stop(self, master: Any) -> None:
+    def stop(self, master: Master) -> None:
         self._stop.set()
         if self.server is not None:
             self.server.shutdown()

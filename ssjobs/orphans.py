@@ -17,7 +17,8 @@ import re
 from collections.abc import Iterable
 from typing import Any
 
-from .broker import CONNECTION_ERRORS, TopicKeys
+from .broker import TopicKeys, translate
+from .errors import BrokerUnavailable
 
 log = logging.getLogger("ssjobs.orphans")
 
@@ -87,8 +88,9 @@ class Watch:
         if self.off:
             return
         try:
-            self._step()
-        except CONNECTION_ERRORS:
+            with translate():
+                self._step()
+        except BrokerUnavailable:
             raise
         except Exception as exc:  # noqa: BLE001 - NOPERM, unknown command: not our outage
             self.off = True

@@ -17,20 +17,16 @@ from redis.cluster import RedisCluster
 from redis.exceptions import NoScriptError
 
 from . import envelope
-from .broker import CONNECTION_ERRORS, TopicKeys, connect, script_source
+from .broker import TopicKeys, connect, script_source, translate
 from .delays import push_delay
 from .errors import BrokerUnavailable
+from .names import check_topic
 
 CHUNK_SIZE = 1_000   # envelopes per push command: big enough to amortise the round trip,
                      # small enough to keep one command well under Redis' 512 MB limit
 MARKER_TTL_S = 3600  # a push token's marker outlives any retry of its last push by far
 PUSH_SCRIPT = script_source("push")
 PUSH_SHA = hashlib.sha1(PUSH_SCRIPT.encode()).hexdigest()
-
-
-def check_topic(topic: Any) -> None:
-    if not isinstance(topic, str) or not topic or "{" in topic or "}" in topic:
-        raise ValueError(f"invalid topic {topic!r}")
 
 
 def make_envelope(topic: str, payload: Any, now: float, max_payload_bytes: int,
@@ -107,10 +103,8 @@ class _Server:
         redis-py's per-call pool and instrumentation work, which costs about a third of a
         single push. Sent again once on a dropped link: push.lua makes that safe."""
         if not self.direct:  # a cluster or sentinel client must route each command itself
-            try:
+            with translate():
                 return self.script(keys=keys, args=args)
-            except CONNECTION_ERRORS as exc:
-                raise BrokerUnavailable(f"cannot push to redis: {exc}") from exc
         local = self.local
         for attempt in (1, 2):
             conn = local.__dict__.get("conn")
@@ -122,16 +116,17 @@ class _Server:
                 local.pid = os.getpid()
                 self.own.add(conn)
             try:
-                try:
-                    conn.send_command("EVALSHA", PUSH_SHA, len(keys), *keys, *args)
-                    return conn.read_response()
-                except NoScriptError:
-                    conn.send_command("EVAL", PUSH_SCRIPT, len(keys), *keys, *args)
-                    return conn.read_response()
-            except CONNECTION_ERRORS as exc:
+                with translate():
+                    try:
+                        conn.send_command("EVALSHA", PUSH_SHA, len(keys), *keys, *args)
+                        return conn.read_response()
+                    except NoScriptError:
+                        conn.send_command("EVAL", PUSH_SCRIPT, len(keys), *keys, *args)
+                        return conn.read_response()
+            except BrokerUnavailable:
                 conn.disconnect()
                 if attempt == 2:
-                    raise BrokerUnavailable(f"cannot push to redis: {exc}") from exc
+                    raise
 
     def push_calls(self, calls: list[tuple[list[str], list[Any]]]) -> None:
         """Several push.lua calls, pipelined in one round trip where the client can (a
@@ -230,11 +225,12 @@ class Producer:
             calls = chunked_calls(keys, tokens, pairs, now, delay)
             for attempt in (1, 2):
                 try:
-                    server.push_calls(calls)
+                    with translate():
+                        server.push_calls(calls)
                     break
-                except CONNECTION_ERRORS as exc:
+                except BrokerUnavailable:
                     if attempt == 2:
-                        raise BrokerUnavailable(f"cannot push to redis: {exc}") from exc
+                        raise
         finally:
             self._tokens.give(tokens)
         return [job_id for job_id, _ in pairs]
@@ -242,10 +238,8 @@ class Producer:
     def queue_size(self, topic: str) -> int:
         """Jobs waiting in ``ready`` (not delayed, not in flight)."""
         keys, server = self._topic(topic)
-        try:
+        with translate():
             return int(server.client.llen(keys.ready))
-        except CONNECTION_ERRORS as exc:
-            raise BrokerUnavailable(f"cannot reach redis: {exc}") from exc
 
     def close(self) -> None:
         for server in self._servers:

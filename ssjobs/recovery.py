@@ -12,8 +12,9 @@ from typing import Any, Callable, Iterable, Mapping, Protocol
 
 import redis
 
-from .broker import CONNECTION_ERRORS, Broker, node_key, node_of, nodes_key
+from .broker import Broker, node_key, node_of, nodes_key, translate
 from .config import JobConfig
+from .errors import BrokerUnavailable
 from .logs import OutageLogger
 from .scoreboard import BatchPosition
 
@@ -50,7 +51,7 @@ class Recovery:
         pending = _Pending(broker, name, position, max_retries, label)
         try:
             self._recover(pending)
-        except CONNECTION_ERRORS as exc:
+        except BrokerUnavailable as exc:
             self.outage.note_failure("redis", exc)
             self.pending.append(pending)
 
@@ -73,7 +74,7 @@ class Recovery:
         while self.pending and time.monotonic() < deadline:
             try:
                 self.retry_pending()
-            except CONNECTION_ERRORS:
+            except BrokerUnavailable:
                 time.sleep(0.5)
                 if while_waiting is not None:
                     while_waiting()
@@ -97,7 +98,7 @@ class Recovery:
                         reason="its master was killed while it ran this job")
                     log.info("recovered %d jobs of %s (previous master; %d finished, %d "
                              "dead-lettered)", requeued, name, dropped, dead)
-            except CONNECTION_ERRORS as exc:
+            except BrokerUnavailable as exc:
                 self.outage.note_failure("redis", exc)
 
     @staticmethod
@@ -107,26 +108,32 @@ class Recovery:
         Redis' clock), and forget the node. Recovery fences: should the host be alive, its
         workers' next settle is refused."""
         for client in clients:
-            members: set[bytes] = client.smembers(nodes_key(prefix))  # type: ignore[assignment]
-            nodes = sorted(n.decode() for n in members if n.decode() != own_node)
-            if not nodes:
+            with translate():
+                Recovery._dead_hosts_of(client, topics, prefix, own_node)
+
+    @staticmethod
+    def _dead_hosts_of(client: redis.Redis, topics: list[_Topic], prefix: str,
+                       own_node: str) -> None:
+        members: set[bytes] = client.smembers(nodes_key(prefix))  # type: ignore[assignment]
+        nodes = sorted(n.decode() for n in members if n.decode() != own_node)
+        if not nodes:
+            return
+        pipe = client.pipeline(transaction=False)
+        for node in nodes:
+            pipe.exists(node_key(prefix, node))
+        dead = {node for node, alive in zip(nodes, pipe.execute(), strict=True) if not alive}
+        if not dead:
+            return
+        for ts in topics:
+            if ts.broker.client is not client:
                 continue
-            pipe = client.pipeline(transaction=False)
-            for node in nodes:
-                pipe.exists(node_key(prefix, node))
-            dead = {node for node, alive in zip(nodes, pipe.execute(), strict=True) if not alive}
-            if not dead:
-                continue
-            for ts in topics:
-                if ts.broker.client is not client:
-                    continue
-                for name in ts.broker.workers():
-                    if node_of(name) in dead:
-                        requeued, _, _ = ts.broker.recover(name, None,
-                                                           max_retries=ts.job.max_retries)
-                        log.warning("host %s is gone (heartbeat expired): requeued %d "
-                                    "in-flight jobs of %s", node_of(name), requeued, name)
-            client.srem(nodes_key(prefix), *dead)
+            for name in ts.broker.workers():
+                if node_of(name) in dead:
+                    requeued, _, _ = ts.broker.recover(name, None,
+                                                       max_retries=ts.job.max_retries)
+                    log.warning("host %s is gone (heartbeat expired): requeued %d "
+                                "in-flight jobs of %s", node_of(name), requeued, name)
+        client.srem(nodes_key(prefix), *dead)
 
 
 class Heartbeat:
@@ -150,11 +157,12 @@ class Heartbeat:
         value = json.dumps(self.summary(), separators=(",", ":"))
         for client in self.clients:
             try:
-                pipe = client.pipeline(transaction=False)
-                pipe.set(node_key(self.prefix, self.node), value, px=self.ttl_ms, get=True)
-                pipe.sadd(nodes_key(self.prefix), self.node)
-                previous, _ = pipe.execute()
-            except CONNECTION_ERRORS as exc:
+                with translate():
+                    pipe = client.pipeline(transaction=False)
+                    pipe.set(node_key(self.prefix, self.node), value, px=self.ttl_ms, get=True)
+                    pipe.sadd(nodes_key(self.prefix), self.node)
+                    previous, _ = pipe.execute()
+            except BrokerUnavailable as exc:
                 self.outage.note_failure("redis", exc)
                 continue
             if previous is None and id(client) in self._beaten:
@@ -171,7 +179,8 @@ class Heartbeat:
         """At a clean stop, after the last worker exited: this node is gone for good."""
         for client in self.clients:
             try:
-                client.delete(node_key(self.prefix, self.node))
-                client.srem(nodes_key(self.prefix), self.node)
-            except CONNECTION_ERRORS:
+                with translate():
+                    client.delete(node_key(self.prefix, self.node))
+                    client.srem(nodes_key(self.prefix), self.node)
+            except BrokerUnavailable:
                 pass

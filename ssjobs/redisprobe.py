@@ -9,8 +9,14 @@ name the server (without its password).
 """
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+from .errors import ControlError
+
+if TYPE_CHECKING:
+    from .config import Config
 
 PROBE_TIMEOUT_S = 3.0  # a healthy Redis answers PING at once
 # ResponseError texts that no amount of waiting fixes (Redis 6+ wording).
@@ -111,3 +117,20 @@ def _version_key(version: str) -> tuple[int, ...]:
 
 def _text(exc: BaseException) -> str:
     return str(exc).strip() or type(exc).__name__
+
+
+def check_at_start(cfg: Config, log: logging.Logger) -> str | None:
+    """The master's start: a wrong password or a missing permission fails it at once
+    (ControlError); an unreachable Redis is waited for (the workers reconnect), and this
+    says why."""
+    from .redact import redact_url
+
+    down = None
+    for url in dict.fromkeys(cfg.redis_for(job).url for job in cfg.jobs):
+        found = probe(url, timeout=2.0)
+        if found.permanent:
+            raise ControlError(f"redis {redact_url(url)}: {found.error}")
+        if not found.ok and down is None:
+            down = f"redis {redact_url(url)}: {found.error}"
+            log.warning("%s; the workers start once it is reachable", down)
+    return down

@@ -28,7 +28,7 @@ from . import logs, orphans, sdnotify
 from .config import Config, ConfigError, JobConfig, load_config
 from .loader import add_consumer_path
 from .runtime import pid_alive, write_atomic
-from .scoreboard import BUSY, IDLE, STATE
+from .scoreboard import BUSY, IDLE
 from .text import plural
 
 if TYPE_CHECKING:
@@ -175,11 +175,9 @@ class Reloader:
         add_consumer_path(new.process.consumer_path)
         m._prepare_relay(new)  # a reload may turn log_notify on: canaries need the channel
         plan = self.current = Reload(new, started)
-        from .master import TopicState
-
         for job in new.jobs:
             canary, write_fd = plan.add(job)
-            ts = m.topics.get(job.topic) or TopicState(job, m._broker(job, new.redis_for(job)))
+            ts = m.topics.get(job.topic) or m.topic_state(job, new.redis_for(job))
             try:
                 pid = m._spawn(ts, 0, 1, job=job, rcfg=new.redis_for(job), errors_fd=write_fd)
             finally:
@@ -205,7 +203,7 @@ class Reloader:
             proc = m.workers.get(canary.pid)
             if proc is None:
                 continue  # reaped: canary_exited decided it
-            if m.board.slot(proc.slot)._get(STATE) in (IDLE, BUSY):
+            if m.board.slot(proc.slot).state in (IDLE, BUSY):
                 plan.decide(canary, "")
             elif time.monotonic() > plan.deadline and not canary.killed:
                 canary.killed = True  # decided when reaped
@@ -231,8 +229,6 @@ class Reloader:
 
     def apply(self, plan: Reload) -> None:
         """The new config for the topics whose canary got ready; the others keep theirs."""
-        from .master import TopicState
-
         m = self.m
         refused, accepted = plan.refused(), plan.accepted()
         old_jobs = {job.topic: job for job in m.cfg.jobs}
@@ -249,7 +245,7 @@ class Reloader:
                 ts.job, ts.broker, ts.crashes = job, m._broker(job), 0
                 m.topics[job.topic] = ts
             else:
-                m.topics[job.topic] = TopicState(job, m._broker(job))
+                m.topics[job.topic] = m.topic_state(job)
         m.orphan_watches = orphans.watches(m.cfg, m.clients)
         canaries = {c.pid for c in accepted.values()}
         for pid in canaries:

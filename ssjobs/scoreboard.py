@@ -14,10 +14,11 @@ import struct
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, Sequence
 
 from . import fsguard
 from .errors import UnsafePathError
+from .names import MAX_TOPIC_BYTES
 
 MAGIC = b"SSJB"
 LAYOUT_VERSION = 3
@@ -38,7 +39,7 @@ BATCH_SEQ, BATCH_DONE, PENDING_FAILURE = (56, "<Q"), (64, "<I"), (68, "<H")
 SERIAL = (72, "<I")                             # the master's fork counter: part of the name
 BUSY_TOTAL = (80, "<d")                         # seconds spent inside consumers
 HIST_OFF, HIST_BUCKETS = 88, 24                 # u32 counts of job durations
-TOPIC_OFF, TOPIC_LEN = 184, 64
+TOPIC_OFF, TOPIC_LEN = 184, MAX_TOPIC_BYTES
 JOB_ID_OFF, JOB_ID_LEN = 248, 128               # ids of other producers may be this long
 
 
@@ -70,6 +71,52 @@ def bucket_of(seconds: float) -> int:
         if seconds < bound:
             return i
     return HIST_BUCKETS - 1
+
+
+# -- job-time histograms: percentiles and sums (status, top, metrics) ----------------------
+
+def quantile(hist: Sequence[int], q: float) -> float | None:
+    """The ``q`` quantile (0..1) in seconds of a scoreboard histogram, interpolated linearly
+    inside its bucket; None without any job. Like Prometheus' ``histogram_quantile``, a rank
+    in the overflow bucket gives the highest finite bound."""
+    total = sum(hist)
+    if not total:
+        return None
+    rank = q * total
+    seen = 0
+    for i, count in enumerate(hist):
+        if count and seen + count >= rank:
+            low = HIST_BOUNDS_S[i - 1] if i else 0.0
+            high = HIST_BOUNDS_S[i]
+            if high == float("inf"):
+                return low
+            return low + (high - low) * (rank - seen) / count
+        seen += count
+    return HIST_BOUNDS_S[-2]
+
+
+def percentiles_ms(hist: Sequence[int] | None) -> dict[str, float | None]:
+    """``{"p50_ms", "p95_ms"}`` of a histogram (None when it counts no job)."""
+    out: dict[str, float | None] = {}
+    for name, q in (("p50_ms", 0.50), ("p95_ms", 0.95)):
+        value = quantile(hist, q) if hist else None
+        out[name] = None if value is None else round(value * 1000, 3)
+    return out
+
+
+def merge(into: list[int], hist: Sequence[int]) -> list[int]:
+    for i, count in enumerate(hist):
+        into[i] += count
+    return into
+
+
+def topic_histograms(slots: list[dict]) -> dict[str, list[int]]:
+    """Per topic, the sum of the ``histogram`` of the given scoreboard slots."""
+    out: dict[str, list[int]] = {}
+    for slot in slots:
+        merge(out.setdefault(slot["topic"], [0] * HIST_BUCKETS), slot["histogram"])
+    return out
+
 
 
 class Slot:
@@ -153,6 +200,11 @@ class Slot:
     def job_started_at(self) -> float:
         """When the running job started (0.0: no consumer is running)."""
         return self._get(JOB_STARTED_AT)
+
+    @property
+    def started_at(self) -> float:
+        """When the slot was claimed for its worker (0.0: never claimed)."""
+        return self._get(STARTED_AT)
 
     @property
     def serial(self) -> int:

@@ -18,9 +18,9 @@ from types import FrameType
 from typing import Any
 
 from . import asyncloop, envelope, fastloop, logs
-from .broker import CONNECTION_ERRORS, Broker, Outcomes, Settled, connect, is_transient
+from .broker import Broker, Outcomes, Settled, connect
 from .config import JobConfig
-from .errors import ConsumerImportError, Fenced, JobTimeout, Retry
+from .errors import BrokerUnavailable, ConsumerImportError, Fenced, JobTimeout, Retry
 from .loader import Consumer, load_consumer
 from .outcome import Code, Failure
 from .runtime import new_nonce, set_title
@@ -266,7 +266,7 @@ class Worker:
             if self.ctl.stopping:
                 return True
             first = self.broker.wait_one(self.name, timeout)
-        except CONNECTION_ERRORS as exc:
+        except BrokerUnavailable as exc:
             self._note_down(exc)
             self._sleep(0.05)
             return False
@@ -460,11 +460,7 @@ class Worker:
         while True:
             try:
                 result = op(*args, **kwargs)
-            except Fenced:
-                raise
-            except Exception as exc:
-                if not is_transient(exc):
-                    raise
+            except BrokerUnavailable as exc:
                 if self.ctl.stopping and give_up is not None:
                     deadline = deadline or time.monotonic() + give_up
                     if time.monotonic() >= deadline:

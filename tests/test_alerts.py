@@ -316,6 +316,7 @@ def test_garbage_datagrams_are_refused(channel) -> None:
 def test_a_relay_that_cannot_be_set_up_is_an_error_that_status_shows(
         monkeypatch, caplog, tmp_path) -> None:
     from ssjobs import problems, status
+    from ssjobs.console import statusview
     from ssjobs.runtime import RuntimeFiles
 
     # given a master that cannot open the channel (out of file descriptors)
@@ -338,7 +339,7 @@ def test_a_relay_that_cannot_be_set_up_is_an_error_that_status_shows(
         from rich.console import Console
 
         console = Console(width=200, record=True, file=io.StringIO())
-        console.print(status.render_status(shown))
+        console.print(statusview.render_status(shown))
         assert "Too many open files" in console.export_text()
     finally:
         problems.clear(relay.PROBLEM)

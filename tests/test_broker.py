@@ -4,11 +4,10 @@ import threading
 import time
 
 import pytest
-import redis
 
 from ssjobs import envelope
 from ssjobs.broker import Broker, Outcomes, connect
-from ssjobs.errors import Fenced
+from ssjobs.errors import BrokerError, Fenced
 from ssjobs.producer import Producer
 from ssjobs.scoreboard import BatchPosition
 
@@ -140,7 +139,7 @@ def test_a_retry_due_time_that_is_not_finite_is_refused_before_anything_changes(
                                                                                 redis_url):
     push(redis_url, list(range(3)))
     batch = broker.settle("w1", 0, take=3).jobs
-    with pytest.raises(redis.ResponseError, match="finite"):
+    with pytest.raises(BrokerError, match="finite"):
         broker.settle("w1", 1, done=3, outcomes=Outcomes(failed=1,
                                                         retries=[(float("nan"), batch[0])]))
     assert inflight(broker) == batch and broker.counts()["delayed"] == 0

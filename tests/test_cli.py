@@ -16,10 +16,12 @@ import pytest
 from conftest import wait_for
 from redis_server import free_port
 
+from ssjobs.console.statusview import render_status
 from ssjobs.producer import Producer
+from ssjobs.rates import compute_rates
 from ssjobs.runtime import RuntimeFiles, children, pid_alive
 from ssjobs.scoreboard import Scoreboard
-from ssjobs.status import collect_status, compute_rates, render_status
+from ssjobs.status import collect_status
 
 COMMANDS = ("help", "start", "stop", "restart", "revive", "reload", "status", "check")
 WORK = """
@@ -554,6 +556,6 @@ def test_render_status_shows_topics_workers_and_redis_errors():
     console = Console(width=160, record=True)
     console.print(render_status(st))
     text = console.export_text()
-    for needle in ("mail.send", "120", "2.00", "1+0", "42", "busy", "20.0MB",
+    for needle in ("mail.send", "120", "2.00", "1+0", "42", "busy", "20MB",
                    "redis x: refused", "h:1"):
         assert needle in text, needle

@@ -22,10 +22,10 @@ from ssjobs.config import (
     key_lines,
     load_config,
     load_data_dir,
-    render_example,
     specs,
 )
 from ssjobs.config import find_config_path as find
+from ssjobs.configdoc import render_example, render_reference
 from ssjobs.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -71,7 +71,16 @@ def test_example_loads_as_shipped():
 def test_example_is_generated_from_the_declarations():
     assert EXAMPLE.read_text(encoding="utf-8") == render_example(), (
         "config_example.toml drifted from ssjobs/config.py; regenerate it with "
-        "`python -m ssjobs.config > config_example.toml`")
+        "`python -m ssjobs.configdoc example > config_example.toml`")
+
+
+def test_the_reference_key_tables_are_generated_from_the_declarations():
+    from ssjobs.configdoc import REFERENCE_BEGIN, REFERENCE_END
+
+    text = (ROOT / "docs" / "reference.md").read_text(encoding="utf-8")
+    shown = text[text.index(REFERENCE_BEGIN):text.index(REFERENCE_END) + len(REFERENCE_END)]
+    assert shown + "\n" == render_reference(), \
+        "regenerate: python -m ssjobs.configdoc reference (into docs/reference.md)"
 
 
 def _uncommented(source: str) -> str:

@@ -459,8 +459,8 @@ def test_the_example_config_runs_an_embedded_server():
     cfg = load_config(Path(__file__).resolve().parent.parent / "config_example.toml")
     assert cfg.embedded_redis is cfg.redis and cfg.redis.url.startswith("unix://")
     assert cfg.redis.url.endswith("/data/process/redis/redis.sock")
-    assert subprocess.run([sys.executable, "-m", "ssjobs.config"], capture_output=True,
-                          text=True).stdout.count('url = "embedded"') == 1
+    assert subprocess.run([sys.executable, "-m", "ssjobs.configdoc", "example"],
+                          capture_output=True, text=True).stdout.count('url = "embedded"') == 1
 
 
 def test_a_redis_server_in_the_current_directory_is_never_run(tmp_path):

@@ -23,7 +23,7 @@ from redis_server import free_port
 
 from ssjobs.config import load_config
 from ssjobs.errors import ExtensionUnavailable
-from ssjobs.metrics import JobTimes, MetricsExtension, percentiles_ms, quantile
+from ssjobs.metrics import JobTimes, MetricsExtension
 from ssjobs.producer import Producer
 from ssjobs.scoreboard import (
     BUSY_TOTAL,
@@ -33,6 +33,8 @@ from ssjobs.scoreboard import (
     IDLE,
     SLOT_SIZE,
     Scoreboard,
+    percentiles_ms,
+    quantile,
 )
 
 WORK = """

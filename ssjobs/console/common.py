@@ -6,9 +6,9 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from ..broker import CONNECTION_ERRORS, Broker, connect
+from ..broker import Broker, connect, translate
 from ..config import Config, JobConfig, RedisConfig, load_config
-from ..errors import BrokerUnavailable, ControlError
+from ..errors import BrokerError, BrokerUnavailable, ControlError
 
 REDIS_TIMEOUT_S = 5.0    # a console command waits this long for Redis before it gives up
 
@@ -37,21 +37,18 @@ def broker_for(cfg: Config, job: JobConfig, *, timeout: float = REDIS_TIMEOUT_S)
 def redis_errors(server: str | RedisConfig) -> Iterator[None]:
     """Turn a Redis failure into one clear line naming the server (without its password);
     for url = "embedded", that its redis-server runs only while the master does."""
-    import redis
-
     from ..redact import redact, redact_url
 
     url = server if isinstance(server, str) else server.url
     try:
-        yield
-    except (*CONNECTION_ERRORS, redis.RedisError, BrokerUnavailable) as exc:
+        with translate():
+            yield
+    except BrokerError as exc:
         if isinstance(server, RedisConfig) and server.embedded and \
-                isinstance(exc, (*CONNECTION_ERRORS, BrokerUnavailable)):
+                isinstance(exc, BrokerUnavailable):
             raise BrokerUnavailable(
                 f"the embedded redis-server ({url}) does not answer: it runs while the "
                 f"master does (`ssjobs start`; `ssjobs status` shows it)") from None
-        if isinstance(exc, BrokerUnavailable):
-            raise
         raise BrokerUnavailable(redact(f"redis {redact_url(url)}: {exc}")) from None
 
 

@@ -25,10 +25,10 @@ from typing import Any
 
 from ..broker import Broker, connect
 from ..config import Config
-from ..metrics import percentiles_ms, topic_histograms
 from ..redact import redact, redact_url
 from ..runtime import RuntimeFiles, StopSignals
-from ..scoreboard import Scoreboard
+from ..scoreboard import Scoreboard, percentiles_ms, topic_histograms
+from ..text import age, milliseconds, size
 from . import common
 
 REFRESH_S = 1.0          # one frame a second: fresh, and ~2 Redis round trips a second
@@ -177,7 +177,7 @@ def _headline(frame: Frame, width: int) -> Line:
     if frame.master is None:
         left, style = "ssjobs top · master not running", "bold red"
     else:
-        up = _age(frame.master.get("started_at"), frame.at)
+        up = age(frame.master.get("started_at"), frame.at)
         left, style = f"ssjobs top · master {frame.master['pid']} up {up}", "bold green"
     return [(left, style), (clock.rjust(max(1, width - len(left))), "")]
 
@@ -192,7 +192,7 @@ def _topic_lines(row: TopicRow, width: int) -> list[Line]:
     c = row.counts or {}
     cells = [_count(c.get("backlog")), _count(c.get("delayed")), _count(c.get("inflight")),
              _count(c.get("dead")), "-" if row.rate is None else f"{row.rate:.1f}",
-             _ms(row.p50_ms), _ms(row.p95_ms)]
+             milliseconds(row.p50_ms), milliseconds(row.p95_ms)]
     first = [(_fit(row.topic, name_w - 1).ljust(name_w), "cyan")]
     for (name, w), cell in zip(TOPIC_COLS, cells, strict=True):
         style = "red" if name == "DEAD" and c.get("dead") else ""
@@ -243,9 +243,9 @@ def _worker_line(w: dict, now: float, width: int) -> Line:
     return [(str(w["pid"]).ljust(PID_WIDTH), ""),
             (_fit(w["topic"], topic_w - 1).ljust(topic_w), "cyan"),
             (w["kind"].ljust(kind_w), ""), (state.ljust(state_w), style),
-            (job.ljust(job_w), ""), (_age(w.get("job_started_at"), now).rjust(age_w), ""),
+            (job.ljust(job_w), ""), (age(w.get("job_started_at"), now).rjust(age_w), ""),
             (_count(w.get("processed")).rjust(done_w), ""),
-            (_bytes(w.get("rss_bytes")).rjust(rss_w), "")]
+            (size(w.get("rss_bytes")).rjust(rss_w), "")]
 
 
 def _fit(text: str, width: int) -> str:
@@ -260,32 +260,6 @@ def _count(v: int | None) -> str:
     if v < 10**6:
         return f"{v / 1000:.0f}k"
     return f"{v / 10**6:.1f}M" if v < 10**9 else f"{v / 10**9:.1f}G"
-
-
-def _ms(v: float | None) -> str:
-    if v is None:
-        return "-"
-    if v >= 1000:
-        return f"{v / 1000:.2f}s"
-    return f"{v:.2f}ms" if v < 10 else f"{v:.0f}ms"
-
-
-def _age(since: float | None, now: float) -> str:
-    if not since:
-        return "-"
-    s = max(0.0, now - float(since))
-    if s < 10:
-        return f"{s:.1f}s"
-    s = int(s)
-    if s < 3600:
-        return f"{s // 60}m{s % 60:02d}s" if s >= 60 else f"{s}s"
-    return f"{s // 3600}h{s % 3600 // 60:02d}m"
-
-
-def _bytes(v: int | None) -> str:
-    if not v:
-        return "-"
-    return f"{v / 2**20:.0f}MB" if v < 2**30 else f"{v / 2**30:.1f}GB"
 
 
 def plain(lines: list[Line]) -> str:
@@ -313,8 +287,8 @@ def run(cfg_path: str | os.PathLike, *, interval: float = REFRESH_S) -> int:
     keys_fd = sys.stdin.fileno() if sys.stdin.isatty() else None
 
     def screen() -> Any:
-        size = console.size
-        lines = render(sampler.sample(), size.width, size.height)
+        screen_size = console.size
+        lines = render(sampler.sample(), screen_size.width, screen_size.height)
         return Text("\n").join(Text.assemble(*line, no_wrap=True, overflow="crop")
                                for line in lines)
 

@@ -8,8 +8,8 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     import urllib.error
 
-from ..config import http_url_problem
 from ..errors import NotifyError
+from ..urls import http_url_problem
 
 DEFAULT_TIMEOUT_S = 5.0  # a chat webhook answers in well under a second; 5 s rides out a blip
 MAX_ANSWER_BYTES = 64 * 1024  # webhook answers are tiny; never buffer a runaway body
