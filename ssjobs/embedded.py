@@ -554,7 +554,7 @@ def _ping(socket_path: Path, timeout: float) -> str:
         return "ok"
     except redis.BusyLoadingError:
         return "loading"
-    except (redis.RedisError, OSError):
+    except redis.RedisError:  # refused, no socket, timed out: redis-py wraps them all
         return "down"
     finally:
         client.close()
@@ -583,7 +583,7 @@ def describe(data_dir: Path, *, configured: bool, timeout: float = 1.0) -> dict 
     try:
         memory = client.info("memory")
         info["used_memory"] = int(memory.get("used_memory", 0))
-    except (redis.RedisError, OSError) as exc:
+    except redis.RedisError as exc:
         info["error"] = str(exc) or type(exc).__name__
     finally:
         client.close()
