@@ -201,14 +201,15 @@ def _serves(pid: int, files: ServerFiles) -> bool:
     try:
         with open(f"/proc/{pid}/comm", "rb") as f:
             comm = f.read().strip().decode(errors="replace")
-        return comm.startswith(SERVER) and os.readlink(f"/proc/{pid}/cwd") == str(files.dir)
+        return comm.startswith(SERVER) and \
+            os.readlink(f"/proc/{pid}/cwd") == os.path.realpath(files.dir)
     except OSError:
         return False
 
 
-def _unrecorded(files: ServerFiles) -> list[int]:
-    """Redis servers working in ``files.dir`` that the pid file does not name (it was lost):
-    two servers appending to one file would corrupt it."""
+def serving(files: ServerFiles) -> list[int]:
+    """Every redis-server working in ``files.dir``, whatever the pid file says (it may be
+    lost): two servers appending to one file would corrupt it."""
     return [int(entry) for entry in os.listdir("/proc")
             if entry.isdigit() and _serves(int(entry), files)]
 
@@ -222,7 +223,7 @@ def find_leftover(data_dir: Path) -> Recorded | None:
         return recorded
     if not files.dir.is_dir():
         return None
-    for pid in _unrecorded(files):
+    for pid in serving(files):
         return Recorded(pid, process_started_at(pid) or 0.0)
     return None
 
@@ -310,7 +311,7 @@ def server_conf(files: ServerFiles, port: int, log_file: Path | None) -> str:
         'appendfilename "appendonly.aof"',
         'save ""',                     # no RDB snapshots: the append-only file is the data
         "maxmemory-policy noeviction",  # when memory runs out, refuse writes; never drop jobs
-        f"logfile {_quote(str(log_file)) if log_file else chr(34) * 2}",
+        "logfile " + (_quote(str(log_file)) if log_file else '""'),  # "": stdout
         "loglevel notice",
         "always-show-logo no",
     ]
@@ -621,4 +622,5 @@ def status_line(info: dict, master_running: bool) -> str:
 
 
 __all__ = ["EmbeddedRedis", "ServerBinary", "describe", "find_leftover", "find_server",
-           "missing_server", "server_version", "status_line", "stop_leftover", "version_note"]
+           "missing_server", "server_version", "serving", "status_line", "stop_leftover",
+           "version_note"]

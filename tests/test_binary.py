@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 from conftest import ROOT, wait_for
 
-from ssjobs.embedded import ServerFiles, _unrecorded
+from ssjobs.embedded import ServerFiles, serving
 from ssjobs.producer import Producer
 from ssjobs.runtime import children, parent_pid, pid_alive
 
@@ -449,4 +449,4 @@ def test_embedded_redis_runs_from_the_bundle_with_no_redis_server_on_path(tmpdir
     assert done.returncode == 0, done.stderr
     wait_for(lambda: not inst.alive(), timeout=15, what="master, workers, redis-server gone")
     wait_for(lambda: unpacked_dirs(tmp) == [], timeout=5, what="unpacked dir removed")
-    assert _unrecorded(files) == [] and not files.pid_path.exists()
+    assert serving(files) == [] and not files.pid_path.exists()

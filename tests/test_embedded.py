@@ -22,7 +22,7 @@ from masters import MasterProc
 from test_cli import Cli
 
 from ssjobs.config import load_config
-from ssjobs.embedded import ServerFiles, _unrecorded, server_conf
+from ssjobs.embedded import ServerFiles, server_conf, serving
 from ssjobs.producer import Producer
 from ssjobs.runtime import pid_alive, proc_stat
 
@@ -53,7 +53,7 @@ def project(tmp_path, monkeypatch):
     p.consumer("rec", RECORD_IDS)
     yield p
     # whatever a failed test left: every redis-server working in this data_dir, by identity
-    for pid in _unrecorded(ServerFiles(p.data_dir)):
+    for pid in serving(ServerFiles(p.data_dir)):
         os.kill(pid, signal.SIGKILL)
 
 
@@ -143,7 +143,7 @@ def test_start_push_status_stop_with_no_redis_given(cli, project):
     assert stopped.returncode == 0, stopped.stderr
     assert not pid_alive(redis_pid) and not pid_alive(master)
     assert not files.socket.exists() and not files.pid_path.exists()
-    assert _unrecorded(files) == []
+    assert serving(files) == []
     code, st = cli.status()
     assert code == 3 and st["embedded_redis"] == {"running": False,
                                                   "socket": str(files.socket)}
@@ -265,7 +265,7 @@ def test_sigkill_of_the_embedded_redis_server_under_load_loses_nothing(masters, 
     assert len({w["pid"] for w in m.workers()}) == 2
     assert m.proc.poll() is None
     assert m.stop() == 0
-    assert not any(pid_alive(p) for p in killed) and _unrecorded(server(project)) == []
+    assert not any(pid_alive(p) for p in killed) and serving(server(project)) == []
 
 
 def test_sigkill_of_the_master_leaves_its_server_to_the_next_master(masters, project):
@@ -349,7 +349,7 @@ def test_a_server_that_cannot_start_fails_the_start_with_its_reason(cli, project
     assert "Address already in use" in result.stderr, result.stderr
     assert "Traceback" not in result.stderr
     assert not (project.data_dir / "ssjobs.pid").exists()
-    assert _unrecorded(server(project)) == []
+    assert serving(server(project)) == []
 
 
 def test_reload_refuses_to_change_the_embedded_server(cli, project):
@@ -432,7 +432,7 @@ def test_the_embedded_server_runs_as_the_service_user(monkeypatch):
                 restarted.kill_all()
         finally:
             m.kill_all()
-            for pid in _unrecorded(ServerFiles(project.data_dir)):
+            for pid in serving(ServerFiles(project.data_dir)):
                 os.kill(pid, signal.SIGKILL)
     finally:
         shutil.rmtree(root, ignore_errors=True)
