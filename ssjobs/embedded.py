@@ -57,6 +57,7 @@ INSTALL_HINT = "apt-get install -y redis-server"
 CONF_NAME = "redis.conf"
 PID_NAME = "redis-server.pid"
 DIR_MODE = 0o700             # the socket and the data: the service user's alone
+SERVER_UMASK = 0o077         # what the server creates there (append-only files, temp files)
 READY_TIMEOUT_S = 60.0       # start waits this long for PING (a big append-only file loads
                              # meanwhile, answering LOADING); then the workers wait for it
 PING_EVERY_S = 0.02
@@ -402,12 +403,14 @@ class EmbeddedRedis:
         actions += [(os.POSIX_SPAWN_DUP2, out if out is not None else 2, 1)]
         if out is not None:
             actions += [(os.POSIX_SPAWN_DUP2, out, 2)]
+        umask = os.umask(SERVER_UMASK)  # inherited: its files are its user's alone
         try:
             # its own session: a Ctrl-C meant for a foreground master does not reach it
             pid = os.posix_spawn(self.binary.path, [self.binary.path, str(self.files.conf)],
                                  server_environ(self.binary), file_actions=actions,
                                  setsid=True, setsigmask=(), setsigdef=RESET_SIGNALS)
         finally:
+            os.umask(umask)
             if out is not None:
                 os.close(out)
         self.pid, self.child = pid, True

@@ -123,6 +123,7 @@ def test_start_push_status_stop_with_no_redis_given(cli, project):
     assert stat.S_IMODE(files.dir.stat().st_mode) == 0o700
     assert stat.S_ISSOCK(files.socket.stat().st_mode)
     assert stat.S_IMODE(files.socket.stat().st_mode) == 0o700
+    assert stat.S_IMODE((files.dir / "appendonlydir").stat().st_mode) == 0o700  # umask 077
     assert not [line for line in open("/proc/net/tcp").read().splitlines()[1:]
                 if _inode_of(line) in _socket_inodes(redis_pid)]
 
