@@ -30,7 +30,8 @@ missing() {
     "$PYTHON" -P -c 'import importlib.util, sys
 sys.exit(0 if importlib.util.find_spec(sys.argv[1]) is None else 1)' "$1"
 }
-for spec in redis:redis msgpack:msgpack click:click Cython:Cython PyInstaller:pyinstaller; do
+for spec in redis:redis msgpack:msgpack click:click cronsim:cronsim Cython:Cython \
+            PyInstaller:pyinstaller; do
     if missing "${spec%%:*}"; then pip_install "${spec#*:}"; fi
 done
 for spec in hiredis:hiredis rich:rich setproctitle:setproctitle \

@@ -14,7 +14,7 @@ Rules (the ``alert`` field of a webhook body):
   a "recovered" message when it clears.
 - ``dead_letters``: the dead-letter list grew; at most one alert per ``repeat_interval``,
   with how many were added meanwhile.
-- ``crash_loop``: workers keep crashing right after start (``CRASH_LOOP_AT`` in a row).
+- ``crash_loop``: workers keep crashing right after start (``scaling.CRASH_LOOP_AT`` in a row).
 - ``consumer_import``: workers exit before their consumer is ready (it cannot be imported,
   or its ``setup()`` fails).
 - ``redis_down``: the master cannot reach Redis for ``alert_after`` seconds (this host only:
@@ -58,12 +58,10 @@ CONSUMER_IMPORT, REDIS_DOWN, STUCK_JOB = "consumer_import", "redis_down", "stuck
 RELOAD_REFUSED, ORPHAN_TOPIC = "reload_refused", "orphan_topic"
 FIRE, RECOVERED = "fire", "recovered"
 
-CRASH_LOOP_AT = 3  # quick crashes in a row that make a crash loop (as the master logs it)
 # A crash-looping topic crashes at least once per back-off cap plus a short life; quieter
 # than that for this long, it has recovered (its crash streak only resets on a clean exit).
 QUIET_AFTER_S = scaling.CRASH_BACKOFF_MAX_S + scaling.HEALTHY_LIFETIME_S + 5.0
 STUCK_GRACE_S = 2.0  # the worker's own timeout fires within its 1 s tick; past this it failed
-TICK_S = 1.0  # the master ticks once a second
 MIN_CLAIM_MS = 1000  # a fleet claim outlives one tick, so hosts ticking out of phase send once
 STOP_FLUSH_S = 2.0  # at stop, queued messages get this long; a hanging endpoint no longer
 HELPER_BLOCKED_SIGNALS = {signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT,
@@ -277,7 +275,8 @@ class Rules:
             alerts.append(Alert(CONSUMER_IMPORT, v.topic, f"recovered: consumer of {v.topic}",
                                 f"Workers of topic {v.topic!r} on {self.node} start again.",
                                 "info", recovered=True))
-        crashing = self._rose("crash", v.topic, v.crashes, now) and v.crashes >= CRASH_LOOP_AT
+        crashing = self._rose("crash", v.topic, v.crashes, now) \
+            and v.crashes >= scaling.CRASH_LOOP_AT
         # A consumer that cannot start also crash-loops: it is reported as the cause above.
         event = self._hold(CRASH_LOOP, v.topic).update(crashing and not failing, now)
         if event == FIRE:
@@ -491,7 +490,8 @@ class AlertsExtension:
                 return True
             client, prefix = main, master.cfg.redis.prefix
         key = f"{prefix}:alert:{alert.rule}:{alert.topic}"
-        ttl_ms = max(int((self.cfg.repeat_interval - TICK_S) * 1000), MIN_CLAIM_MS)
+        ttl_ms = max(int((self.cfg.repeat_interval - scaling.MASTER_TICK_S) * 1000),
+                     MIN_CLAIM_MS)
         try:
             return claim(client, key, master.node, ttl_ms)
         except BrokerError as exc:

@@ -318,5 +318,31 @@ class Broker:
         return int(before) - int(after)
 
 
+class Brokers:
+    """One client per Redis URL and one Broker per topic: what every part of ssjobs that
+    talks to the topics of a config keeps (the master, metrics, status, top)."""
+
+    def __init__(self, *, socket_timeout: float = 10.0, connect_timeout: float = 5.0) -> None:
+        self.socket_timeout = socket_timeout
+        self.connect_timeout = connect_timeout
+        self.clients: dict[str, redis.Redis] = {}
+
+    def client(self, url: str) -> redis.Redis:
+        client = self.clients.get(url)
+        if client is None:
+            client = self.clients[url] = connect(url, socket_timeout=self.socket_timeout,
+                                                 connect_timeout=self.connect_timeout)
+        return client
+
+    def broker(self, redis_cfg: Any, topic: str) -> Broker:
+        """The broker of ``topic`` on ``redis_cfg`` (a RedisConfig: url and prefix)."""
+        return Broker(self.client(redis_cfg.url), redis_cfg.prefix, topic)
+
+    def close(self) -> None:
+        for client in self.clients.values():
+            client.close()
+        self.clients.clear()
+
+
 def _text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value

@@ -23,10 +23,23 @@ try:
 except ImportError:  # Python 3.10
     import tomli as tomllib  # type: ignore[no-redef]
 
-from . import redact, urls
+from . import redact, rules, urls
 from .errors import ConfigError
 from .names import topic_problem
-from .rules import Rule, between, matches, one_of, spec_rule
+from .rules import (
+    LOG_FORMATS,
+    LOG_LEVELS,
+    RATE_RULE,
+    ROTATE_RULE,
+    Rule,
+    between,
+    cron_problem,
+    matches,
+    one_of,
+    rate,
+    spec_rule,
+    zone_problem,
+)
 from .tomllines import key_lines, line_of
 from .urls import http_url_problem, show
 
@@ -109,11 +122,10 @@ class LogConfig:
     dir: Path | None = setting(None, f'where ssjobs.log is written; "{STDERR}" or unset: stderr '
                                "(start --foreground only)", convert=_to_log_dir,
                                example="./data/logs", commented=False)
-    level: str = setting("info", "log level", rule=one_of("debug", "info", "warning", "error"))
-    format: str = setting("text", "json: one JSON object per line", rule=one_of("text", "json"))
+    level: str = setting("info", "log level", rule=one_of(*LOG_LEVELS))
+    format: str = setting("text", "json: one JSON object per line", rule=one_of(*LOG_FORMATS))
     rotate: str = setting("", '"" (leave it to logrotate + USR1), "daily", or a size like "100MB"',
-                          rule=matches(r"|daily|0*[1-9]\d*\s*(?i:[KMG]?B)?",
-                                       '"", "daily" or a size like "100MB"'))
+                          rule=ROTATE_RULE)
     keep: int = setting(14, "rotated files to keep", rule=between(0))
     handler_class: str | None = setting(None, "custom logging.Handler subclass", key="class",
                                         rule=spec_rule('"module:Class"'),
@@ -204,7 +216,50 @@ class JobConfig:
         rule=between(1024, MAX_PAYLOAD_LIMIT))
     concurrency_per_worker: int = setting(1, "async def consumers: jobs of a batch one worker "
                                           "runs at once on its event loop", rule=between(1, 1000))
+    rate_limit: str = setting("", "job starts, fleet-wide (all workers on every host); \"\": none",
+                              rule=RATE_RULE)
+    concurrency: int = setting(0, "jobs running at once, fleet-wide; 0: no limit",
+                               rule=between(0, 1_000_000))
+    track: bool = setting(False, "record each job's state, result and progress "
+                          "(Producer.status, ssjobs job show)")
+    result_ttl: float = setting(86400.0, "seconds a finished tracked job's record is kept",
+                                rule=between(1))
     redis: RedisConfig | None = None  # [jobs.redis]: this topic on another Redis
+
+    @property
+    def rate(self) -> tuple[int, float] | None:
+        """``rate_limit`` as (jobs, per seconds), or None."""
+        return rate(self.rate_limit)
+
+
+def _any(v: Any, base: Path) -> Any:
+    return v
+
+
+@dataclass(frozen=True)
+class PeriodicConfig:
+    topic: str = setting(doc="a topic of [[jobs]]", rule=topic_problem, example="demo.report")
+    cron: str = setting("", '5 fields (min hour day month weekday) or @hourly @daily @weekly '
+                        '@monthly; "": use every', rule=Rule("", cron_problem),
+                        example="0 8 * * 1-5")
+    every: float = setting(0.0, "seconds between runs instead of cron (>= 1); 0: use cron",
+                           rule=between(0))
+    timezone: str = setting("", 'IANA name for cron, like "Asia/Shanghai"; "": this host\'s',
+                            rule=Rule("", zone_problem))
+    payload: Any = setting(None, "what the job gets as its payload (any TOML value)",
+                           convert=_any, example={"kind": "daily"})
+
+    def cross_check(self) -> list[tuple[str, str]]:
+        if bool(self.cron) == bool(self.every):
+            return [("cron", "set exactly one of cron and every")]
+        if self.every and self.every < 1:
+            return [("every", f"must be >= 1 second, got {rules.number(self.every)}")]
+        return []
+
+    @property
+    def schedule(self) -> str:
+        """How status shows it: the cron expression, or "every N s"."""
+        return self.cron or f"every {rules.number(self.every)}s"
 
 
 @dataclass(frozen=True)
@@ -216,6 +271,7 @@ class Config:
     notifier: NotifierConfig | None
     metrics: MetricsConfig | None
     jobs: tuple[JobConfig, ...]
+    periodic: tuple[PeriodicConfig, ...] = ()
 
     def job(self, topic: str) -> JobConfig:
         """The job of ``topic``; KeyError when the config has no such topic."""
@@ -254,6 +310,8 @@ SECTIONS: dict[str, Section] = {
     "notifier": Section(NotifierConfig, "optional: alerts and ERROR log lines", optional=True),
     "metrics": Section(MetricsConfig, "optional", optional=True),
     "jobs": Section(JobConfig, "one per topic", array=True),
+    "periodic": Section(PeriodicConfig, "optional: a job pushed on a schedule, once per tick "
+                        "across every master", optional=True, array=True),
 }
 JOB_REDIS_DOC = "optional: this topic on another Redis (unset keys come from [redis])"
 
@@ -312,6 +370,7 @@ _KINDS: dict[str, Callable[[Any, Path], Any]] = {
     "int": _to(int, "an integer"), "float": _to_float, "bool": _to(bool, "true or false"),
     "Path": _to_path, "Path | None": _to_path, "tuple[Path, ...]": _to_paths,
     "Mapping[str, Any]": lambda v, base: MappingProxyType(dict(_to(dict, "a table")(v, base))),
+    "Any": _any,
 }
 
 
@@ -407,12 +466,32 @@ def _jobs(raw: Any, ctx: _Ctx, redis: RedisConfig | None) -> tuple[JobConfig, ..
     return tuple(jobs)
 
 
+def _periodic(raw: Any, ctx: _Ctx, jobs: tuple[JobConfig, ...]) -> tuple[PeriodicConfig, ...]:
+    if raw is None:
+        return ()
+    if not isinstance(raw, list):
+        ctx.error("periodic", f"must be an array of tables ([[periodic]]), got {_describe(raw)}")
+        return ()
+    topics = {job.topic for job in jobs if job is not None}
+    out = []
+    for i, item in enumerate(raw):
+        entry = _table(PeriodicConfig, item, f"periodic[{i}]", ctx)
+        if entry is not None and topics and entry.topic not in topics:
+            ctx.error(f"periodic[{i}].topic", f"{show(entry.topic)} is not a topic of "
+                      f"[[jobs]] (topics: {', '.join(sorted(topics))})")
+        if entry is not None:
+            out.append(entry)
+    return tuple(out)
+
+
 def _build(doc: dict, ctx: _Ctx, file: Path) -> Config | None:
     _unknown(doc, list(SECTIONS), "", ctx)
     parts: dict[str, Any] = {}
     for name, section in SECTIONS.items():
-        if section.array:
+        if name == "jobs":
             parts[name] = _jobs(doc.get(name), ctx, parts["redis"])
+        elif name == "periodic":
+            parts[name] = _periodic(doc.get(name), ctx, parts["jobs"])
         elif name in doc or not section.optional:
             parts[name] = _table(section.cls, doc.get(name, {}), name, ctx)
         else:

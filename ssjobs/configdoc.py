@@ -29,7 +29,10 @@ _EXAMPLE_HEAD = """\
 
 
 def _toml(v: Any) -> str:
-    """JSON spells these values (strings, numbers, booleans, arrays) as TOML does."""
+    """A value as TOML writes it: JSON spells strings, numbers, booleans and arrays the same
+    way; a table becomes an inline table."""
+    if isinstance(v, Mapping):
+        return "{ " + ", ".join(f"{k} = {_toml(x)}" for k, x in v.items()) + " }"
     return json.dumps(int(v) if isinstance(v, float) and v.is_integer() else v)
 
 
@@ -69,8 +72,9 @@ def render_example() -> str:
     """The text of ``config_example.toml``, generated from the declarations."""
     out = [_EXAMPLE_HEAD]
     for name, section in SECTIONS.items():
-        if not section.array:
-            out += _render_table(section.cls, f"[{name}]", section.doc, section.optional)
+        if not section.array or section.optional:  # [[periodic]]: commented, one example
+            header = f"[[{name}]]" if section.array else f"[{name}]"
+            out += _render_table(section.cls, header, section.doc, section.optional)
             continue
         first = {**{s.key: s.default for s in specs(section.cls)}, **EXAMPLE_JOBS[0]}
         out += _render_table(section.cls, f"[[{name}]]", section.doc, False, first)

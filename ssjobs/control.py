@@ -45,7 +45,6 @@ READY_TIMEOUT_S = 60.0          # a master reports ready once its first workers 
 STOP_MARGIN_S = 15.0            # stop waits stop_timeout + this before it SIGKILLs the master
 DEFAULT_STOP_TIMEOUT_S = 30.0   # process.stop_timeout's default, when the config is unreadable
 ORPHAN_WAIT_S = 5.0             # workers of a SIGKILLed master exit on their own within this
-WATCH_INTERVAL_S = 1.0          # `status --watch` refresh period
 DAEMON_OUTPUT_TAIL_BYTES = 65536      # read back on a failed start to quote its last line
 PIPE_WIDTH = 160                # columns of `status` tables written to a pipe or file
 

@@ -48,6 +48,7 @@ from .runtime import (
     unbundled_environ,
     write_atomic,
 )
+from .text import size
 
 log = logging.getLogger("ssjobs.master")
 
@@ -607,10 +608,9 @@ def status_line(info: dict, master_running: bool) -> str:
     if not info.get("running"):
         return ("redis: embedded redis-server not running: the master restarts it"
                 if master_running else "redis: embedded (runs while the master does)")
-    mb = 1024 * 1024
     used = info.get("used_memory")
-    memory = (f", {used / mb:.1f}MB used" if used is not None else "") + (
-        f", rss {info['rss_bytes'] / mb:.1f}MB" if info.get("rss_bytes") else "")
+    memory = (f", {size(used)} used" if used is not None else "") + (
+        f", rss {size(info['rss_bytes'])}" if info.get("rss_bytes") else "")
     where = f"socket {info['socket']}" + (f", port {info['port']}" if info.get("port") else "")
     line = (f"redis: embedded redis-server {info.get('version') or ''} (pid {info['pid']}"
             f"{', bundled' if info.get('bundled') else ''}), {where}{memory}").replace("  ", " ")

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable
 
 from .errors import ConsumerImportError
+from .importing import import_spec
 
 
 def add_consumer_path(paths: Iterable[Path | str]) -> None:
@@ -36,25 +37,18 @@ class Consumer:
 
 
 def import_target(spec: str) -> Any:
-    module_name, _, attr = spec.partition(":")
-    if not module_name or not attr:
-        raise ConsumerImportError(f"consumer {spec!r}: expected 'module:function' or "
-                                  "'module:Class'")
     try:
-        module = importlib.import_module(module_name)
+        return import_spec(spec)
+    except ValueError:
+        raise ConsumerImportError(f"consumer {spec!r}: expected 'module:function' or "
+                                  "'module:Class'") from None
     except ImportError as exc:
         raise ConsumerImportError(_import_hint(spec, exc)) from exc
+    except AttributeError as exc:
+        raise ConsumerImportError(f"consumer {spec!r}: {exc}") from None
     except Exception as exc:  # the consumer's own module failed while importing
-        raise ConsumerImportError(f"consumer {spec!r}: importing {module_name!r} raised "
-                                  f"{exc.__class__.__name__}: {exc}") from exc
-    target: Any = module
-    for part in attr.split("."):
-        try:
-            target = getattr(target, part)
-        except AttributeError:
-            raise ConsumerImportError(f"consumer {spec!r}: module {module_name!r} has no "
-                                      f"attribute {attr!r}") from None
-    return target
+        raise ConsumerImportError(f"consumer {spec!r}: importing {spec.partition(':')[0]!r} "
+                                  f"raised {exc.__class__.__name__}: {exc}") from exc
 
 
 def load_consumer(spec: str) -> Consumer:

@@ -7,7 +7,6 @@ others see the move by comparing inodes of path and descriptor, at most once a s
 from __future__ import annotations
 
 import datetime as _dt
-import importlib
 import json
 import logging
 import os
@@ -20,7 +19,9 @@ from typing import Any
 
 from . import fsguard
 from .errors import ConfigError, SsjobsError, UnsafePathError
+from .importing import import_spec
 from .redact import redact
+from .rules import LOG_FORMATS, LOG_LEVELS, rotation
 
 LOG_FILE_NAME = "ssjobs.log"
 DAEMON_OUTPUT_NAME = "ssjobs.stderr"  # what a daemonized master writes to stderr
@@ -28,8 +29,6 @@ EMBEDDED_REDIS_LOG_NAME = "ssjobs-redis.log"  # the log of an embedded redis-ser
 LOG_FILE_MODE = 0o640  # tracebacks and payload fragments: not for every local user
 LOG_DIR_MODE = 0o750
 INODE_CHECK_INTERVAL_S = 1.0  # how long a moved file may stay in use: one stat() a second
-_LEVELS = ("debug", "info", "warning", "error", "critical")
-_SIZE_UNITS = {"": 1, "B": 1, "KB": 1024, "MB": 1024**2, "GB": 1024**3}
 _ROTATED_RE = re.compile(re.escape(LOG_FILE_NAME) + r"\.(\d{8}-\d{6})(?:\.(\d+))?$")
 # Attributes every LogRecord has; anything else on a record came from ``extra=``.
 _STANDARD_ATTRS = {*vars(logging.LogRecord("", 0, "", 0, "", None, None)), "message", "asctime"}
@@ -197,20 +196,16 @@ def remove_error_sink(sink: Callable[[dict[str, Any]], None]) -> None:
 
 
 def parse_rotate(rotate: str) -> str | int | None:
-    """``""`` → None, ``"daily"`` → "daily", ``"100MB"`` → bytes; else ConfigError."""
-    text = rotate.strip().upper()
-    if text in ("", "DAILY"):
-        return text.lower() or None
-    match = re.fullmatch(r"(\d+)\s*([KMG]?B)?", text)
-    if not match or int(match.group(1)) <= 0:
-        raise ConfigError(f'log.rotate: must be "", "daily" or a size like "100MB", got {rotate!r}')
-    return int(match.group(1)) * _SIZE_UNITS[(match.group(2) or "").upper()]
+    """``log.rotate`` as ``rules.rotation`` reads it; ConfigError for a bad value."""
+    try:
+        return rotation(rotate)
+    except ValueError as exc:
+        raise ConfigError(f"log.rotate: {exc}") from None
 
 
 def _load_handler(spec: str) -> logging.Handler:
-    module_name, _, attr = spec.partition(":")
     try:
-        cls = getattr(importlib.import_module(module_name), attr)
+        cls = import_spec(spec)
     except (ImportError, AttributeError, ValueError) as e:
         raise ConfigError(f"log.class: cannot import {spec!r}: {e}") from e
     if isinstance(cls, type) and issubclass(cls, logging.Handler):
@@ -224,9 +219,9 @@ def setup_logging(log_dir: Path | None, *, level: str = "info", fmt: str = "text
                   capture_root: bool = False) -> None:
     """Configure the "ssjobs" logger; with ``capture_root`` also the root logger, so the
     consumers' own loggers land in the same file. Calling it again replaces the setup."""
-    if level.lower() not in _LEVELS:
-        raise ConfigError(f"log.level: expected one of {', '.join(_LEVELS)}, got {level!r}")
-    if fmt not in ("text", "json"):
+    if level.lower() not in LOG_LEVELS:
+        raise ConfigError(f"log.level: expected one of {', '.join(LOG_LEVELS)}, got {level!r}")
+    if fmt not in LOG_FORMATS:
         raise ConfigError(f'log.format: expected "text" or "json", got {fmt!r}')
     rotation = parse_rotate(rotate)
     extra = [_load_handler(handler_class)] if handler_class else []

@@ -16,10 +16,8 @@ import socket
 import time
 from dataclasses import dataclass, field
 
-import redis
-
 from . import __version__, forkfds, logs, orphans, redisprobe, reloading, scaling, sdnotify, worker
-from .broker import Broker, connect
+from .broker import Broker, Brokers
 from .config import Config, JobConfig, RedisConfig
 from .embedded import EmbeddedRedis
 from .errors import BrokerUnavailable, ControlError, SsjobsError
@@ -43,12 +41,11 @@ from .text import plural
 log = logging.getLogger("ssjobs.master")
 
 LOOP_WAIT_S = 0.25           # longest the loop sleeps; bounds reaction to slot changes
-HOUSEKEEPING_EVERY_S = 1.0   # Redis heartbeat, promotion, scaling
+HOUSEKEEPING_EVERY_S = scaling.MASTER_TICK_S  # Redis heartbeat, promotion, scaling, ticks
 JANITOR_EVERY_S = 5.0        # dead-host recovery and status snapshot
 TIMEOUT_GRACE_S = 5.0        # hard kill this long after job_timeout (the soft timeout fires first)
 HUNG_AFTER_S = 60.0          # an idle worker whose heartbeat is this old is hung
 READY_TIMEOUT_S = 30.0       # start-up waits this long for the first workers to go idle
-CRASH_LOOP_ALERT_AT = 3      # quick crashes in a row before a topic is reported crash-looping
 MIN_SLOTS = 256
 HANDLED_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1,
                    signal.SIGCHLD, signal.SIGQUIT)
@@ -99,7 +96,8 @@ class Master:
         self.started_at = time.time()
         self.workers: dict[int, WorkerProc] = {}
         self.topics: dict[str, TopicState] = {}
-        self.clients: dict[str, redis.Redis] = {}
+        self.brokers = Brokers(socket_timeout=5.0)
+        self.clients = self.brokers.clients   # url -> client, shared by every part
         self.signals: queue.SimpleQueue[int] = queue.SimpleQueue()
         self.stopping = False
         self.generation = 0
@@ -238,11 +236,7 @@ class Master:
         return TopicState(job, self._broker(job, rcfg))
 
     def _broker(self, job: JobConfig, rcfg: RedisConfig | None = None) -> Broker:
-        rcfg = rcfg or self.cfg.redis_for(job)
-        client = self.clients.get(rcfg.url)
-        if client is None:
-            client = self.clients[rcfg.url] = connect(rcfg.url, socket_timeout=5.0)
-        return Broker(client, rcfg.prefix, job.topic)
+        return self.brokers.broker(rcfg or self.cfg.redis_for(job), job.topic)
 
     def _install_signals(self) -> None:
         self._wake_r, self._wake_w = os.pipe()
@@ -391,7 +385,7 @@ class Master:
             ts.crashes += 1
             delay = scaling.crash_backoff(ts.crashes)
             ts.next_spawn_at = time.monotonic() + delay
-            if ts.crashes >= CRASH_LOOP_ALERT_AT:
+            if ts.crashes >= scaling.CRASH_LOOP_AT:
                 log.error("topic %r is crash-looping (%d quick exits in a row, last: %s); "
                           "next restart in %.1fs", proc.topic, ts.crashes, reason, delay)
         elif clean or lifetime >= scaling.HEALTHY_LIFETIME_S:

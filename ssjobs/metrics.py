@@ -13,6 +13,7 @@ when the extension starts, so ``status`` does not need it.
 """
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import socket
@@ -246,19 +247,12 @@ class MetricsExtension:
 def _topic_brokers(cfg: Any) -> dict[str, tuple[str, Any]]:
     """topic -> (name of its Redis for the log, Broker), on connections of our own (short
     timeouts)."""
-    from .broker import Broker, connect
+    from .broker import Brokers
     from .redact import redact_url
 
-    clients: dict[str, Any] = {}
-    brokers = {}
-    for job in cfg.jobs:
-        rcfg = cfg.redis_for(job)
-        client = clients.get(rcfg.url)
-        if client is None:
-            client = clients[rcfg.url] = connect(rcfg.url, socket_timeout=REDIS_TIMEOUT_S)
-        where = f"metrics: redis {redact_url(rcfg.url)}"
-        brokers[job.topic] = (where, Broker(client, rcfg.prefix, job.topic))
-    return brokers
+    pool = Brokers(socket_timeout=REDIS_TIMEOUT_S)
+    return {job.topic: (f"metrics: redis {redact_url(cfg.redis_for(job).url)}",
+                        pool.broker(cfg.redis_for(job), job.topic)) for job in cfg.jobs}
 
 
 class _Collector:
@@ -345,11 +339,22 @@ def _make_server(host: str, port: int, app: Any) -> Any:
     most MAX_CONNECTIONS clients at once, each on its own daemon thread, and gives none of
     them more than READ_TIMEOUT_S of silence or REQUEST_DEADLINE_S in all: a flood of
     idle or slow connections costs a few threads, never one per connection."""
-    from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
+    from wsgiref.simple_server import make_server
 
-    class Server(WSGIServer):
+    server_class = type("MetricsServer", (_bounded_server(),), {
+        "address_family": socket.AF_INET6 if ":" in host else socket.AF_INET,
+        "bind_host": host})
+    return make_server(host, port, app, server_class=server_class,
+                       handler_class=_quiet_handler())
+
+
+@functools.cache
+def _bounded_server() -> type:
+    from wsgiref.simple_server import WSGIServer
+
+    class BoundedServer(WSGIServer):
         allow_reuse_address = True
-        address_family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        bind_host = ""
 
         def __init__(self, *args: Any, **kw: Any) -> None:
             self.slots = threading.BoundedSemaphore(MAX_CONNECTIONS)
@@ -361,7 +366,7 @@ def _make_server(host: str, port: int, app: Any) -> Any:
             import socketserver
 
             socketserver.TCPServer.server_bind(self)
-            self.server_name, self.server_port = host, self.server_address[1]
+            self.server_name, self.server_port = self.bind_host, self.server_address[1]
             self.setup_environ()
 
         def process_request(self, request: Any, client_address: Any) -> None:
@@ -397,13 +402,20 @@ def _make_server(host: str, port: int, app: Any) -> Any:
         def handle_error(self, request: Any, client_address: Any) -> None:
             log.debug("metrics: a client from %s failed", client_address, exc_info=True)
 
+    return BoundedServer
+
+
+@functools.cache
+def _quiet_handler() -> type:
+    from wsgiref.simple_server import WSGIRequestHandler
+
     class QuietHandler(WSGIRequestHandler):
         timeout = READ_TIMEOUT_S  # StreamRequestHandler sets it on the connection
 
         def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - stdlib's name
             pass
 
-    return make_server(host, port, app, server_class=Server, handler_class=QuietHandler)
+    return QuietHandler
 
 
 def _hang_up(request: Any) -> None:

@@ -4,6 +4,8 @@ from __future__ import annotations
 CRASH_BACKOFF_BASE_S = 0.5   # first delay after a quick crash
 CRASH_BACKOFF_MAX_S = 30.0   # a crash-looping worker is retried at least this often
 HEALTHY_LIFETIME_S = 10.0    # a worker that lived this long resets its topic's crash streak
+CRASH_LOOP_AT = 3            # quick crashes in a row that make a crash loop (logged, alerted)
+MASTER_TICK_S = 1.0          # the master decides (scales, heartbeats, ticks extensions) this often
 
 
 def dynamic_target(backlog: int, health: int, current: int, maximum: int) -> int:

@@ -325,3 +325,17 @@ def private_slot() -> Slot:
     """A slot in anonymous memory, for a worker run without a master (tests, debugging)."""
     buf = mmap.mmap(-1, SLOT_SIZE)
     return Slot(buf, 0)
+
+
+def read_board(path: Path) -> tuple[list[dict], dict] | None:
+    """Every live slot (``Slot.read`` plus its index) and the header of the scoreboard at
+    ``path``, read at once; None when there is none or it is not (yet) valid."""
+    try:
+        board = Scoreboard.open(path)
+    except (OSError, ValueError):
+        return None
+    try:
+        return board.workers(), board.header()
+    finally:
+        board.close()
+

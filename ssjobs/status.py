@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 import socket
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from . import __version__, problems
 from .config import Config
@@ -27,7 +27,10 @@ COUNTER_FIELDS = ("backlog", "delayed", "inflight", "dead", "processed", "failed
 # "off: why"}) and orphan topics ({topic: jobs waiting}, see ssjobs.orphans).
 MASTER_NOTES = ("extensions", "orphan_topics")
 
-_clients: dict[tuple[str, float, int], Any] = {}  # (url, timeout, pid) -> redis client
+if TYPE_CHECKING:
+    from .broker import Brokers
+
+_pools: dict[tuple[float, int], Brokers] = {}   # (timeout, pid) -> clients of status
 
 
 # -- collecting ------------------------------------------------------------------------------
@@ -135,17 +138,12 @@ def read_scoreboard(files: RuntimeFiles, *, histograms: dict[str, list[int]] | N
     """This host's workers (the documented fields) and the scoreboard header; ([], None) when the
     scoreboard is missing or not (yet) valid. ``histograms``, if given, receives the job-time
     histogram of each topic (summed over its live workers)."""
-    from .scoreboard import Scoreboard
+    from .scoreboard import read_board
 
-    try:
-        board = Scoreboard.open(files.scoreboard_path)
-    except (OSError, ValueError):
+    found = read_board(files.scoreboard_path)
+    if found is None:
         return [], None
-    try:
-        slots = board.workers()
-        header = board.header()
-    finally:
-        board.close()
+    slots, header = found
     if histograms is not None:
         histograms.update(topic_histograms(slots))
     workers = [{k: slot[k] for k in WORKER_FIELDS} for slot in slots]
@@ -158,8 +156,6 @@ def topic_counters(cfg: Config, extra_topics: list[str],
     """Redis counters of every configured topic (then of ``extra_topics``, e.g. a topic a
     not-yet-reloaded master still runs). A Redis that fails is asked once: its topics get
     ``"redis_error"`` and None counters; the first error is returned too."""
-    from .broker import Broker
-
     jobs = {job.topic: cfg.redis_for(job) for job in cfg.jobs}
     for topic in extra_topics:
         jobs.setdefault(topic, cfg.redis)
@@ -170,7 +166,7 @@ def topic_counters(cfg: Config, extra_topics: list[str],
         error = failed.get(rcfg.url)
         if error is None:
             try:
-                counts = Broker(_client(rcfg.url, timeout), rcfg.prefix, topic).counts()
+                counts = _brokers(timeout).broker(rcfg, topic).counts()
                 topics[topic] = {k: counts[k] for k in COUNTER_FIELDS}
                 continue
             except Exception as exc:  # noqa: BLE001 - any Redis failure: report and go on
@@ -180,21 +176,21 @@ def topic_counters(cfg: Config, extra_topics: list[str],
     return topics, first_error
 
 
-def _client(url: str, timeout: float) -> Any:
-    """One cached client per URL and process (a forked child makes its own)."""
-    from .broker import connect
+def _brokers(timeout: float) -> Brokers:
+    """Clients cached per process (a forked child makes its own) and timeout."""
+    from .broker import Brokers
 
-    key = (url, timeout, os.getpid())
-    client = _clients.get(key)
-    if client is None:
-        client = _clients[key] = connect(url, socket_timeout=timeout, connect_timeout=timeout)
-    return client
+    key = (timeout, os.getpid())
+    pool = _pools.get(key)
+    if pool is None:
+        pool = _pools[key] = Brokers(socket_timeout=timeout, connect_timeout=timeout)
+    return pool
 
 
 def cached_clients() -> list[Any]:
-    """The clients :func:`_client` made (the master lists their connections among the fds
+    """The clients :func:`_brokers` made (the master lists their connections among the fds
     its forked workers must close)."""
-    return list(_clients.values())
+    return [client for pool in _pools.values() for client in pool.clients.values()]
 
 
 def _describe(exc: BaseException) -> str:

@@ -89,7 +89,8 @@ def _uncommented(source: str) -> str:
 
 def test_example_shows_every_declared_key_in_its_table(tmp_path):
     doc = tomllib.loads(_uncommented(EXAMPLE.read_text(encoding="utf-8")))
-    tables = {name: doc[name] for name in SECTIONS if name != "jobs"}
+    tables = {name: doc[name] for name in SECTIONS if name not in ("jobs", "periodic")}
+    tables["periodic"] = doc["periodic"][0]
     tables["jobs"], tables["jobs.redis"] = doc["jobs"][0], doc["jobs"][0]["redis"]
     for name, table in tables.items():
         cls = SECTIONS["redis" if name == "jobs.redis" else name].cls
@@ -147,7 +148,8 @@ def test_every_default(tmp_path):
         "queue_health_size": 100, "max_execute_time": 0.0, "max_consumer_count": 0,
         "dynamic_idle_time": 60.0, "job_timeout": 300.0, "max_retries": 3,
         "retry_backoff": 10.0, "max_memory_mb": 0, "batch_size": 100,
-        "max_payload_bytes": 1048576, "concurrency_per_worker": 1, "redis": None}
+        "max_payload_bytes": 1048576, "concurrency_per_worker": 1, "rate_limit": "",
+        "concurrency": 0, "track": False, "result_ttl": 86400.0, "redis": None}
     assert cfg.path == tmp_path / "ssjobs.toml"
 
 

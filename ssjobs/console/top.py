@@ -23,11 +23,11 @@ from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..broker import Broker, connect
+from ..broker import Broker, Brokers
 from ..config import Config
 from ..redact import redact, redact_url
 from ..runtime import RuntimeFiles, StopSignals
-from ..scoreboard import Scoreboard, percentiles_ms, topic_histograms
+from ..scoreboard import percentiles_ms, read_board, topic_histograms
 from ..text import age, milliseconds, size
 from . import common
 
@@ -66,14 +66,10 @@ class Sampler:
 
     def __init__(self, cfg: Config) -> None:
         self.files = RuntimeFiles(cfg.process.data_dir)
-        clients: dict[str, Any] = {}
-        self.brokers: dict[str, tuple[str, Broker]] = {}
-        for job in cfg.jobs:
-            url = cfg.redis_for(job).url
-            if url not in clients:
-                clients[url] = connect(url, socket_timeout=REDIS_TIMEOUT_S)
-            self.brokers[job.topic] = (url, Broker(clients[url], cfg.redis_for(job).prefix,
-                                                   job.topic))
+        pool = Brokers(socket_timeout=REDIS_TIMEOUT_S)
+        self.brokers: dict[str, tuple[str, Broker]] = {
+            job.topic: (cfg.redis_for(job).url, pool.broker(cfg.redis_for(job), job.topic))
+            for job in cfg.jobs}
         self.last: dict[str, tuple[float, int]] = {}      # topic -> (time, processed)
         self.history: dict[str, deque[float]] = {t: deque(maxlen=HISTORY_S)
                                                  for t in self.brokers}
@@ -112,14 +108,10 @@ class Sampler:
 
     def _scoreboard(self) -> tuple[list[dict], dict | None]:
         pid = self.files.running_pid()
-        try:
-            board = Scoreboard.open(self.files.scoreboard_path)
-        except (OSError, ValueError):
+        found = read_board(self.files.scoreboard_path)
+        if found is None:
             return [], ({"pid": pid, "started_at": None} if pid else None)
-        try:
-            workers, header = board.workers(), board.header()
-        finally:
-            board.close()
+        workers, header = found
         if not pid:
             return [], None
         started = header["started_at"] if header["master_pid"] == pid else None

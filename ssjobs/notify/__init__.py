@@ -5,13 +5,13 @@ through it from a background thread so that job processing never waits on a chat
 """
 from __future__ import annotations
 
-import importlib
 import re
 import socket
 from collections.abc import Callable, Mapping
 from typing import Any
 
 from ..errors import NotifyError
+from ..importing import import_spec
 from .base import (
     DEFAULT_TIMEOUT_S,
     Notifier,
@@ -37,9 +37,8 @@ BUILTIN = {
 
 
 def _import(spec: str) -> Any:
-    module_name, _, attr = spec.partition(":")
     try:
-        return getattr(importlib.import_module(module_name), attr)
+        return import_spec(spec)
     except (ImportError, AttributeError, ValueError, SyntaxError) as e:
         raise NotifyError(f"notifier class {spec!r} cannot be imported: {e}") from e
 
