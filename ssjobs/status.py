@@ -14,7 +14,7 @@ import socket
 from typing import TYPE_CHECKING, Any
 
 from . import __version__, problems
-from .config import Config
+from .config import Config, embedded_socket
 from .rates import update_rates
 from .redact import redact, redact_url
 from .runtime import RuntimeFiles, process_started_at
@@ -32,6 +32,8 @@ if TYPE_CHECKING:
 
 _pools: dict[tuple[float, int], Brokers] = {}   # (timeout, pid) -> clients of status
 
+
+EMBEDDED_DOWN = "the embedded redis-server is not running: it runs while the master does"
 
 # -- collecting ------------------------------------------------------------------------------
 
@@ -160,6 +162,8 @@ def topic_counters(cfg: Config, extra_topics: list[str],
     for topic in extra_topics:
         jobs.setdefault(topic, cfg.redis)
     failed: dict[str, str] = {}
+    if cfg.embedded_redis is not None and not embedded_socket(cfg.process.data_dir).exists():
+        failed[cfg.embedded_redis.url] = EMBEDDED_DOWN  # not worth a connection attempt
     topics: dict[str, dict] = {}
     first_error = None
     for topic, rcfg in jobs.items():

@@ -25,6 +25,7 @@ from ssjobs.config import load_config
 from ssjobs.embedded import ServerFiles, server_conf, serving
 from ssjobs.producer import Producer
 from ssjobs.runtime import pid_alive, proc_stat
+from ssjobs.status import EMBEDDED_DOWN
 
 pytestmark = pytest.mark.skipif(shutil.which("redis-server") is None,
                                 reason="redis-server is not installed")
@@ -104,6 +105,8 @@ def started_pid(result) -> int:
 # -- the whole life, from the command line -----------------------------------------------------
 
 def test_start_push_status_stop_with_no_redis_given(cli, project):
+    code, st = cli.status()  # before the first start: no server yet, and that is no outage
+    assert code == 3 and st["topics"]["e.work"]["redis_error"] == EMBEDDED_DOWN
     check = cli("check")
     assert check.returncode == 0, check.stdout + check.stderr
     assert re.search(r"redis embedded: redis-server \d+\.\d+\.\d+, /\S+ \(PATH\); the master "
