@@ -25,7 +25,8 @@ pip_install() {
 # 1. What the build needs (installed with pip when missing): the runtime dependencies,
 #    Cython for the hot loop and PyInstaller; then the optional packages the binary carries
 #    when they can be had (hiredis: faster replies; rich: status tables and `top`;
-#    setproctitle: process titles; prometheus_client: [metrics]).
+#    setproctitle: process titles; prometheus_client: [metrics]; starlette, uvicorn and
+#    jinja2: the dashboard, `ssjobs web`).
 missing() {
     "$PYTHON" -P -c 'import importlib.util, sys
 sys.exit(0 if importlib.util.find_spec(sys.argv[1]) is None else 1)' "$1"
@@ -35,7 +36,8 @@ for spec in redis:redis msgpack:msgpack click:click cronsim:cronsim Cython:Cytho
     if missing "${spec%%:*}"; then pip_install "${spec#*:}"; fi
 done
 for spec in hiredis:hiredis rich:rich setproctitle:setproctitle \
-            prometheus_client:prometheus-client; do
+            prometheus_client:prometheus-client starlette:starlette uvicorn:uvicorn \
+            jinja2:jinja2; do
     if missing "${spec%%:*}"; then
         pip_install "${spec#*:}" || echo "build_binary: WARNING: building without ${spec#*:}" >&2
     fi

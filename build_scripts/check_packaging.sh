@@ -59,13 +59,16 @@ source = sorted(str(p) for p in Path("ssjobs").rglob("*.py")
 absent = [n for n in source if n not in names]
 assert not absent, (f"wheel lacks {absent}: is every subpackage listed in pyproject.toml "
                     "[tool.setuptools] packages?")
+web_files = sorted(str(p) for d in ("templates", "static")
+                   for p in Path("ssjobs/web", d).iterdir() if p.is_file())
+assert not [n for n in web_files if n not in names], "wheel lacks the dashboard's templates"
 lua = [n for n in names if n.endswith(".lua")]
 src = tarfile.open(sdist).getnames()
 for needed in ("/setup.py", "/ssjobs/_fastloop.pyx", "/pyproject.toml"):
     assert any(n.endswith(needed) for n in src), f"sdist lacks {needed}"
 assert sum(n.endswith(".lua") for n in src) == len(lua), "sdist and wheel Lua files differ"
 print(f"check_packaging: wheel has the compiled loop, all {len(source)} modules of "
-      f"ssjobs/ and {len(lua)} Lua files")
+      f"ssjobs/, {len(lua)} Lua files and {len(web_files)} dashboard files")
 PY
 
 # 3. The wheel in a fresh venv.

@@ -13,9 +13,10 @@ from posix.time cimport clock_gettime, timespec, CLOCK_REALTIME
 
 import traceback
 
-from .envelope import Job, from_list
+from .envelope import NUDGE, Job, from_list
 from .errors import EnvelopeError, JobTimeout, Reject, Retry
 from .outcome import Code, Failure
+from ._fastloop_py import job_timeout
 from . import scoreboard as _sb
 
 from msgpack import unpackb as _unpackb
@@ -28,6 +29,7 @@ cdef Py_ssize_t OFF_FAILED = _sb.FAILED[0]
 cdef Py_ssize_t OFF_JOB_STARTED = _sb.JOB_STARTED_AT[0]
 cdef Py_ssize_t OFF_DONE = _sb.BATCH_DONE[0]
 cdef Py_ssize_t OFF_PENDING = _sb.PENDING_FAILURE[0]
+cdef Py_ssize_t OFF_TIMEOUT = _sb.JOB_TIMEOUT[0]
 cdef Py_ssize_t OFF_JOB_ID = _sb.JOB_ID_OFF
 cdef Py_ssize_t JOB_ID_LEN = _sb.JOB_ID_LEN
 cdef Py_ssize_t OFF_HIST = _sb.HIST_OFF
@@ -166,7 +168,8 @@ cdef object _decode(object raw):
     return from_list(obj)
 
 
-def run_batch(list raws, call, finish, buf, Py_ssize_t offset, ctl, Py_ssize_t max_bytes):
+def run_batch(list raws, call, finish, buf, Py_ssize_t offset, ctl, Py_ssize_t max_bytes,
+              list done=None, bint track=False):
     """See ``_fastloop_py.run_batch``."""
     cdef unsigned char[::1] view = buf
     cdef char* slot = <char*>&view[0] + offset
@@ -184,8 +187,16 @@ def run_batch(list raws, call, finish, buf, Py_ssize_t offset, ctl, Py_ssize_t m
         try:
             job = _decode(raw)
         except EnvelopeError as exc:
+            if raw == NUDGE:  # done with at once: it only woke this worker
+                (<uint32_t*>(slot + OFF_DONE))[0] += 1
+                continue
             (<uint16_t*>(slot + OFF_PENDING))[0] = 1
             return i + 1, Failure(raw, None, C_MALFORMED, exc, "")
+        headers = (<object>job).headers
+        if headers:
+            (<double*>(slot + OFF_TIMEOUT))[0] = job_timeout(headers)
+        else:
+            (<double*>(slot + OFF_TIMEOUT))[0] = 0.0
         id_b = (<str>job.id).encode()
         idlen = min(len(id_b), JOB_ID_LEN)
         memset(slot + OFF_JOB_ID, 0, JOB_ID_LEN)
@@ -219,6 +230,8 @@ def run_batch(list raws, call, finish, buf, Py_ssize_t offset, ctl, Py_ssize_t m
         if code is None:
             (<uint64_t*>(slot + OFF_PROCESSED))[0] += 1
             (<uint32_t*>(slot + OFF_DONE))[0] += 1
+            if done is not None and (track or headers):
+                done.append((job, result))
         else:
             (<uint64_t*>(slot + OFF_FAILED))[0] += 1
             (<uint16_t*>(slot + OFF_PENDING))[0] = 1

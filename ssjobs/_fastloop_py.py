@@ -13,7 +13,7 @@ import time
 import traceback
 from typing import Any
 
-from .envelope import decode
+from .envelope import NUDGE, decode
 from .errors import EnvelopeError, JobTimeout, Reject, Retry
 from .outcome import Code, Failure
 from .scoreboard import (
@@ -25,6 +25,7 @@ from .scoreboard import (
     JOB_ID_LEN,
     JOB_ID_OFF,
     JOB_STARTED_AT,
+    JOB_TIMEOUT,
     PENDING_FAILURE,
     PROCESSED,
     STATE,
@@ -50,7 +51,8 @@ def mark_forked() -> None:
 
 
 def run_batch(raws: list[bytes], call: Any, finish: Any, buf: Any, offset: int, ctl: Any,
-              max_bytes: int) -> tuple[int, Failure | None]:
+              max_bytes: int, done: list | None = None,
+              track: bool = False) -> tuple[int, Failure | None]:
     """Run ``raws`` in order until one does not succeed or the worker stops.
 
     ``call(job)`` is the consumer; what it returns, if awaitable (an ``async def`` consumer),
@@ -59,7 +61,10 @@ def run_batch(raws: list[bytes], call: Any, finish: Any, buf: Any, offset: int, 
     Returns ``(end, failure)``: the jobs before ``end`` were run (or refused) and only the last
     of them can have failed, then ``failure`` describes it; ``end < len(raws)`` without a
     failure means the worker is stopping. Each success adds one to the slot's BATCH_DONE; a
-    failure sets PENDING_FAILURE until the worker has settled it.
+    failure sets PENDING_FAILURE until the worker has settled it. ``done`` (a list) gets
+    ``(job, result)`` of each success that has headers (a unique key to release), or of
+    every success with ``track``. A job's own ``timeout`` header goes into the slot (0.0:
+    the topic's job_timeout). The wake-up token of a priority push (NUDGE) is skipped.
     """
     n = len(raws)
     _B.pack_into(buf, offset + STATE[0], BUSY)
@@ -73,10 +78,15 @@ def run_batch(raws: list[bytes], call: Any, finish: Any, buf: Any, offset: int, 
         try:
             job = decode(raw)
         except EnvelopeError as bad:
+            if raw == NUDGE:  # done with at once: it only woke this worker
+                _add(_I, buf, offset + BATCH_DONE[0], 1)
+                continue
             _H.pack_into(buf, offset + PENDING_FAILURE[0], 1)
             return i + 1, Failure(raw, None, Code.MALFORMED, bad, "")
         job_id = job.id.encode()[:JOB_ID_LEN].ljust(JOB_ID_LEN, b"\0")
         buf[offset + JOB_ID_OFF:offset + JOB_ID_OFF + JOB_ID_LEN] = job_id
+        _D.pack_into(buf, offset + JOB_TIMEOUT[0], job_timeout(job.headers) if job.headers
+                     else 0.0)
         started = time.time()
         _D.pack_into(buf, offset + JOB_STARTED_AT[0], started)
         code = 0
@@ -106,7 +116,15 @@ def run_batch(raws: list[bytes], call: Any, finish: Any, buf: Any, offset: int, 
             _H.pack_into(buf, offset + PENDING_FAILURE[0], 1)
             return i + 1, Failure(raw, job, Code(code), exc, tb)
         _add(_I, buf, offset + BATCH_DONE[0], 1)
+        if done is not None and (track or job.headers):
+            done.append((job, result))
     return n, None
+
+
+def job_timeout(headers: dict) -> float:
+    """A job's own timeout header (seconds), 0.0 when it has none (or a bad one)."""
+    value = headers.get("timeout")
+    return float(value) if isinstance(value, (int, float)) and value > 0 else 0.0
 
 
 def _add(fmt: struct.Struct, buf: Any, pos: int, value: Any) -> None:

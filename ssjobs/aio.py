@@ -13,7 +13,6 @@ import redis.asyncio as aioredis
 
 from . import envelope
 from .broker import TopicKeys, translate
-from .delays import push_delay
 from .errors import BrokerUnavailable
 from .names import check_topic
 from .producer import (
@@ -23,6 +22,8 @@ from .producer import (
     chunks_of,
     make_envelope,
     push_call,
+    push_options,
+    pushed_id,
 )
 
 
@@ -44,33 +45,44 @@ class AsyncProducer:
             keys = self._keys[topic] = TopicKeys(self.prefix, topic)
         return keys
 
-    async def push(self, topic: str, payload: Any = None, *, delay: float = 0) -> str:
-        """Enqueue one job; returns its id. ``delay`` seconds: run no earlier than that.
-        Enqueued once, even when the reply is lost and the push is sent again."""
+    async def push(self, topic: str, payload: Any = None, *, delay: float = 0,
+                   priority: int = 0, unique_key: str | None = None, unique_for: float = 3600,
+                   max_retries: int | None = None, timeout: float | None = None) -> str:
+        """Enqueue one job; returns its id (or the holder's, see Producer.push). Enqueued
+        once, even when the reply is lost and the push is sent again."""
         keys = self._topic(topic)
-        delay = push_delay(delay)
+        opts = push_options(delay=delay, priority=priority, unique_key=unique_key,
+                            unique_for=unique_for, max_retries=max_retries, timeout=timeout)
         now = time.time()
-        job_id, env = make_envelope(topic, payload, now, self.max_payload_bytes)
+        job_id, env = make_envelope(topic, payload, now, self.max_payload_bytes, opts.headers)
         tokens = self._tokens.take()
+        replies: list[Any] = []
         try:
-            call_keys, call_args = push_call(keys, tokens[0], job_id, [env], now, delay)
-            await self._send(lambda: self._script(keys=call_keys, args=call_args))
+            call_keys, call_args = push_call(keys, tokens[0], job_id, [env], now, opts)
+
+            async def send() -> None:
+                replies.append(await self._script(keys=call_keys, args=call_args))
+
+            await self._send(send)
         finally:
             self._tokens.give(tokens)
-        return job_id
+        return pushed_id(replies[-1] if replies else None, job_id)
 
-    async def push_many(self, topic: str, payloads: Iterable[Any], *,
-                        delay: float = 0) -> list[str]:
+    async def push_many(self, topic: str, payloads: Iterable[Any], *, delay: float = 0,
+                        priority: int = 0, max_retries: int | None = None,
+                        timeout: float | None = None) -> list[str]:
         """Enqueue many jobs, pipelined in chunks; validates all before sending any."""
         keys = self._topic(topic)
-        delay = push_delay(delay)
+        opts = push_options(delay=delay, priority=priority, max_retries=max_retries,
+                            timeout=timeout)
         now = time.time()
-        pairs = [make_envelope(topic, p, now, self.max_payload_bytes) for p in payloads]
+        pairs = [make_envelope(topic, p, now, self.max_payload_bytes, opts.headers)
+                 for p in payloads]
         if not pairs:
             return []
         tokens = self._tokens.take(chunks_of(len(pairs)))
         try:
-            calls = chunked_calls(keys, tokens, pairs, now, delay)
+            calls = chunked_calls(keys, tokens, pairs, now, opts)
 
             async def send() -> None:
                 async with self._client.pipeline(transaction=False) as pipe:

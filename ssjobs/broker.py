@@ -23,6 +23,8 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 DEAD_CAP = 10_000            # dead-letter list length kept per topic; older entries trimmed
 PROMOTE_LIMIT = 1_000        # delayed jobs promoted per call, so one call stays short
+THROTTLED_FOR_S = 5.0        # a topic whose flow control held jobs back this recently is shown
+                             # throttled
 # What redis-py raises when the server cannot be reached (it wraps socket errors in these).
 _DOWN = (redis.ConnectionError, redis.TimeoutError)
 # Replies of a Redis that is there but cannot serve right now (loading, failing over, out of
@@ -66,9 +68,9 @@ def script_source(name: str) -> str:
     return resources.files("ssjobs.lua").joinpath(f"{name}.lua").read_text("utf-8")
 
 
-def _with_take(name: str) -> str:
-    """A script that calls take(): take.lua's function, then the script."""
-    return script_source("take") + "\n" + script_source(name)
+def with_lib(name: str) -> str:
+    """A script with lib.lua's shared functions in front of it."""
+    return script_source("lib") + "\n" + script_source(name)
 
 
 
@@ -136,7 +138,8 @@ def node_of(worker: str) -> str:
 
 
 class TopicKeys:
-    __slots__ = ("prefix", "topic", "base", "ready", "delayed", "dead", "stats", "workers")
+    __slots__ = ("prefix", "topic", "base", "ready", "delayed", "dead", "stats", "workers",
+                 "prio", "starts", "running", "conf")
 
     def __init__(self, prefix: str, topic: str) -> None:
         self.prefix = prefix
@@ -147,6 +150,10 @@ class TopicKeys:
         self.dead = f"{self.base}:dead"
         self.stats = f"{self.base}:stats"
         self.workers = f"{self.base}:workers"   # HASH worker name -> batch it holds
+        self.prio = f"{self.base}:prio"         # ZSET priority jobs
+        self.starts = f"{self.base}:starts"     # ZSET recent starts (rate_limit)
+        self.running = f"{self.base}:running"   # STRING jobs held by workers (concurrency)
+        self.conf = f"{self.base}:conf"         # HASH what the masters publish (track ...)
 
     def inflight(self, worker: str) -> str:
         return f"{self.base}:inflight:{worker}"
@@ -154,10 +161,47 @@ class TopicKeys:
     def push_marker(self, token: str) -> str:
         return f"{self.base}:push:{token}"
 
+    def unique(self, key: str) -> str:
+        return f"{self.base}:unique:{key}"
+
+    def record(self, job_id: str) -> str:
+        return f"{self.base}:job:{job_id}"
+
+    def tick(self, schedule: str) -> str:
+        return f"{self.base}:tick:{schedule}"
+
+
+class Rules(NamedTuple):
+    """What the take step enforces for a topic (docs/reference.md): flow control and
+    tracking, from the worker's own config."""
+    rate_n: int = 0            # job starts per rate_period, fleet-wide (0: no limit)
+    rate_period: float = 1.0
+    concurrency: int = 0       # jobs held at once, fleet-wide (0: no limit)
+    track: bool = False
+    result_ttl: float = 86400.0
+
+    @property
+    def limited(self) -> bool:
+        return bool(self.rate_n or self.concurrency)
+
+
+NO_RULES = Rules()
+
+
+class Record(NamedTuple):
+    """What a settle writes into a tracked job's record."""
+    job_id: str
+    state: str                 # succeeded | retrying | dead
+    attempts: int
+    result: bytes = b""        # msgpack of the consumer's return value
+    error: str = ""            # JSON {type, message}
+    result_error: str = ""     # why there is no result
+
 
 class Settled(NamedTuple):
     jobs: list[bytes]         # the jobs the worker now holds besides those it kept, oldest first
     next_due: float | None    # when nothing came: due time of the next delayed job
+    wait: float | None = None  # when flow control held jobs back: seconds until the next try
 
 
 class Outcomes(NamedTuple):
@@ -166,6 +210,8 @@ class Outcomes(NamedTuple):
     failed: int = 0
     retries: Sequence[tuple[float, bytes]] = ()   # (due time, envelope with attempts + 1)
     dead: Sequence[bytes] = ()
+    records: Sequence[Record] = ()                # tracked jobs that ended or failed
+    releases: Sequence[tuple[str, str]] = ()      # (unique key, job id) no longer held
 
 
 NO_OUTCOMES = Outcomes()
@@ -174,13 +220,16 @@ NO_OUTCOMES = Outcomes()
 class Broker:
     """The operations of one topic on one Redis connection pool."""
 
-    def __init__(self, client: redis.Redis, prefix: str, topic: str) -> None:
+    def __init__(self, client: redis.Redis, prefix: str, topic: str,
+                 rules: Rules = NO_RULES) -> None:
         self.client = client
         self.keys = TopicKeys(prefix, topic)
-        self._settle = client.register_script(_with_take("settle"))
-        self._recover = client.register_script(script_source("recover"))
-        self._promote = client.register_script(script_source("promote"))
-        self._requeue_dead = client.register_script(script_source("requeue_dead"))
+        self.rules = rules
+        self._settle = client.register_script(with_lib("settle"))
+        self._recover = client.register_script(with_lib("recover"))
+        self._promote = client.register_script(with_lib("promote"))
+        self._requeue_dead = client.register_script(with_lib("requeue_dead"))
+        self._tick = client.register_script(with_lib("tick"))
 
     # -- worker side -----------------------------------------------------------------
     @_io
@@ -202,22 +251,29 @@ class Broker:
         ``give_back``), and take up to ``take`` new jobs. A fetch is ``settle(w, seq,
         take=n)``. The worker then holds batch ``seq + 1``. Safe to repeat; Fenced when
         Redis no longer knows this worker (or this batch)."""
-        k = self.keys
+        k, r = self.keys, self.rules
         args: list = [worker, seq, done, held, 1 if give_back else 0, outcomes.processed,
                       outcomes.failed, len(outcomes.retries), len(outcomes.dead), take,
-                      time.time(), PROMOTE_LIMIT, DEAD_CAP]
+                      time.time(), PROMOTE_LIMIT, DEAD_CAP, r.rate_n, r.rate_period,
+                      r.concurrency, 1 if r.track else 0, int(r.result_ttl),
+                      len(outcomes.records), len(outcomes.releases)]
         for due, env in outcomes.retries:
             args += (repr(float(due)), env)
         args += outcomes.dead
+        for record in outcomes.records:
+            args += record
+        for key, job_id in outcomes.releases:
+            args += (key, job_id)
         try:
-            jobs, due = self._settle(
-                keys=[k.ready, k.delayed, k.inflight(worker), k.dead, k.stats, k.workers],
+            jobs, due, wait = self._settle(
+                keys=[k.ready, k.delayed, k.inflight(worker), k.dead, k.stats, k.workers,
+                      k.prio, k.starts, k.running],
                 args=args)
         except redis.ResponseError as exc:
             if str(exc).startswith("FENCED"):
                 raise Fenced(str(exc)) from None
             raise
-        return Settled(jobs, float(due) if due else None)
+        return Settled(jobs, float(due) if due else None, float(wait) if wait else None)
 
     @_io
     def wait_one(self, worker: str, timeout: float) -> bytes | None:
@@ -234,19 +290,42 @@ class Broker:
         """Requeue a gone worker's in-flight jobs and fence it. ``position`` (from its
         scoreboard slot) says which succeeded and which was running; without it everything
         goes back uncharged. Returns (requeued, dead-lettered, dropped as done)."""
-        k = self.keys
+        k, r = self.keys, self.rules
         seq, done, running = ("", 0, 0) if position is None else position
         requeued, dead, dropped = self._recover(
-            keys=[k.ready, k.inflight(worker), k.dead, k.stats, k.workers],
+            keys=[k.ready, k.inflight(worker), k.dead, k.stats, k.workers, k.running],
             args=[worker, seq, done, int(running), max_retries, DEAD_CAP, time.time(),
-                  reason])
+                  reason, 1 if r.concurrency else 0, 1 if r.track else 0,
+                  int(r.result_ttl)])
         return int(requeued), int(dead), int(dropped)
 
     @_io
     def promote(self, now: float | None = None) -> int:
         k = self.keys
-        return int(self._promote(keys=[k.ready, k.delayed],
+        return int(self._promote(keys=[k.ready, k.delayed, k.prio],
                                  args=[time.time() if now is None else now, PROMOTE_LIMIT]))
+
+    @_io
+    def enqueue_tick(self, schedule: str, tick: float, envelope: bytes) -> bool:
+        """Enqueue a periodic job for ``tick`` unless this or a later tick of ``schedule``
+        was enqueued already (by any master). True when this call enqueued it."""
+        k = self.keys
+        return bool(self._tick(keys=[k.ready, k.tick(schedule), k.conf],
+                               args=[repr(float(tick)), envelope, time.time()]))
+
+    @_io
+    def last_tick(self, schedule: str) -> float | None:
+        found = self.client.get(self.keys.tick(schedule))
+        return float(found) if found else None
+
+    @_io
+    def publish_conf(self, track: bool, result_ttl: float) -> None:
+        """What producers' push scripts must know of the topic: whether to record jobs."""
+        if track:
+            self.client.hset(self.keys.conf, mapping={"track": 1,
+                                                      "result_ttl": int(result_ttl)})
+        else:
+            self.client.hdel(self.keys.conf, "track")
 
     @_io
     def workers(self) -> list[str]:
@@ -256,7 +335,11 @@ class Broker:
     # -- producer and console side --------------------------------------------------------
     @_io
     def backlog(self) -> int:
-        return int(self.client.llen(self.keys.ready))
+        """Jobs waiting to be taken: ready and priority jobs."""
+        pipe = self.client.pipeline(transaction=False)
+        pipe.llen(self.keys.ready)
+        pipe.zcard(self.keys.prio)
+        return sum(int(n) for n in pipe.execute())
 
     @_io
     def counts(self) -> dict[str, int]:
@@ -264,22 +347,25 @@ class Broker:
         k = self.keys
         pipe = self.client.pipeline(transaction=False)
         pipe.llen(k.ready)
+        pipe.zcard(k.prio)
         pipe.zcard(k.delayed)
         pipe.llen(k.dead)
         pipe.hgetall(k.stats)
         pipe.hkeys(k.workers)
-        ready, delayed, dead, stats, workers = pipe.execute()
+        ready, prio, delayed, dead, stats, workers = pipe.execute()
         inflight = 0
         if workers:
             pipe = self.client.pipeline(transaction=False)
             for w in workers:
                 pipe.llen(k.inflight(w.decode()))
             inflight = sum(pipe.execute())
-        out = {"backlog": int(ready), "delayed": int(delayed), "inflight": inflight,
+        out = {"backlog": int(ready) + int(prio), "delayed": int(delayed), "inflight": inflight,
                "dead": int(dead)}
         for name in ("processed", "failed", "retried"):
             out[name] = int(stats.get(name.encode(), 0))
         out["dead_total"] = int(stats.get(b"dead", 0))
+        throttled_at = float(stats.get(b"throttled_at", 0) or 0)
+        out["throttled"] = int(time.time() - throttled_at < THROTTLED_FOR_S)
         return out
 
     @staticmethod
@@ -304,7 +390,7 @@ class Broker:
     def dead_requeue(self, entry: bytes, envelope: bytes) -> bool:
         """Replace the dead ``entry`` by ``envelope`` in ready, atomically; False when the
         entry was gone (retried or purged meanwhile)."""
-        return bool(self._requeue_dead(keys=[self.keys.dead, self.keys.ready],
+        return bool(self._requeue_dead(keys=[self.keys.dead, self.keys.ready, self.keys.conf],
                                        args=[entry, envelope]))
 
     @_io

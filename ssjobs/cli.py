@@ -283,6 +283,21 @@ def top(ctx: click.Context, config: str | None) -> int:
     return top_mod.run(config_path(ctx, config))
 
 
+@cli.command(short_help="Serve the web dashboard (foreground).")
+@click.option("--listen", metavar="HOST:PORT", default=None,
+              help="Address to serve [default: [web] listen, else 127.0.0.1:9181]; one that "
+                   "is not loopback needs [web] token.")
+@config_option
+@click.pass_context
+def web(ctx: click.Context, listen: str | None, config: str | None) -> int:
+    """Serve the dashboard (docs/web.md): topics, hosts and their workers, dead letters with
+    retry and purge, tracked jobs, periodic schedules, and the same as JSON under /api/.
+    Runs until SIGTERM or Ctrl-C; needs the web extra (pip install 'ssjobs[web]')."""
+    from .web import server
+
+    return server.run(config_path(ctx, config), listen=listen)
+
+
 # -- entry point -----------------------------------------------------------------------------
 
 def _error(message: str, hint: str | None = None) -> None:

@@ -188,6 +188,31 @@ class MetricsConfig:
 
 
 @dataclass(frozen=True)
+class WebConfig:
+    listen: str = setting("127.0.0.1:9181", "the dashboard of `ssjobs web` (docs/web.md)",
+                          rule=urls.listen_problem)
+    token: str = setting("", 'every page and API call needs it (login form, or "Authorization: '
+                         'Bearer <token>"); "": none, and listen must be loopback')
+    read_only: bool = setting(False, "no retry, purge or cancel: the buttons are gone and "
+                              "their endpoints refuse")
+    root_path: str = setting("", 'the path prefix behind a reverse proxy, e.g. "/ssjobs"',
+                             rule=matches(r"|/[^\s?#]*", '"" or a path like "/ssjobs"'))
+
+    def cross_check(self) -> list[tuple[str, str]]:
+        """(key, message) of what the keys together do not allow."""
+        if self.token or urls.is_loopback(self.address[0]):
+            return []
+        return [("listen", f"{urls.show(self.listen)} is not a loopback address, so anyone who "
+                           "reaches it could retry, purge and read every payload: set "
+                           "web.token, or listen on 127.0.0.1 behind an authenticating proxy")]
+
+    @property
+    def address(self) -> tuple[str, int]:
+        """``(host, port)``; an IPv6 host loses its brackets."""
+        return urls.split_listen(self.listen)
+
+
+@dataclass(frozen=True)
 class JobConfig:
     topic: str = setting(doc="unique", rule=topic_problem)
     consumer: str = setting(doc='"module:function" or "module:Class"',
@@ -272,6 +297,7 @@ class Config:
     metrics: MetricsConfig | None
     jobs: tuple[JobConfig, ...]
     periodic: tuple[PeriodicConfig, ...] = ()
+    web: WebConfig | None = None
 
     def job(self, topic: str) -> JobConfig:
         """The job of ``topic``; KeyError when the config has no such topic."""
@@ -309,6 +335,7 @@ SECTIONS: dict[str, Section] = {
     "redis": Section(RedisConfig),
     "notifier": Section(NotifierConfig, "optional: alerts and ERROR log lines", optional=True),
     "metrics": Section(MetricsConfig, "optional", optional=True),
+    "web": Section(WebConfig, "optional: the dashboard, `ssjobs web`", optional=True),
     "jobs": Section(JobConfig, "one per topic", array=True),
     "periodic": Section(PeriodicConfig, "optional: a job pushed on a schedule, once per tick "
                         "across every master", optional=True, array=True),
@@ -618,6 +645,8 @@ def _register_secrets(cfg: Config) -> None:
                 redact.register_secret(value)
     if cfg.metrics is not None:
         redact.register_secret(cfg.metrics.token)
+    if cfg.web is not None:
+        redact.register_secret(cfg.web.token)
 
 
 def load_data_dir(path: str | os.PathLike) -> Path:

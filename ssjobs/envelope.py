@@ -22,6 +22,8 @@ from .errors import EnvelopeError
 VERSION = 1
 ARRAY_HEADER = b"\x97"  # fixarray of 7 items
 DEFAULT_MAX_PAYLOAD_BYTES = 1024 * 1024
+NUDGE = b"ssjobs:nudge"   # what a priority push leaves in ready to wake a waiting worker
+                          # (no envelope: workers skip it; lua/lib.lua writes the same bytes)
 MAX_ATTEMPTS = 1_000_000  # far above any max_retries (<= 1000); a counter beyond it is
                           # corrupt, and a malformed job is dead-lettered, never overflows
 

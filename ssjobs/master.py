@@ -49,6 +49,9 @@ READY_TIMEOUT_S = 30.0       # start-up waits this long for the first workers to
 MIN_SLOTS = 256
 HANDLED_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1,
                    signal.SIGCHLD, signal.SIGQUIT)
+# A worker as the heartbeat summary describes it (ssjobs.web shows other hosts' workers).
+SUMMARY_WORKER_FIELDS = ("pid", "topic", "kind", "state", "job_id", "job_started_at",
+                         "rss_bytes", "processed")
 CLEAN_EXITS = {worker.EXIT_OK: "stopped", worker.EXIT_RECYCLE_COUNT: "recycle-count",
                worker.EXIT_RECYCLE_TIME: "recycle-time",
                worker.EXIT_RECYCLE_MEMORY: "recycle-memory", worker.EXIT_IDLE: "idle",
@@ -168,7 +171,8 @@ class Master:
         self._install_signals()
         redis_down = redisprobe.check_at_start(cfg, log)
         self.heartbeat = Heartbeat(self.clients.values(), cfg.redis.prefix, self.node,
-                                   cfg.process.heartbeat_ttl, self.master_info, self.outage)
+                                   cfg.process.heartbeat_ttl, self.heartbeat_summary,
+                                   self.outage)
         self.heartbeat.beat()
         if self.previous_node and self.previous_node != self.node:
             self._recover_previous_master(self.previous_node, previous)
@@ -564,6 +568,13 @@ class Master:
                 "version": __version__, "restarts": dict(self.restarts),
                 "extensions": dict(self.extension_state),
                 "orphan_topics": self.orphan_topics}
+
+    def heartbeat_summary(self) -> dict:
+        """What this master's heartbeat key carries (docs/web.md): ``master_info()``, the
+        host name and this host's workers, compactly, so the dashboard of any host shows
+        every host's workers."""
+        workers = [{k: w[k] for k in SUMMARY_WORKER_FIELDS} for w in self.board.workers()]
+        return {**self.master_info(), "host": socket.gethostname(), "workers": workers}
 
     @property
     def orphan_topics(self) -> dict[str, int]:

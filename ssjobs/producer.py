@@ -10,14 +10,14 @@ import os
 import threading
 import time
 import weakref
-from typing import Any, Iterable, Mapping
+from typing import Any, Iterable, Mapping, NamedTuple
 
 from redis import ConnectionPool
 from redis.cluster import RedisCluster
 from redis.exceptions import NoScriptError
 
 from . import envelope
-from .broker import TopicKeys, connect, script_source, translate
+from .broker import TopicKeys, connect, translate, with_lib
 from .delays import push_delay
 from .errors import BrokerUnavailable
 from .names import check_topic
@@ -25,38 +25,97 @@ from .names import check_topic
 CHUNK_SIZE = 1_000   # envelopes per push command: big enough to amortise the round trip,
                      # small enough to keep one command well under Redis' 512 MB limit
 MARKER_TTL_S = 3600  # a push token's marker outlives any retry of its last push by far
-PUSH_SCRIPT = script_source("push")
+PUSH_SCRIPT = with_lib("push")
+MAX_UNIQUE_FOR_S = 366 * 24 * 3600.0
+MAX_UNIQUE_KEY_BYTES = 512
 PUSH_SHA = hashlib.sha1(PUSH_SCRIPT.encode()).hexdigest()
 
 
+class PushOptions(NamedTuple):
+    """The options of a push (docs/reference.md, "Producer"), checked: what goes in the
+    envelope's headers (for the worker) and what the push script needs."""
+    delay: float = 0.0
+    priority: int = 0
+    unique_key: str | None = None
+    unique_for: float = 3600.0
+    headers: dict[str, Any] | None = None
+
+
+def push_options(*, delay: Any = 0, priority: Any = 0, unique_key: Any = None,
+                 unique_for: Any = 3600, max_retries: Any = None,
+                 timeout: Any = None) -> PushOptions:
+    """ValueError naming the argument for anything out of range."""
+    delay = push_delay(delay)
+    if isinstance(priority, bool) or not isinstance(priority, int) or not 0 <= priority <= 9:
+        raise ValueError(f"priority must be an integer 0..9, got {priority!r}")
+    headers: dict[str, Any] = {}
+    if priority:
+        headers["priority"] = priority
+    if unique_key is not None:
+        if not isinstance(unique_key, str) or not unique_key:
+            raise ValueError(f"unique_key must be a non-empty string, got {unique_key!r}")
+        if len(unique_key.encode()) > MAX_UNIQUE_KEY_BYTES:
+            raise ValueError(f"unique_key must be at most {MAX_UNIQUE_KEY_BYTES} bytes")
+        headers["unique"] = unique_key
+    unique_for = _seconds("unique_for", unique_for, 1, MAX_UNIQUE_FOR_S)
+    if max_retries is not None:
+        if isinstance(max_retries, bool) or not isinstance(max_retries, int) \
+                or not 0 <= max_retries <= 1000:
+            raise ValueError(f"max_retries must be an integer 0..1000, got {max_retries!r}")
+        headers["max_retries"] = max_retries
+    if timeout is not None:
+        headers["timeout"] = _seconds("timeout", timeout, 0.001, MAX_UNIQUE_FOR_S)
+    return PushOptions(delay, priority, unique_key, unique_for, headers or None)
+
+
+def _seconds(name: str, value: Any, low: float, high: float) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) \
+            or not low <= float(value) <= high:
+        raise ValueError(f"{name} must be a number of seconds in {low:g}..{high:g}, "
+                         f"got {value!r}")
+    return float(value)
+
+
 def make_envelope(topic: str, payload: Any, now: float, max_payload_bytes: int,
-                  ) -> tuple[str, bytes]:
+                  headers: dict[str, Any] | None = None) -> tuple[str, bytes]:
     """(job id, envelope); TypeError/ValueError before anything reaches Redis."""
     body = envelope.encode_payload(payload)
     if len(body) > max_payload_bytes:
         raise ValueError(f"payload is {len(body)} bytes encoded, over max_payload_bytes="
                          f"{max_payload_bytes}")
     job_id = envelope.new_id(now)
-    return job_id, envelope.build(job_id, topic, body, 0, now, None)
+    return job_id, envelope.build(job_id, topic, body, 0, now, headers)
 
 
 def push_call(keys: TopicKeys, token: str, marker: str, envs: list[bytes], now: float,
-              delay: float) -> tuple[list[str], list[Any]]:
+              opts: PushOptions = PushOptions()) -> tuple[list[str], list[Any]]:
     """(KEYS, ARGV) of one push.lua call enqueueing ``envs`` once under ``token``."""
-    target = keys.delayed if delay > 0 else keys.ready
-    due = repr(now + delay) if delay > 0 else ""
-    return [target, keys.push_marker(token)], [marker, MARKER_TTL_S, due, *envs]
+    due = repr(now + opts.delay) if opts.delay > 0 else ""
+    unique = keys.unique(opts.unique_key or "")
+    unique_for = int(opts.unique_for) if opts.unique_key else 0
+    return ([keys.ready, keys.delayed, keys.prio, keys.push_marker(token), keys.conf, unique],
+            [marker, MARKER_TTL_S, due, opts.priority, unique_for, repr(now), *envs])
+
+
+def pushed_id(reply: Any, job_id: str) -> str:
+    """The id a push returns: its own, or, when its unique key was held, the holder's."""
+    if reply and int(reply[0]) == 2:
+        held = reply[1]
+        return held.decode() if isinstance(held, bytes) else str(held)
+    return job_id
 
 
 def chunked_calls(keys: TopicKeys, tokens: list[str], pairs: list[tuple[str, bytes]],
-                  now: float, delay: float) -> list[tuple[list[str], list[Any]]]:
+                  now: float, opts: PushOptions) -> list[tuple[list[str], list[Any]]]:
     """One push.lua call per chunk of CHUNK_SIZE jobs, each under its own token, marked by
     its first job's id: a retried push_many enqueues every chunk once."""
+    if opts.unique_key is not None:
+        raise ValueError("unique_key names one job: push it with push(), not push_many()")
     calls = []
     for token, start in zip(tokens, range(0, len(pairs), CHUNK_SIZE), strict=True):
         chunk = pairs[start:start + CHUNK_SIZE]
         calls.append(push_call(keys, token, chunk[0][0], [env for _, env in chunk], now,
-                               delay))
+                               opts))
     return calls
 
 
@@ -197,32 +256,40 @@ class Producer:
             found = self._topics[topic] = (TopicKeys(server.prefix, topic), server)
         return found
 
-    def push(self, topic: str, payload: Any = None, *, delay: float = 0) -> str:
-        """Enqueue one job; returns its id. ``delay`` seconds: run no earlier than that.
-        Enqueued once, even when the reply is lost and the push is sent again."""
+    def push(self, topic: str, payload: Any = None, *, delay: float = 0, priority: int = 0,
+             unique_key: str | None = None, unique_for: float = 3600,
+             max_retries: int | None = None, timeout: float | None = None) -> str:
+        """Enqueue one job; returns its id (with ``unique_key``: the id of the job that holds
+        the key, when one does). Enqueued once, even when the reply is lost and the push is
+        sent again. Options: docs/reference.md, "Producer"."""
         keys, server = self._topic(topic)
-        delay = push_delay(delay)
+        opts = push_options(delay=delay, priority=priority, unique_key=unique_key,
+                            unique_for=unique_for, max_retries=max_retries, timeout=timeout)
         now = time.time()
-        job_id, env = make_envelope(topic, payload, now, self.max_payload_bytes)
+        job_id, env = make_envelope(topic, payload, now, self.max_payload_bytes, opts.headers)
         tokens = self._tokens.take()
         try:
-            server.push(*push_call(keys, tokens[0], job_id, [env], now, delay))
+            reply = server.push(*push_call(keys, tokens[0], job_id, [env], now, opts))
         finally:
             self._tokens.give(tokens)
-        return job_id
+        return pushed_id(reply, job_id)
 
-    def push_many(self, topic: str, payloads: Iterable[Any], *, delay: float = 0) -> list[str]:
+    def push_many(self, topic: str, payloads: Iterable[Any], *, delay: float = 0,
+                  priority: int = 0, max_retries: int | None = None,
+                  timeout: float | None = None) -> list[str]:
         """Enqueue many jobs, pipelined in chunks; validates all before sending any. Sent
         again once after a lost connection: each chunk is enqueued once all the same."""
         keys, server = self._topic(topic)
-        delay = push_delay(delay)
+        opts = push_options(delay=delay, priority=priority, max_retries=max_retries,
+                            timeout=timeout)
         now = time.time()
-        pairs = [make_envelope(topic, p, now, self.max_payload_bytes) for p in payloads]
+        pairs = [make_envelope(topic, p, now, self.max_payload_bytes, opts.headers)
+                 for p in payloads]
         if not pairs:
             return []
         tokens = self._tokens.take(chunks_of(len(pairs)))
         try:
-            calls = chunked_calls(keys, tokens, pairs, now, delay)
+            calls = chunked_calls(keys, tokens, pairs, now, opts)
             for attempt in (1, 2):
                 try:
                     with translate():

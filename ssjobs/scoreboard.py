@@ -41,6 +41,7 @@ BUSY_TOTAL = (80, "<d")                         # seconds spent inside consumers
 HIST_OFF, HIST_BUCKETS = 88, 24                 # u32 counts of job durations
 TOPIC_OFF, TOPIC_LEN = 184, MAX_TOPIC_BYTES
 JOB_ID_OFF, JOB_ID_LEN = 248, 128               # ids of other producers may be this long
+JOB_TIMEOUT = (376, "<d")                       # the running job's own timeout; 0: the topic's
 
 
 class State(enum.IntEnum):
@@ -195,6 +196,10 @@ class Slot:
     @property
     def heartbeat(self) -> float:
         return self._get(HEARTBEAT)
+
+    def timeout_of_job(self, default: float) -> float:
+        """The running job's timeout: its own header's, else ``default`` (job_timeout)."""
+        return self._get(JOB_TIMEOUT) or default
 
     @property
     def job_started_at(self) -> float:

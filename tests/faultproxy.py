@@ -21,16 +21,14 @@ import threading
 from dataclasses import dataclass, field
 from typing import Callable
 
-from ssjobs.broker import script_source
+from ssjobs.broker import script_source, with_lib
 
 Command = list[bytes]
 
 
 def script_sha(name: str) -> bytes:
     """The EVALSHA digest of one of ssjobs' scripts as the broker loads it."""
-    text = script_source(name)
-    if name == "settle":
-        text = script_source("take") + "\n" + text
+    text = script_source(name) if name == "lib" else with_lib(name)
     return hashlib.sha1(text.encode()).hexdigest().encode()
 
 

@@ -383,6 +383,39 @@ def test_daemon_dropping_privileges_keeps_its_unpacked_files_importable(redis_ur
         shutil.rmtree(root, ignore_errors=True)
 
 
+def test_the_binary_serves_the_dashboard_with_its_templates_and_assets(tmpdir_env, project,
+                                                                         rclient):
+    """`ssjobs web` inside the binary: the stack, the templates and the static files are in
+    the bundle (a page renders, its stylesheet is served), and SIGTERM stops it with 0."""
+    from redis_server import free_port
+    from webtools import add_dead, http
+
+    tmp, env = tmpdir_env
+    config = write_project(project, [{"topic": "web.t", "consumer": "c:handle"}])
+    add_dead(rclient, "web.t", {"html": "<script>x</script>"}, prefix="t")
+    port = free_port()
+    proc = subprocess.Popen([str(BINARY), "web", "-c", str(config), "--listen",
+                             f"127.0.0.1:{port}"], env=env, stderr=subprocess.PIPE, text=True)
+    try:
+        def page():
+            try:
+                return http("GET", f"http://127.0.0.1:{port}/topics/web.t")
+            except OSError:
+                return None
+
+        topic = wait_for(page, 30, what="the binary's dashboard")
+        css = http("GET", f"http://127.0.0.1:{port}/static/app.css")
+        api = http("GET", f"http://127.0.0.1:{port}/api/overview").json()
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        code = proc.wait(15)
+    assert topic.status == 200 and "&lt;script&gt;x&lt;/script&gt;" in topic.text
+    assert css.status == 200 and "prefers-color-scheme" in css.text
+    assert api["topics"]["web.t"]["dead"] == 1
+    assert code == 0, proc.stderr.read()
+    assert unpacked_dirs(tmp) == []
+
+
 GLIBC = {"libc.so.6", "libm.so.6", "ld-linux-x86-64.so.2", "ld-linux-aarch64.so.1",
          "libpthread.so.0", "libdl.so.2", "librt.so.1"}
 

@@ -44,9 +44,9 @@ def test_a_fetch_moves_a_batch_into_the_workers_inflight_list_in_fifo_order(brok
 
 
 def test_a_fetch_on_empty_returns_nothing_or_when_the_next_delayed_job_is_due(broker):
-    assert broker.settle("w1", 0, take=10) == ([], None)
+    assert broker.settle("w1", 0, take=10) == ([], None, None)
     broker.client.zadd(broker.keys.delayed, {envelope.encode("a", "q", 1): 2e9})
-    assert broker.settle("w1", 1, take=10) == ([], 2e9)
+    assert broker.settle("w1", 1, take=10) == ([], 2e9, None)
 
 
 def test_settle_drops_what_is_done_and_takes_the_next_batch_in_one_call(broker, redis_url):
@@ -56,7 +56,8 @@ def test_settle_drops_what_is_done_and_takes_the_next_batch_in_one_call(broker, 
     assert ids_of(nxt) == ids[3:6] and inflight(broker) == nxt
     last = broker.settle("w1", 2, done=3, outcomes=Outcomes(processed=3), take=5).jobs
     assert ids_of(last) == ids[6:]
-    assert broker.settle("w1", 3, done=1, outcomes=Outcomes(processed=1), take=5) == ([], None)
+    settled = broker.settle("w1", 3, done=1, outcomes=Outcomes(processed=1), take=5)
+    assert settled == ([], None, None)
     assert broker.counts()["processed"] == 7
 
 
@@ -209,14 +210,15 @@ def test_promote_moves_only_due_jobs(broker):
 
 
 def test_a_push_sent_twice_under_one_token_enqueues_once(broker, redis_url):
-    from ssjobs.producer import PUSH_SCRIPT, push_call
+    from ssjobs.producer import PUSH_SCRIPT, push_call, push_options
 
     script = broker.client.register_script(PUSH_SCRIPT)
     env = envelope.encode("id-1", "q", 1)
-    keys, args = push_call(broker.keys, "tok", "id-1", [env], time.time(), 0.0)
-    assert script(keys=keys, args=args) == 1
-    assert script(keys=keys, args=args) == 0      # the retry after a lost reply
+    keys, args = push_call(broker.keys, "tok", "id-1", [env], time.time())
+    assert script(keys=keys, args=args) == [1, b""]
+    assert script(keys=keys, args=args) == [0, b""]      # the retry after a lost reply
     assert broker.backlog() == 1
-    keys, args = push_call(broker.keys, "tok", "id-2", [env], time.time(), 30.0)
-    assert script(keys=keys, args=args) == 1      # the token's next push goes through
+    keys, args = push_call(broker.keys, "tok", "id-2", [env], time.time(),
+                           push_options(delay=30))
+    assert script(keys=keys, args=args) == [1, b""]      # the token's next push goes through
     assert broker.counts()["delayed"] == 1

@@ -222,6 +222,32 @@ def test_producer_from_config_and_the_console_commands(cli, project):
         assert "it runs while the master does" in result.stderr
 
 
+def test_the_dashboard_reads_the_embedded_server(cli, project, procs):
+    pytest.importorskip("starlette", reason="the web extra is not installed")
+    from webtools import http
+
+    started_pid(cli("start"))
+    with Producer.from_config(project.config) as producer:
+        producer.push_many("e.work", [{"n": n} for n in range(5)], delay=3600)
+    port = _free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "ssjobs", "web", "-c", str(project.config),
+                             "--listen", f"127.0.0.1:{port}"], stderr=subprocess.DEVNULL)
+    procs.append(proc)
+
+    def overview():
+        try:
+            return http("GET", f"http://127.0.0.1:{port}/api/overview")
+        except OSError:
+            return None
+
+    reply = wait_for(overview, 30, what="ssjobs web answering")
+    assert reply.status == 200, reply
+    assert reply.json()["topics"]["e.work"]["delayed"] == 5
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(15) == 0
+    assert cli("stop").returncode == 0
+
+
 # -- failures: redis-server killed, master killed ----------------------------------------------
 
 def test_sigkill_of_the_embedded_redis_server_under_load_loses_nothing(masters, project):

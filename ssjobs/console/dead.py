@@ -184,32 +184,41 @@ def show(cfg_path: str | os.PathLike, topic: str, job_id: str) -> int:
               f"{note.get('attempts')} attempts "
               + redact(f"({note.get('type')}: {note.get('message')})"))
     print("payload:")
-    print(_payload_text(job.payload))
+    print(payload_text(job.payload))
     print("traceback:")
     print(redact(err.get("traceback") or "(none recorded)").rstrip())
     return 0
 
 
-def _payload_text(payload: Any) -> str:
+def payload_text(payload: Any) -> str:
+    """A payload as `dead show` (and the web dashboard) print it: indented JSON, else repr."""
     try:
         return json.dumps(payload, indent=2, ensure_ascii=False)
     except (TypeError, ValueError):
         return repr(payload)
 
 
+def requeue(broker: Broker, job_ids: list[str] | None = None) -> dict[str, int]:
+    """Requeue the given jobs (all must be dead: else ControlError, nothing moved), or every
+    dead job, oldest first. Returns how many were ``requeued``, already ``gone`` (retried or
+    purged meanwhile) and ``skipped`` (malformed). Redis errors propagate."""
+    outcome = {"requeued": 0, "gone": 0, "skipped": 0}
+    entries = find(broker, job_ids).values() if job_ids else _oldest_first(broker, outcome)
+    for entry in entries:
+        if entry.malformed:
+            outcome["skipped"] += 1
+        elif broker.dead_requeue(entry.raw, retried_envelope(entry, time.time())):
+            outcome["requeued"] += 1
+        else:
+            outcome["gone"] += 1
+    return outcome
+
+
 def retry(cfg_path: str | os.PathLike, topic: str, job_ids: list[str] | None = None) -> int:
     """Requeue the given jobs (all must be dead), or every dead job, oldest first."""
     broker, rcfg = _open(cfg_path, topic)
-    outcome = {"requeued": 0, "gone": 0, "skipped": 0}
     with common.redis_errors(rcfg):
-        entries = find(broker, job_ids).values() if job_ids else _oldest_first(broker, outcome)
-        for entry in entries:
-            if entry.malformed:
-                outcome["skipped"] += 1
-            elif broker.dead_requeue(entry.raw, retried_envelope(entry, time.time())):
-                outcome["requeued"] += 1
-            else:
-                outcome["gone"] += 1
+        outcome = requeue(broker, job_ids)
     requeued, gone, skipped = outcome["requeued"], outcome["gone"], outcome["skipped"]
     print(f"requeued {requeued} job{'s' if requeued != 1 else ''} to {topic!r}")
     if gone:

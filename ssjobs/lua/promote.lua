@@ -1,12 +1,9 @@
--- promote: move due delayed jobs to the back of ready.
+-- promote: move due delayed jobs to where they wait: the back of ready, or the priority
+-- ZSET for a job with a priority (lib.lua's promote_due).
 -- KEYS[1] ready     LIST
 -- KEYS[2] delayed   ZSET  envelope -> due time (epoch seconds)
+-- KEYS[3] prio      ZSET  priority jobs
 -- ARGV[1] now (epoch seconds)
 -- ARGV[2] max jobs to promote in this call
 -- returns the number promoted
-local due = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', ARGV[1], 'LIMIT', 0, ARGV[2])
-if #due > 0 then
-  redis.call('ZREM', KEYS[2], unpack(due))
-  redis.call('LPUSH', KEYS[1], unpack(due))
-end
-return #due
+return promote_due(KEYS[1], KEYS[2], KEYS[3], tonumber(ARGV[1]), ARGV[2])

@@ -6,8 +6,11 @@
 -- KEYS[2] delayed   ZSET  envelope -> due time (epoch seconds)
 -- KEYS[3] inflight  LIST  this worker's batch, oldest on the right
 -- KEYS[4] dead      LIST  dead-lettered envelopes (error in headers.error), newest left
--- KEYS[5] stats     HASH  processed, failed, retried, dead
+-- KEYS[5] stats     HASH  processed, failed, retried, dead, throttled_at
 -- KEYS[6] workers   HASH  worker name -> number of the batch it holds (its registration)
+-- KEYS[7] prio      ZSET  priority jobs, highest first
+-- KEYS[8] starts    ZSET  recent job starts (rate_limit)
+-- KEYS[9] running   STRING jobs held by workers (concurrency)
 -- ARGV[1] worker name
 -- ARGV[2] seq       the number of the batch being settled
 -- ARGV[3] done      its oldest entries the worker finished: they are dropped (the failures
@@ -19,10 +22,16 @@
 -- ARGV[8] n_retry   ARGV[9] n_dead
 -- ARGV[10] take     jobs to take next (0: none)
 -- ARGV[11] now (epoch s)   ARGV[12] promote limit   ARGV[13] dead cap (max length of dead)
--- then n_retry pairs (due time, envelope), then n_dead envelopes
--- returns {jobs, next_due}: the jobs the worker did not know of yet (what a lost BLMOVE
--- moved, then the ones just taken), oldest first; next_due is '' unless there are none,
--- then the due time of the next delayed job ('' if none).
+-- ARGV[14] rate limit: jobs (0: none)   ARGV[15] per seconds   ARGV[16] concurrency (0: none)
+-- ARGV[17] tracked topic: '1' or '0'   ARGV[18] result_ttl (s)
+-- ARGV[19] n_record (tracked jobs finished)   ARGV[20] n_release (unique keys to release)
+-- then n_retry pairs (due time, envelope), n_dead envelopes, n_record groups (id, state,
+-- attempts, result ('' none), error ('' none), result_error ('' none)), n_release pairs
+-- (unique key, job id)
+-- returns {jobs, next_due, wait}: the jobs the worker did not know of yet (what a lost
+-- BLMOVE moved, then the ones just taken), oldest first; next_due is '' unless there are
+-- none, then the due time of the next delayed job ('' if none); wait is '' unless flow
+-- control held jobs back, then the seconds until the next try.
 -- error 'FENCED ...' when the worker is not registered (it was recovered) or names a batch
 -- that is neither the current one nor the one just settled.
 local name, seq = ARGV[1], tonumber(ARGV[2])
@@ -30,6 +39,16 @@ local done, held = tonumber(ARGV[3]), tonumber(ARGV[4])
 local give_back = ARGV[5] == '1'
 local keep = held
 if give_back then keep = 0 end
+local k = {ready = KEYS[1], delayed = KEYS[2], stats = KEYS[5], prio = KEYS[7],
+           starts = KEYS[8], running = KEYS[9], base = string.sub(KEYS[1], 1, -7)}
+local rules = {now = tonumber(ARGV[11]), rate_n = tonumber(ARGV[14]),
+               rate_period = tonumber(ARGV[15]), concurrency = tonumber(ARGV[16]),
+               track = ARGV[17] == '1'}
+
+local function reply(jobs, wait)
+  if #jobs > 0 then return {jobs, '', ''} end
+  return {jobs, next_due(KEYS[2]), wait and tostring(wait) or ''}
+end
 
 local stored = redis.call('HGET', KEYS[6], name)
 if not stored then
@@ -37,9 +56,7 @@ if not stored then
 end
 stored = tonumber(stored)
 if stored == seq + 1 then  -- a repeat: the first call ran and its reply was lost
-  local jobs = unheld(KEYS[3], keep)
-  if #jobs > 0 then return {jobs, ''} end
-  return {jobs, next_due(KEYS[2])}
+  return reply(unheld(KEYS[3], keep))
 end
 if stored ~= seq then
   return redis.error_reply('FENCED worker ' .. name .. ' settles batch ' .. seq ..
@@ -48,7 +65,8 @@ end
 
 -- Validate before writing anything: a script that fails halfway keeps its first writes.
 local n_retry, n_dead = tonumber(ARGV[8]), tonumber(ARGV[9])
-local first = 14
+local n_record, n_release = tonumber(ARGV[19]), tonumber(ARGV[20])
+local first = 21
 for j = 0, n_retry - 1 do
   local due = tonumber(ARGV[first + 2 * j])
   if not due or due ~= due or due == math.huge or due == -math.huge then
@@ -65,11 +83,17 @@ end
 if done > 0 then
   if done == len then redis.call('DEL', KEYS[3]) else redis.call('LTRIM', KEYS[3], 0, -done - 1) end
 end
+local ended = done  -- jobs that no longer hold a concurrency slot
 if give_back and held > 0 then
   local back = redis.call('RPOP', KEYS[3], held)  -- oldest first
   local newest_first = {}
   for j = #back, 1, -1 do newest_first[#newest_first + 1] = back[j] end
   redis.call('RPUSH', KEYS[1], unpack(newest_first))  -- the oldest ends up next in line
+  ended = ended + held
+end
+if rules.concurrency > 0 and ended > 0 then
+  local left = redis.call('DECRBY', KEYS[9], ended)
+  if left < 0 then redis.call('SET', KEYS[9], 0) end
 end
 local i = first
 for _ = 1, n_retry do
@@ -81,17 +105,37 @@ for _ = 1, n_dead do
   i = i + 1
 end
 if n_dead > 0 then redis.call('LTRIM', KEYS[4], 0, tonumber(ARGV[13]) - 1) end
+local ttl = tonumber(ARGV[18])
+for _ = 1, n_record do
+  local id, state = ARGV[i], ARGV[i + 1]
+  local fields = {'state', state, 'attempts', ARGV[i + 2]}
+  if ARGV[i + 3] ~= '' then fields[#fields + 1] = 'result'; fields[#fields + 1] = ARGV[i + 3] end
+  if ARGV[i + 4] ~= '' then fields[#fields + 1] = 'error'; fields[#fields + 1] = ARGV[i + 4] end
+  if ARGV[i + 5] ~= '' then
+    fields[#fields + 1] = 'result_error'; fields[#fields + 1] = ARGV[i + 5]
+  end
+  local finished = state ~= 'retrying'
+  if finished then
+    fields[#fields + 1] = 'finished_at'; fields[#fields + 1] = ARGV[11]
+  end
+  track(k.base, id, finished and ttl or nil, unpack(fields))
+  i = i + 6
+end
+for _ = 1, n_release do
+  local key = k.base .. ':unique:' .. ARGV[i]
+  if redis.call('GET', key) == ARGV[i + 1] then redis.call('DEL', key) end
+  i = i + 2
+end
 if ARGV[6] ~= '0' then redis.call('HINCRBY', KEYS[5], 'processed', ARGV[6]) end
 if ARGV[7] ~= '0' then redis.call('HINCRBY', KEYS[5], 'failed', ARGV[7]) end
 if n_retry > 0 then redis.call('HINCRBY', KEYS[5], 'retried', n_retry) end
 if n_dead > 0 then redis.call('HINCRBY', KEYS[5], 'dead', n_dead) end
 
-local taken = {}
+local taken, wait = {}, nil
 if ARGV[10] ~= '0' then
-  taken = take(KEYS[1], KEYS[2], KEYS[3], ARGV[10], ARGV[11], ARGV[12])
+  taken, wait = take(k, KEYS[3], tonumber(ARGV[10]), ARGV[12], rules)
 end
 redis.call('HSET', KEYS[6], name, seq + 1)
 local jobs = taken
 if extra > 0 then jobs = unheld(KEYS[3], keep) end
-if #jobs > 0 then return {jobs, ''} end
-return {jobs, next_due(KEYS[2])}
+return reply(jobs, wait)
