@@ -14,6 +14,7 @@ from .config import Config, load_config
 from .console.output import fail, report_config_error, say
 from .control import EXIT_FAILED, EXIT_INVALID, EXIT_OK
 from .errors import ConfigError
+from .redisprobe import version_tuple
 from .text import plural
 
 if TYPE_CHECKING:
@@ -175,16 +176,18 @@ def check_redis(cfg: Config, timeout: float = REDIS_CHECK_TIMEOUT_S) -> list[str
     """PING every Redis the config names and check its version (error lines returned);
     warn about settings that lose jobs, and about orphan topics (ssjobs.orphans)."""
     from .redact import redact_url
-    from .redisprobe import eviction_policies, persistence_off, probe, version_tuple
+    from .redisprobe import eviction_policies, persistence_off, probe
 
     users: dict[str, list[str]] = {}
     for job in cfg.jobs:
         users.setdefault(cfg.redis_for(job).url, []).append(job.topic)
     users.setdefault(cfg.redis.url, [])
-    lines = []
+    lines, not_running = check_embedded(cfg)
     for url, topics in users.items():
         shown = redact_url(url)
         used = f" (topics {', '.join(topics)})" if topics else ""
+        if url in not_running:
+            continue
         found = probe(url, timeout, details=True)
         if not found.ok:
             lines.append(f"redis {shown}{used}: {found.error}")
@@ -204,6 +207,37 @@ def check_redis(cfg: Config, timeout: float = REDIS_CHECK_TIMEOUT_S) -> list[str
                  "(docs/deploy.md)")
     check_orphans(cfg, timeout)
     return lines
+
+
+def check_embedded(cfg: Config) -> tuple[list[str], set[str]]:
+    """url = "embedded": say which redis-server the master runs, from where, with which
+    files. Returns error lines, and the URL not to ping when that server is not running
+    (it runs while the master does: `check` before the first `start` is fine)."""
+    from .embedded import ServerFiles, describe, find_server, missing_server, server_version
+
+    rcfg = cfg.embedded_redis
+    if rcfg is None:
+        return [], set()
+    binary = find_server()
+    if binary is None:
+        return [missing_server()], {rcfg.url}
+    version = server_version(binary)
+    if version is None:
+        return [f"redis embedded: {binary.path} does not run (`{binary.path} --version` "
+                "failed)"], {rcfg.url}
+    if version_tuple(version)[:2] < MIN_REDIS_VERSION:
+        return [f"redis embedded: {binary.path} is version {version}, too old (ssjobs needs "
+                f"{'.'.join(map(str, MIN_REDIS_VERSION))} or newer)"], {rcfg.url}
+    files = ServerFiles(cfg.process.data_dir)
+    port = f", and 127.0.0.1:{rcfg.embedded_port}" if rcfg.embedded_port else ""
+    say(f"redis embedded: redis-server {version}, {binary.describe()}; the master runs it "
+        f"with its data in {files.dir} (append-only file, fsync every second) and its "
+        f"socket at {files.socket}{port}")
+    running = describe(cfg.process.data_dir, configured=True)
+    if running is None or not running.get("running"):
+        say("redis embedded: not running now (it runs while the master does): not pinged")
+        return [], {rcfg.url}
+    return [], set()
 
 
 def check_orphans(cfg: Config, timeout: float = REDIS_CHECK_TIMEOUT_S) -> dict[str, int]:

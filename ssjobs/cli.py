@@ -35,9 +35,13 @@ class OrderedGroup(click.Group):
 
 
 def version_line() -> str:
+    """One line: the version, the Python, the hot loop and the redis-server that
+    url = "embedded" would run."""
+    from .embedded import version_note
     from .fastloop import IMPLEMENTATION
 
-    return f"ssjobs {__version__} (Python {platform.python_version()}, fastloop: {IMPLEMENTATION})"
+    return (f"ssjobs {__version__} (Python {platform.python_version()}, fastloop: "
+            f"{IMPLEMENTATION}, {version_note()})")
 
 
 def _print_version(ctx: click.Context, _param: click.Parameter, value: bool) -> None:

@@ -11,11 +11,12 @@ from __future__ import annotations
 import difflib
 import math
 import os
-from dataclasses import MISSING, asdict, dataclass, field, fields
+from dataclasses import MISSING, asdict, dataclass, field, fields, replace
 from functools import cache
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Callable, Mapping, NamedTuple
+from urllib.parse import quote
 
 try:
     import tomllib
@@ -46,6 +47,10 @@ CONFIG_ENV = "SSJOBS_CONFIG"
 DEFAULT_CONFIG_NAME = "ssjobs.toml"
 MAX_PAYLOAD_LIMIT = 512 * 1024 * 1024  # Redis' own limit on one string (proto-max-bulk-len)
 STDERR = "-"  # log.dir that means "log to stderr" (foreground runs: docker, journald)
+EMBEDDED = "embedded"  # redis.url: the master runs its own redis-server (ssjobs.embedded)
+EMBEDDED_DIR_NAME = "redis"  # data_dir/redis/: that server's files, its socket among them
+EMBEDDED_SOCKET_NAME = "redis.sock"
+MAX_SOCKET_PATH_BYTES = 107  # a Unix socket address holds 108 bytes, the last one a NUL
 _HINT = "pass -c PATH or set SSJOBS_CONFIG; start from config_example.toml"
 
 
@@ -131,10 +136,17 @@ class LogConfig:
 class RedisConfig:
     url: str = setting("redis://127.0.0.1:6379/0",
                        "redis://, rediss:// (TLS), unix:///path.sock, "
-                       "redis+cluster://node:port, redis+sentinel://host:port/service",
-                       rule=urls.redis_url_problem)
+                       "redis+cluster://node:port, redis+sentinel://host:port/service, "
+                       f'"{EMBEDDED}" (the master runs one: docs/deploy.md)',
+                       rule=lambda v: None if v == EMBEDDED else urls.redis_url_problem(v),
+                       example=EMBEDDED)
     prefix: str = setting("ssjobs", "key namespace",
                           rule=matches(r"[^\s{}]{1,64}", "1..64 characters, no space, { or }"))
+    embedded_port: int = setting(0, f'with "{EMBEDDED}": also on 127.0.0.1:PORT; 0: its Unix '
+                                 "socket only", rule=between(0, 65535))
+    # Not a key: load_config turns url = "embedded" into the URL of that server's socket
+    # (embedded_url) and sets this, so every process on the host reaches the same server.
+    embedded: bool = False
 
 
 @dataclass(frozen=True)
@@ -296,6 +308,13 @@ class Config:
 
     def redis_for(self, job: JobConfig) -> RedisConfig:
         return job.redis or self.redis
+
+    @property
+    def embedded_redis(self) -> RedisConfig | None:
+        """The first Redis of this config with url = "embedded" (there is one such server
+        per host, whichever tables name it), or None: then the master runs none."""
+        return next((r for r in (self.redis, *(j.redis for j in self.jobs))
+                     if r is not None and r.embedded), None)
 
     @property
     def workdir(self) -> Path:
@@ -506,7 +525,50 @@ def _build(doc: dict, ctx: _Ctx, file: Path) -> Config | None:
             parts[name] = None
     if parts["notifier"] is not None:
         _notifier_params(parts["notifier"], ctx)
+    if not ctx.errors:
+        _resolve_embedded(parts, ctx)
     return None if ctx.errors else Config(path=file, **parts)
+
+
+# -- url = "embedded": one rule, applied at load, for every process on the host ------------
+
+def embedded_socket(data_dir: Path) -> Path:
+    """The Unix socket of the redis-server a master runs for ``data_dir``."""
+    return Path(data_dir) / EMBEDDED_DIR_NAME / EMBEDDED_SOCKET_NAME
+
+
+def embedded_url(data_dir: Path) -> str:
+    """What url = "embedded" means: the socket of the master's redis-server, derived from
+    process.data_dir alone, so master, workers, console commands and
+    ``Producer.from_config`` all reach the same server."""
+    return "unix://" + quote(str(embedded_socket(data_dir)))
+
+
+def _resolve_embedded(parts: dict[str, Any], ctx: _Ctx) -> None:
+    """Replace each RedisConfig whose url is "embedded" by one naming the socket (and
+    ``embedded`` set). One server per host: every table that names it has its port."""
+    data_dir = parts["process"].data_dir
+    url, port = embedded_url(data_dir), None
+
+    def resolve(rcfg: RedisConfig | None, path: str) -> RedisConfig | None:
+        nonlocal port
+        if rcfg is None or rcfg.url != EMBEDDED:
+            return rcfg
+        size = len(os.fsencode(embedded_socket(data_dir)))
+        if size > MAX_SOCKET_PATH_BYTES:
+            ctx.error(f"{path}.url", f'"{EMBEDDED}" puts its socket at '
+                      f"{embedded_socket(data_dir)}, {size} bytes, and a Unix socket path "
+                      f"holds at most {MAX_SOCKET_PATH_BYTES}: use a shorter process.data_dir")
+        if port is None:
+            port = rcfg.embedded_port
+        elif rcfg.embedded_port != port:
+            ctx.error(f"{path}.embedded_port", f"the embedded redis-server is one per host: "
+                      f"its port is {port} in [redis], got {rcfg.embedded_port}")
+        return replace(rcfg, url=url, embedded=True)
+
+    parts["redis"] = resolve(parts["redis"], "redis")
+    parts["jobs"] = tuple(replace(job, redis=resolve(job.redis, f"jobs[{i}].redis"))
+                          for i, job in enumerate(parts["jobs"]))
 
 
 def _notifier_params(notifier: NotifierConfig, ctx: _Ctx) -> None:

@@ -78,7 +78,8 @@ def render_example() -> str:
             continue
         first = {**{s.key: s.default for s in specs(section.cls)}, **EXAMPLE_JOBS[0]}
         out += _render_table(section.cls, f"[[{name}]]", section.doc, False, first)
-        out += _render_table(RedisConfig, f"[{name}.redis]", JOB_REDIS_DOC, True)
+        other = {s.key: s.default for s in specs(RedisConfig)}  # another Redis, not "embedded"
+        out += _render_table(RedisConfig, f"[{name}.redis]", JOB_REDIS_DOC, True, other)
         for job in EXAMPLE_JOBS[1:]:
             out += _render_table(section.cls, f"[[{name}]]", section.doc, False, job)
     return "\n".join(out).rstrip("\n") + "\n"

@@ -27,6 +27,7 @@ from .runtime import (
     parent_pid,
     pid_alive,
     send_signal,
+    unbundled_environ,
 )
 from .syspath import ISOLATED_FLAGS
 from .text import plural
@@ -87,13 +88,23 @@ def start(cfg_path: str | os.PathLike, *, foreground: bool, ready_fd: int | None
         ready.report(False, f"already running (pid {pid})")
         print(f"ssjobs already running (pid {pid})", file=sys.stderr, flush=True)
         return EXIT_FAILED
-    if ready_fd is None and not redis_usable(cfg, wait):
+    if ready_fd is None and not (embedded_server_found(cfg) and redis_usable(cfg, wait)):
         return EXIT_FAILED
     if foreground:
         from . import master  # the master and its worker-only dependencies, only here
 
         return master.serve(cfg, ready_fd=ready_fd)
     return _spawn_daemon(cfg)
+
+
+def embedded_server_found(cfg: Config) -> bool:
+    """url = "embedded" needs a redis-server: False (said why, one line) without one."""
+    from .embedded import find_server, missing_server
+
+    if cfg.embedded_redis is None or find_server() is not None:
+        return True
+    fail(missing_server())
+    return False
 
 
 def redis_usable(cfg: Config, wait: float | None) -> bool:
@@ -103,7 +114,8 @@ def redis_usable(cfg: Config, wait: float | None) -> bool:
     from .redact import redact_url
     from .redisprobe import probe
 
-    urls = list(dict.fromkeys(cfg.redis_for(job).url for job in cfg.jobs))
+    urls = list(dict.fromkeys(r.url for r in map(cfg.redis_for, cfg.jobs)
+                              if not r.embedded))  # that one the master starts itself
     deadline = time.monotonic() + (wait or 0.0)
     warned = False
     while True:
@@ -148,14 +160,9 @@ def daemon_environ() -> dict[str, str]:
     its unpacked files, which its bootloader deletes when this command returns;
     PYINSTALLER_RESET_ENVIRONMENT makes it a new instance that unpacks its own copy. The
     library path our bootloader pointed into our copy goes back to what the user had."""
-    env = dict(os.environ)
+    env = unbundled_environ()
     if getattr(sys, "frozen", False):
         env["PYINSTALLER_RESET_ENVIRONMENT"] = "1"
-        original = env.pop("LD_LIBRARY_PATH_ORIG", None)
-        if original is None:
-            env.pop("LD_LIBRARY_PATH", None)
-        else:
-            env["LD_LIBRARY_PATH"] = original
     return env
 
 
@@ -238,7 +245,19 @@ def stop_timeout_for(cfg_path: str | os.PathLike) -> float:
 
 def stop(data_dir: str | os.PathLike, timeout: float, *, quiet: bool = False) -> int:
     """SIGTERM the master and wait until it, its workers and the lock are gone; SIGKILL the
-    master after ``timeout``. 0 when stopped or not running."""
+    master after ``timeout``. 0 when stopped or not running. Then no embedded redis-server
+    is left either: a master stops its own; one a killed master left is stopped here."""
+    code = _stop_master(data_dir, timeout, quiet=quiet)
+    if code == EXIT_OK:
+        from .embedded import stop_leftover
+
+        pid = stop_leftover(Path(data_dir))
+        if pid is not None and not quiet:
+            say(f"stopped the embedded redis-server (pid {pid}) a killed master had left")
+    return code
+
+
+def _stop_master(data_dir: str | os.PathLike, timeout: float, *, quiet: bool = False) -> int:
     files = RuntimeFiles(Path(data_dir))
     pid = files.running_pid()
     if pid is None:

@@ -25,6 +25,7 @@ from .rules import LOG_FORMATS, LOG_LEVELS, rotation
 
 LOG_FILE_NAME = "ssjobs.log"
 DAEMON_OUTPUT_NAME = "ssjobs.stderr"  # what a daemonized master writes to stderr
+EMBEDDED_REDIS_LOG_NAME = "ssjobs-redis.log"  # the log of an embedded redis-server
 LOG_FILE_MODE = 0o640  # tracebacks and payload fragments: not for every local user
 LOG_DIR_MODE = 0o750
 INODE_CHECK_INTERVAL_S = 1.0  # how long a moved file may stay in use: one stat() a second
@@ -39,8 +40,10 @@ _sinks: list[tuple[int, Callable[[dict[str, Any]], None]]] = []  # (pid that add
 
 def is_log_file(name: str) -> bool:
     """True for the names ssjobs writes in log.dir (the log, its rotated copies, the
-    daemon's stderr): the only entries of a shared log.dir it checks or hands over."""
-    return name.startswith(LOG_FILE_NAME) or name == DAEMON_OUTPUT_NAME
+    daemon's stderr, the embedded redis-server's log): the only entries of a shared
+    log.dir it checks or hands over."""
+    return name.startswith(LOG_FILE_NAME) or name in (DAEMON_OUTPUT_NAME,
+                                                       EMBEDDED_REDIS_LOG_NAME)
 
 
 def set_role(role: str) -> None:

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from . import __version__, forkfds, logs, orphans, redisprobe, reloading, scaling, sdnotify, worker
 from .broker import Broker, Brokers
 from .config import Config, JobConfig, RedisConfig
+from .embedded import EmbeddedRedis
 from .errors import BrokerUnavailable, ControlError, SsjobsError
 from .extension import Extension, extension_factories
 from .loader import add_consumer_path
@@ -115,6 +116,7 @@ class Master:
         self.extension_state: dict[str, str] = {}  # name -> "on" or "off: why" (status)
         self.reloader = reloading.Reloader(self)
         self.orphan_watches: list[orphans.Watch] = []
+        self.embedded: EmbeddedRedis | None = None  # url = "embedded": its redis-server
 
     # -- start-up ------------------------------------------------------------------------
     def serve(self) -> int:
@@ -160,6 +162,7 @@ class Master:
         self.files.write_pid(self.pid)
         set_title(f"{cfg.process.name}: master")
         drop_privileges(cfg.process.user, self.files.dir, cfg.log.dir)
+        self._start_embedded_redis(cfg)
         add_consumer_path(cfg.process.consumer_path)
         self.board = Scoreboard.create(self.files.scoreboard_path, self._slots_needed(cfg))
         for job in cfg.jobs:
@@ -179,6 +182,13 @@ class Master:
         self._manage_workers()
         self._start_extensions()  # before "ready": metrics and alerts are up when start returns
         self._wait_ready(wait_for_workers=redis_down is None)
+
+    def _start_embedded_redis(self, cfg: Config) -> None:
+        """url = "embedded": the first child, before anything uses Redis; started as the
+        service user (restarts from the loop could be nothing else: ssjobs.embedded)."""
+        self.embedded = EmbeddedRedis.for_config(cfg)
+        if self.embedded is not None:
+            self.embedded.start()
 
     @staticmethod
     def _prepare_relay(cfg: Config) -> None:
@@ -292,6 +302,8 @@ class Master:
             self._reap_workers()
             self.reloader.advance()
             self._murder_workers()
+            if self.embedded is not None:
+                self.embedded.tend()  # restart a redis-server that died, once due
             self._manage_workers()
             self._housekeeping()
             self._ping_watchdog()
@@ -338,8 +350,14 @@ class Master:
                 return
             if pid == 0:
                 return
-            if pid in self.workers:
-                self._on_worker_exit(self.workers.pop(pid), status)
+            self._on_child_exit(pid, status)
+
+    def _on_child_exit(self, pid: int, status: int) -> None:
+        """A reaped child: a worker, or the embedded redis-server (never a worker)."""
+        if pid in self.workers:
+            self._on_worker_exit(self.workers.pop(pid), status)
+        elif self.embedded is not None:
+            self.embedded.reaped(pid, status)
 
     def _on_worker_exit(self, proc: WorkerProc, status: int) -> None:
         slot = self.board.slot(proc.slot)
@@ -579,15 +597,16 @@ class Master:
             self._wait(0.05)
             self._reap_workers()
             self.heartbeat.beat_if_due()  # a long stop is not a dead host
+            if self.embedded is not None:
+                self.embedded.tend()  # the stopping workers settle through it
         for proc in list(self.workers.values()):
             log.warning("worker %s #%d (pid %d) did not stop within %ss: killing it",
                         proc.topic, proc.index, proc.pid, self.cfg.process.stop_timeout)
             self._kill(proc, "stop-timeout")
         while self.workers:
             pid, status = os.waitpid(-1, 0)
-            if pid in self.workers:
-                self._on_worker_exit(self.workers.pop(pid), status)
-        self.recovery.flush(while_waiting=self.heartbeat.beat_if_due)
+            self._on_child_exit(pid, status)
+        self.recovery.flush(while_waiting=self._beat_and_tend)
         self._call_extensions("stop")
         self.extensions = []
         self.heartbeat.end()
@@ -595,7 +614,14 @@ class Master:
         log.info("master stopped")
         self._cleanup_files()
 
+    def _beat_and_tend(self) -> None:
+        self.heartbeat.beat_if_due()
+        if self.embedded is not None:
+            self.embedded.tend()
+
     def _cleanup_files(self) -> None:
+        if self.embedded is not None:  # the very last user of Redis is gone: stop it
+            self.embedded.stop()
         if self.board is not None:
             self.board.close()
             self.files.remove(self.files.scoreboard_path)

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 from . import fsguard
+from .config import EMBEDDED_DIR_NAME
 from .errors import ControlError, UnsafePathError
 from .logs import LOG_DIR_MODE, is_log_file
 from .runtime import DATA_DIR_MODE
@@ -89,6 +90,9 @@ def _log_dir_is_own(log_dir: Path, data_dir: Path, su: ServiceUser) -> bool:
 def check_dirs(data_dir: Path, log_dir: Path | None, trusted: set[int]) -> None:
     # Everything in data_dir is ssjobs'; log.dir may be shared: only ssjobs' files count.
     fsguard.check_dir(data_dir, trusted, what="data_dir")
+    embedded = Path(data_dir) / EMBEDDED_DIR_NAME  # an embedded redis-server's: the same rule
+    if os.path.isdir(embedded) and not os.path.islink(embedded):
+        fsguard.check_dir(embedded, trusted, what="data_dir")
     if log_dir is not None:
         fsguard.check_dir(log_dir, trusted, what="log.dir", entries=is_log_file)
 
@@ -102,6 +106,7 @@ def drop_privileges(user: str, data_dir: Path, log_dir: Path | None) -> None:
     check_dirs(data_dir, log_dir, trusted_uids(user))  # again: just before chown, as root
     for path in (data_dir, *(data_dir / name for name in os.listdir(data_dir))):
         fsguard.hand_over(path, su.uid, su.gid)
+    _hand_over_tree(Path(data_dir) / EMBEDDED_DIR_NAME, su)  # the server runs as su too
     if log_dir is not None:
         if _log_dir_is_own(log_dir, data_dir, su):
             fsguard.hand_over(log_dir, su.uid, su.gid)
@@ -116,6 +121,17 @@ def _writable_by(su: ServiceUser, path: Path) -> bool:
     st = os.stat(path)
     return (st.st_uid == su.uid and bool(st.st_mode & 0o200)) or \
         (st.st_gid == su.gid and bool(st.st_mode & 0o020))
+
+
+def _hand_over_tree(top: Path, su: ServiceUser) -> None:
+    """Everything below ``top`` (an embedded redis-server's files, which a run without
+    process.user made as root), through ``fsguard.hand_over``: no link followed, no file
+    with a second name."""
+    if not os.path.isdir(top) or os.path.islink(top):
+        return
+    for parent, subdirs, files in os.walk(top):  # os.walk never follows a link
+        for name in subdirs + files:
+            fsguard.hand_over(Path(parent) / name, su.uid, su.gid)
 
 
 def _hand_over_bundle(su: ServiceUser) -> None:

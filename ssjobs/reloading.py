@@ -131,6 +131,12 @@ def exit_reason(code: int, reason: str) -> str:
 
 # -- the master's steps ----------------------------------------------------------------------
 
+def _embedded_server(cfg: Config) -> tuple[str, int] | None:
+    """What identifies the embedded redis-server a config asks for (None: none)."""
+    rcfg = cfg.embedded_redis
+    return None if rcfg is None else (rcfg.url, rcfg.embedded_port)
+
+
 class Reloader:
     """The master's reload: :meth:`begin` on SIGHUP, :meth:`advance` every loop round,
     :meth:`canary_exited` from the reaper; see the module doc."""
@@ -155,6 +161,9 @@ class Reloader:
             new = load_config(m.cfg.path)
         except ConfigError as exc:
             return self._refuse_all(started, f"keeping the running config: {exc}")
+        if _embedded_server(new) != _embedded_server(m.cfg):
+            return self._refuse_all(started, 'redis "embedded" is started and stopped with '
+                                    "the master, and this reload changes it; restart instead")
         if m._slots_needed(new) > m.board.nslots:
             return self._refuse_all(started, "it needs more worker slots than this master has "
                                     f"({m.board.nslots}); restart instead")

@@ -8,6 +8,7 @@ import fcntl
 import json
 import os
 import signal
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -201,6 +202,20 @@ class RuntimeFiles:
         for tmp in self.dir.glob(".*.tmp"):
             self.remove(tmp)
         return fixed
+
+
+def unbundled_environ() -> dict[str, str]:
+    """This process's environment as the user set it: in a one-file binary, without the
+    library path its bootloader pointed into the unpacked bundle (what runs from outside
+    the bundle, or outlives it, must not load the bundle's libraries)."""
+    env = dict(os.environ)
+    if getattr(sys, "frozen", False):
+        original = env.pop("LD_LIBRARY_PATH_ORIG", None)
+        if original is None:
+            env.pop("LD_LIBRARY_PATH", None)
+        else:
+            env["LD_LIBRARY_PATH"] = original
+    return env
 
 
 def proc_stat(pid: int) -> list[bytes] | None:

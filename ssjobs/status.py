@@ -14,7 +14,7 @@ import socket
 from typing import TYPE_CHECKING, Any
 
 from . import __version__, problems
-from .config import Config
+from .config import Config, embedded_socket
 from .rates import update_rates
 from .redact import redact, redact_url
 from .runtime import RuntimeFiles, process_started_at
@@ -33,6 +33,8 @@ if TYPE_CHECKING:
 _pools: dict[tuple[float, int], Brokers] = {}   # (timeout, pid) -> clients of status
 
 
+EMBEDDED_DOWN = "the embedded redis-server is not running: it runs while the master does"
+
 # -- collecting ------------------------------------------------------------------------------
 
 def collect_status(cfg: Config | None, files: RuntimeFiles, *, running_pid: int | None = None,
@@ -46,7 +48,7 @@ def collect_status(cfg: Config | None, files: RuntimeFiles, *, running_pid: int 
     info = dict(master_info or {})
     pid = running_pid or info.get("pid") or files.running_pid()
     if not pid:
-        return last_snapshot(files, cfg, redis_timeout)
+        return _with_embedded(last_snapshot(files, cfg, redis_timeout), cfg, files)
     job_times: dict[str, list[int]] = {}
     workers, header = read_scoreboard(files, histograms=job_times)
     master = {
@@ -91,6 +93,17 @@ def collect_status(cfg: Config | None, files: RuntimeFiles, *, running_pid: int 
         (files.read_snapshot() or {}).get("problems")
     if found and isinstance(found, dict):
         status["problems"] = {str(k): redact(str(v)) for k, v in found.items()}
+    return _with_embedded(status, cfg, files)
+
+
+def _with_embedded(status: dict, cfg: Config | None, files: RuntimeFiles) -> dict:
+    """``embedded_redis``: the server of url = "embedded", as it is now (ssjobs.embedded)."""
+    from .embedded import describe
+
+    configured = cfg is not None and cfg.embedded_redis is not None
+    status.pop("embedded_redis", None)  # a snapshot's is stale
+    if (found := describe(files.dir, configured=configured)) is not None:
+        status["embedded_redis"] = found
     return status
 
 
@@ -149,6 +162,8 @@ def topic_counters(cfg: Config, extra_topics: list[str],
     for topic in extra_topics:
         jobs.setdefault(topic, cfg.redis)
     failed: dict[str, str] = {}
+    if cfg.embedded_redis is not None and not embedded_socket(cfg.process.data_dir).exists():
+        failed[cfg.embedded_redis.url] = EMBEDDED_DOWN  # not worth a connection attempt
     topics: dict[str, dict] = {}
     first_error = None
     for topic, rcfg in jobs.items():

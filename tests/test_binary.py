@@ -21,6 +21,7 @@ from pathlib import Path
 import pytest
 from conftest import ROOT, wait_for
 
+from ssjobs.embedded import ServerFiles, serving
 from ssjobs.producer import Producer
 from ssjobs.runtime import children, parent_pid, pid_alive
 
@@ -186,8 +187,8 @@ def test_version_names_the_embedded_python_and_leaves_nothing(tmpdir_env):
     tmp, env = tmpdir_env
     done = run(env, "--version")
     assert done.returncode == 0, done.stderr
-    assert re.fullmatch(r"ssjobs \S+ \(Python 3\.\d+\.\d+, fastloop: (compiled|pure)\)\n",
-                        done.stdout), done.stdout
+    assert re.fullmatch(r"ssjobs \S+ \(Python 3\.\d+\.\d+, fastloop: (compiled|pure), "
+                        r"redis-server \d+\.\d+\.\d+ bundled\)\n", done.stdout), done.stdout
     if os.environ.get("SSJOBS_BINARY_ALLOW_PURE") != "1":
         assert "fastloop: compiled" in done.stdout
     assert unpacked_dirs(tmp) == []
@@ -413,3 +414,72 @@ def test_the_binary_serves_the_dashboard_with_its_templates_and_assets(tmpdir_en
     assert api["topics"]["web.t"]["dead"] == 1
     assert code == 0, proc.stderr.read()
     assert unpacked_dirs(tmp) == []
+
+
+GLIBC = {"libc.so.6", "libm.so.6", "ld-linux-x86-64.so.2", "ld-linux-aarch64.so.1",
+         "libpthread.so.0", "libdl.so.2", "librt.so.1"}
+
+
+def test_embedded_redis_runs_from_the_bundle_with_no_redis_server_on_path(tmpdir_env, project,
+                                                                         instances):
+    """url = "embedded" on a server with nothing installed: the binary's own redis-server
+    and its libraries, started, restarted after a SIGKILL, and stopped with the master."""
+    tmp, env = tmpdir_env
+    env["PATH"] = "/nonexistent"  # no redis-server, no python: only the binary
+    out = project.root / "out"
+    out.mkdir()
+    project.redis_url = "embedded"
+    project.consumer("lazy", LAZY_CONSUMER)
+    config = write_project(project, [{"topic": "bin.emb", "consumer": "lazy:handle",
+                                      "static_workers": 2}])
+    done = run(env, "check", "-c", str(config))
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "redis-server 7." in done.stdout and "bundled in this ssjobs binary" in done.stdout
+
+    inst = start(env, config, instances)
+    files = ServerFiles(project.data_dir)
+
+    def server_pid() -> int:
+        return int(files.pid_path.read_text().split()[0])
+
+    [daemon_dir] = unpacked_dirs(tmp)
+    first = server_pid()
+    inst.workers.add(first)  # killed by the fixture if the test fails half-way
+    assert parent_pid(first) == inst.master
+    assert exe_of(first) == str(daemon_dir / "ssjobs-redis" / "redis-server")
+    libraries = {line.split()[-1] for line in open(f"/proc/{first}/maps")
+                 if ".so" in line.split()[-1]}
+    outside = {Path(lib).name for lib in libraries if not lib.startswith(str(daemon_dir))}
+    assert outside <= GLIBC, outside  # every other library comes from the bundle
+    assert {"libjemalloc.so.2", "liblzf.so.1"} <= {Path(lib).name for lib in libraries}
+    assert (daemon_dir / "ssjobs-redis" / "licenses" / "redis-server.copyright").is_file()
+
+    with Producer.from_config(config) as producer:
+        producer.push_many("bin.emb", [{"n": n, "out": str(out)} for n in range(100)])
+
+    def handled() -> int:
+        return sum(len(f.read_text().splitlines()) for f in out.glob("*.txt"))
+
+    wait_for(lambda: handled() >= 100, timeout=60, what="100 jobs handled")
+    os.kill(first, signal.SIGKILL)
+    wait_for(lambda: server_pid() != first, timeout=15, what="the server restarted")
+    second = server_pid()
+    inst.workers.add(second)
+    assert exe_of(second) == str(daemon_dir / "ssjobs-redis" / "redis-server")
+    with Producer.from_config(config) as producer:
+        producer.push_many("bin.emb", [{"n": n, "out": str(out)} for n in range(100, 200)])
+    wait_for(lambda: handled() >= 200, timeout=60, what="200 jobs handled")
+
+    done = run(env, "status", "--json", "-c", str(config))
+    assert done.returncode == 0, done.stderr
+    status = json.loads(done.stdout)
+    assert status["topics"]["bin.emb"]["processed"] == 200
+    er = status["embedded_redis"]
+    assert (er["running"], er["pid"], er["bundled"], er["restarts"]) == (True, second, True, 1)
+
+    inst.see_workers()
+    done = run(env, "stop", "-c", str(config))
+    assert done.returncode == 0, done.stderr
+    wait_for(lambda: not inst.alive(), timeout=15, what="master, workers, redis-server gone")
+    wait_for(lambda: unpacked_dirs(tmp) == [], timeout=5, what="unpacked dir removed")
+    assert serving(files) == [] and not files.pid_path.exists()

@@ -122,16 +122,19 @@ def test_help_of_one_command(cli):
     assert "--timeout" in result.stdout
 
 
-def test_version_is_one_line_with_python_and_fastloop(cli):
+def test_version_is_one_line_with_python_fastloop_and_redis_server(cli):
+    import shutil
+
     result = cli("--version", config=False)
     assert result.returncode == 0
-    assert re.fullmatch(r"ssjobs 0\.1\.0 \(Python \d+\.\d+\.\d+, fastloop: (compiled|pure)\)\n",
-                        result.stdout), result.stdout
+    assert re.fullmatch(r"ssjobs 0\.1\.0 \(Python \d+\.\d+\.\d+, fastloop: (compiled|pure), "
+                        r"redis-server \d+\.\d+\.\d+ from (\S+)\)\n", result.stdout), result.stdout
+    assert result.stdout.split(" from ")[1].rstrip(")\n") == shutil.which("redis-server")
 
 
 def test_pure_python_twin_is_reported(cli):
     result = cli("--version", config=False, env={"SSJOBS_PURE_PYTHON": "1"})
-    assert result.stdout.strip().endswith("fastloop: pure)")
+    assert "fastloop: pure, redis-server" in result.stdout
 
 
 def test_usage_mistakes_are_one_line_without_traceback(cli):

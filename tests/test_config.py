@@ -15,8 +15,10 @@ except ImportError:  # Python 3.10
     import tomli as tomllib
 
 from ssjobs.config import (
+    MAX_SOCKET_PATH_BYTES,
     SECTIONS,
     Config,
+    embedded_url,
     key_lines,
     load_config,
     load_data_dir,
@@ -60,7 +62,8 @@ def test_example_loads_as_shipped():
     assert cfg.process.data_dir == ROOT / "data" / "process"
     assert cfg.log.dir == ROOT / "data" / "logs"
     assert cfg.process.consumer_path == (ROOT / "examples" / "consumers",)
-    assert cfg.redis.url == "redis://127.0.0.1:6379/0"
+    assert cfg.redis.url == f"unix://{ROOT}/data/process/redis/redis.sock"  # "embedded"
+    assert cfg.redis.embedded and cfg.embedded_redis is cfg.redis
     assert cfg.notifier is None and cfg.metrics is None
     assert all(j.static_workers <= 2 for j in cfg.jobs)
 
@@ -294,6 +297,55 @@ def test_job_lookup_and_per_topic_redis(tmp_path):
     with pytest.raises(KeyError):
         cfg.job("missing")
     assert isinstance(cfg, Config)
+
+
+# -- url = "embedded" ------------------------------------------------------------------------
+
+def test_embedded_means_the_socket_under_data_dir_for_every_table_that_names_it(tmp_path):
+    cfg = load_config(write(tmp_path, text(
+        tail='[jobs.redis]\nprefix = "own"\n'
+             '[[jobs]]\ntopic = "b"\nconsumer = "m:f"\n'
+             '[jobs.redis]\nurl = "redis://other:6379/1"\n'
+             '[[jobs]]\ntopic = "c"\nconsumer = "m:f"\n'
+             '[redis]\nurl = "embedded"\nembedded_port = 7001\n')))
+    socket_url = f"unix://{tmp_path}/data/redis/redis.sock"
+    assert embedded_url(tmp_path / "data") == socket_url
+    assert (cfg.redis.url, cfg.redis.embedded, cfg.redis.embedded_port) == (
+        socket_url, True, 7001)
+    a, b, c = (cfg.redis_for(cfg.job(t)) for t in "abc")
+    assert (a.url, a.prefix, a.embedded) == (socket_url, "own", True)  # inherited, resolved
+    assert (b.url, b.embedded) == ("redis://other:6379/1", False)
+    assert c is cfg.redis
+    assert cfg.embedded_redis is cfg.redis
+
+
+def test_embedded_in_one_topic_only(tmp_path):
+    cfg = load_config(write(tmp_path, text(tail='[jobs.redis]\nurl = "embedded"\n')))
+    assert cfg.redis.url == "redis://127.0.0.1:6379/0" and not cfg.redis.embedded
+    assert cfg.embedded_redis is cfg.jobs[0].redis and cfg.jobs[0].redis.embedded
+
+
+def test_no_embedded_server_without_embedded(tmp_path):
+    assert load_config(write(tmp_path, text())).embedded_redis is None
+
+
+def test_embedded_port_is_one_per_host(tmp_path):
+    found = errors(tmp_path, text(tail='[jobs.redis]\nurl = "embedded"\nembedded_port = 7002\n'
+                                       '[redis]\nurl = "embedded"\nembedded_port = 7001\n'))
+    assert found == ["jobs[0].redis.embedded_port (line 13): the embedded redis-server is one "
+                     "per host: its port is 7001 in [redis], got 7002"]
+    found = errors(tmp_path, text(tail='[redis]\nurl = "embedded"\nembedded_port = 70000\n'))
+    assert found == ["redis.embedded_port (line 13): must be between 0 and 65535, got 70000"]
+
+
+def test_embedded_socket_path_too_long_for_a_unix_socket(tmp_path):
+    deep = "d" * (MAX_SOCKET_PATH_BYTES - len(str(tmp_path)))
+    found = errors(tmp_path, text(process="").replace('data_dir = "data"',
+                                                      f'data_dir = "{deep}"')
+                   + '[redis]\nurl = "embedded"\n')
+    assert len(found) == 1 and found[0].startswith("redis.url (line 12): \"embedded\" puts "
+                                                   f"its socket at {tmp_path}/{deep}/redis/")
+    assert found[0].endswith("use a shorter process.data_dir")
 
 
 # -- errors: key path, line number, message ---------------------------------------------------

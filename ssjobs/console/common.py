@@ -7,7 +7,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 from ..broker import Broker, connect, translate
-from ..config import Config, JobConfig, load_config
+from ..config import Config, JobConfig, RedisConfig, load_config
 from ..errors import BrokerError, BrokerUnavailable, ControlError
 
 REDIS_TIMEOUT_S = 5.0    # a console command waits this long for Redis before it gives up
@@ -34,14 +34,21 @@ def broker_for(cfg: Config, job: JobConfig, *, timeout: float = REDIS_TIMEOUT_S)
 
 
 @contextmanager
-def redis_errors(url: str) -> Iterator[None]:
-    """Turn a Redis failure into one clear line naming the server (without its password)."""
+def redis_errors(server: str | RedisConfig) -> Iterator[None]:
+    """Turn a Redis failure into one clear line naming the server (without its password);
+    for url = "embedded", that its redis-server runs only while the master does."""
     from ..redact import redact, redact_url
 
+    url = server if isinstance(server, str) else server.url
     try:
         with translate():
             yield
     except BrokerError as exc:
+        if isinstance(server, RedisConfig) and server.embedded and \
+                isinstance(exc, BrokerUnavailable):
+            raise BrokerUnavailable(
+                f"the embedded redis-server ({url}) does not answer: it runs while the "
+                f"master does (`ssjobs start`; `ssjobs status` shows it)") from None
         raise BrokerUnavailable(redact(f"redis {redact_url(url)}: {exc}")) from None
 
 

@@ -17,6 +17,7 @@ from typing import Any
 
 from .. import envelope
 from ..broker import Broker
+from ..config import RedisConfig
 from ..errors import ControlError, EnvelopeError
 from ..redact import redact
 from . import common
@@ -130,16 +131,16 @@ def retried_envelope(entry: Entry, now: float) -> bytes:
 
 # -- the commands ----------------------------------------------------------------------------
 
-def _open(cfg_path: str | os.PathLike, topic: str) -> tuple[Broker, str]:
+def _open(cfg_path: str | os.PathLike, topic: str) -> tuple[Broker, RedisConfig]:
     cfg = common.load(cfg_path)
     job = common.job_of(cfg, topic)
-    return common.broker_for(cfg, job), cfg.redis_for(job).url
+    return common.broker_for(cfg, job), cfg.redis_for(job)
 
 
 def list_dead(cfg_path: str | os.PathLike, topic: str, *, limit: int = DEFAULT_LIMIT,
               as_json: bool = False) -> int:
-    broker, url = _open(cfg_path, topic)
-    with common.redis_errors(url):
+    broker, rcfg = _open(cfg_path, topic)
+    with common.redis_errors(rcfg):
         total = broker.client.llen(broker.keys.dead)
         rows = [Entry(raw).summary() for raw in broker.dead_range(0, limit - 1)] if limit else []
     if as_json:
@@ -167,8 +168,8 @@ def list_dead(cfg_path: str | os.PathLike, topic: str, *, limit: int = DEFAULT_L
 
 
 def show(cfg_path: str | os.PathLike, topic: str, job_id: str) -> int:
-    broker, url = _open(cfg_path, topic)
-    with common.redis_errors(url):
+    broker, rcfg = _open(cfg_path, topic)
+    with common.redis_errors(rcfg):
         entry = find(broker, [job_id])[job_id]
     job, err = entry.job, entry.error
     assert job is not None
@@ -215,8 +216,8 @@ def requeue(broker: Broker, job_ids: list[str] | None = None) -> dict[str, int]:
 
 def retry(cfg_path: str | os.PathLike, topic: str, job_ids: list[str] | None = None) -> int:
     """Requeue the given jobs (all must be dead), or every dead job, oldest first."""
-    broker, url = _open(cfg_path, topic)
-    with common.redis_errors(url):
+    broker, rcfg = _open(cfg_path, topic)
+    with common.redis_errors(rcfg):
         outcome = requeue(broker, job_ids)
     requeued, gone, skipped = outcome["requeued"], outcome["gone"], outcome["skipped"]
     print(f"requeued {requeued} job{'s' if requeued != 1 else ''} to {topic!r}")
@@ -247,8 +248,8 @@ def _oldest_first(broker: Broker, outcome: dict[str, int]) -> Iterator[Entry]:
 def purge(cfg_path: str | os.PathLike, topic: str, *, yes: bool = False) -> int:
     """Delete every dead job (those present when asked). Without ``yes`` it asks when stdin
     is a terminal, and refuses otherwise."""
-    broker, url = _open(cfg_path, topic)
-    with common.redis_errors(url):
+    broker, rcfg = _open(cfg_path, topic)
+    with common.redis_errors(rcfg):
         count = int(broker.client.llen(broker.keys.dead))
     if not count:
         print(f"no dead jobs in {topic!r}")
@@ -265,7 +266,7 @@ def purge(cfg_path: str | os.PathLike, topic: str, *, yes: bool = False) -> int:
         if answer.strip().lower() not in ("y", "yes"):
             print("nothing deleted")
             return 1
-    with common.redis_errors(url):
+    with common.redis_errors(rcfg):
         deleted = broker.dead_drop_oldest(count)
     print(f"deleted {deleted} dead job{'s' if deleted != 1 else ''} of {topic!r}")
     return 0

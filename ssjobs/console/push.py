@@ -65,7 +65,7 @@ def push(cfg_path: str | os.PathLike, topic: str, payload: str | None, *, delay:
     if not payloads:
         raise ControlError("no jobs to push: stdin had no JSON lines")
     rcfg = cfg.redis_for(job)
-    with common.redis_errors(rcfg.url), Producer(rcfg.url, prefix=rcfg.prefix) as producer:
+    with common.redis_errors(rcfg), Producer(rcfg.url, prefix=rcfg.prefix) as producer:
         ids = producer.push_many(topic, payloads, delay=delay)
     if count:
         later = f", due in {delay:g}s" if delay else ""

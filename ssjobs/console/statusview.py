@@ -98,6 +98,10 @@ def render_status(status: dict, *, now: float | None = None) -> Any:
     """Tables for humans: a rich renderable when rich is installed, else plain text."""
     now = time.time() if now is None else now
     title = _headline(status, now)
+    if status.get("embedded_redis"):
+        from ..embedded import status_line
+
+        title += "\n" + status_line(status["embedded_redis"], bool(status.get("running")))
     topic_rows = [[topic, *(_num(c.get(k)) for k in ("backlog", "delayed", "inflight", "dead",
                                                        "processed", "failed")),
                    _rate(c.get("rate_1m")), milliseconds(c.get("p50_ms")),
