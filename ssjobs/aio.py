@@ -11,7 +11,7 @@ from typing import Any, Awaitable, Callable, Iterable
 
 import redis.asyncio as aioredis
 
-from . import envelope
+from . import envelope, tracking
 from .broker import TopicKeys, translate
 from .errors import BrokerUnavailable
 from .names import check_topic
@@ -37,6 +37,7 @@ class AsyncProducer:
         self._script = self._client.register_script(PUSH_SCRIPT)
         self._keys: dict[str, TopicKeys] = {}
         self._tokens = Tokens()   # one per push in flight: pushes run concurrently
+        self._cancel: Any = None
 
     def _topic(self, topic: str) -> TopicKeys:
         keys = self._keys.get(topic)
@@ -106,6 +107,20 @@ class AsyncProducer:
             except BrokerUnavailable:
                 if attempt == 2:
                     raise
+
+    async def status(self, topic: str, job_id: str) -> dict | None:
+        """A tracked job's record, or None (see Producer.status)."""
+        keys = self._topic(topic)
+        with translate():
+            return tracking.parse(keys, job_id, await self._client.hgetall(keys.record(job_id)))
+
+    async def cancel(self, topic: str, job_id: str) -> str | None:
+        """Cancel a tracked job; the state it found, or None (see Producer.cancel)."""
+        if self._cancel is None:
+            self._cancel = self._client.register_script(tracking.CANCEL_SCRIPT)
+        with translate():
+            return tracking.found_state(
+                await self._cancel(**tracking.cancel_call(self._topic(topic), job_id)))
 
     async def queue_size(self, topic: str) -> int:
         """Jobs waiting in ``ready`` (not delayed, not in flight)."""

@@ -199,16 +199,22 @@ def check(ctx: click.Context, notify: bool, config: str | None) -> int:
 @click.argument("payload", metavar="[JSON]", required=False)
 @click.option("--delay", type=click.FloatRange(min=0), default=0.0, metavar="S",
               help="Run no earlier than S seconds from now.")
+@click.option("--priority", type=click.IntRange(0, 9), default=0, metavar="N",
+              help="0..9: higher runs first (default 0).")
+@click.option("--unique-key", metavar="K", default=None,
+              help="Push nothing while a job with this key is queued, delayed or running "
+                   "(one job only).")
 @click.option("--count", is_flag=True, help="Print how many were pushed, not their ids.")
 @config_option
 @click.pass_context
-def push(ctx: click.Context, topic: str, payload: str | None, delay: float, count: bool,
-         config: str | None) -> int:
+def push(ctx: click.Context, topic: str, payload: str | None, delay: float, priority: int,
+         unique_key: str | None, count: bool, config: str | None) -> int:
     """Push a job to TOPIC: the JSON argument, or one JSON document per line of stdin
     (JSON omitted or "-"). A topic not in the config or any bad line pushes nothing."""
     from .console import push as push_mod
 
-    return push_mod.push(config_path(ctx, config), topic, payload, delay=delay, count=count)
+    return push_mod.push(config_path(ctx, config), topic, payload, delay=delay,
+                         priority=priority, unique_key=unique_key, count=count)
 
 
 @cli.group(cls=OrderedGroup, short_help="Inspect, retry or purge dead-lettered jobs.")
@@ -269,6 +275,38 @@ def dead_purge(ctx: click.Context, topic: str, yes: bool, config: str | None) ->
     from .console import dead as dead_mod
 
     return dead_mod.purge(config_path(ctx, config), topic, yes=yes)
+
+
+@cli.group(cls=OrderedGroup, short_help="A tracked job: its state, result, progress; cancel.")
+def job() -> None:
+    """Jobs of topics with track = true: show, cancel (exit 1 for an unknown id)."""
+
+
+@job.command("show", short_help="State, attempts, times, progress, result, error.")
+@click.argument("topic")
+@click.argument("job_id", metavar="ID")
+@click.option("--json", "as_json", is_flag=True, help="The record as one JSON object.")
+@config_option
+@click.pass_context
+def job_show(ctx: click.Context, topic: str, job_id: str, as_json: bool,
+             config: str | None) -> int:
+    """Show the record of the tracked job ID of TOPIC."""
+    from .console import jobs
+
+    return jobs.show(config_path(ctx, config), topic, job_id, as_json=as_json)
+
+
+@job.command("cancel", short_help="Queued or delayed: never runs; running: asked to stop.")
+@click.argument("topic")
+@click.argument("job_id", metavar="ID")
+@config_option
+@click.pass_context
+def job_cancel(ctx: click.Context, topic: str, job_id: str, config: str | None) -> int:
+    """Cancel the tracked job ID of TOPIC: one not started yet never runs, a running one
+    sees job.cancelled, a finished one is left as it is. Prints what it found."""
+    from .console import jobs
+
+    return jobs.cancel(config_path(ctx, config), topic, job_id)
 
 
 @cli.command(short_help="Live view of topics and workers; q quits.")

@@ -24,6 +24,7 @@ from .errors import BrokerUnavailable, ControlError, SsjobsError
 from .extension import Extension, extension_factories
 from .loader import add_consumer_path
 from .notify import relay
+from .periodic import Scheduler
 from .privileges import drop_privileges
 from .recovery import Heartbeat, Recovery
 from .runtime import (
@@ -117,6 +118,7 @@ class Master:
         self.reloader = reloading.Reloader(self)
         self.orphan_watches: list[orphans.Watch] = []
         self.embedded: EmbeddedRedis | None = None  # url = "embedded": its redis-server
+        self.scheduler = Scheduler([], self.started_at)
 
     # -- start-up ------------------------------------------------------------------------
     def serve(self) -> int:
@@ -168,12 +170,14 @@ class Master:
         for job in cfg.jobs:
             self.topics[job.topic] = TopicState(job, self._broker(job))
         self.orphan_watches = orphans.watches(cfg, self.clients)
+        self.schedule_periodic()
         self._install_signals()
         redis_down = redisprobe.check_at_start(cfg, log)
         self.heartbeat = Heartbeat(self.clients.values(), cfg.redis.prefix, self.node,
                                    cfg.process.heartbeat_ttl, self.heartbeat_summary,
                                    self.outage)
         self.heartbeat.beat()
+        self.publish_topic_settings()
         if self.previous_node and self.previous_node != self.node:
             self._recover_previous_master(self.previous_node, previous)
         log.info("master started (pid %d, %s, node %s)", self.pid,
@@ -242,6 +246,21 @@ class Master:
     def _broker(self, job: JobConfig, rcfg: RedisConfig | None = None) -> Broker:
         return self.brokers.broker(rcfg or self.cfg.redis_for(job), job.topic,
                                    worker.rules_of(job))
+
+    def schedule_periodic(self) -> None:
+        """The ``[[periodic]]`` entries of the current config (at start and each reload; what
+        was enqueued already is in Redis, so a new scheduler never repeats a tick)."""
+        self.scheduler = Scheduler(
+            [(p, self.topics[p.topic].broker) for p in self.cfg.periodic], time.time())
+
+    def publish_topic_settings(self) -> None:
+        """What producers' pushes read of each topic (whether to record its jobs): at start,
+        on reload and with the janitor (a flushed Redis gets it back within seconds)."""
+        try:
+            for ts in self.topics.values():
+                ts.broker.publish_conf(ts.job.track, ts.job.result_ttl)
+        except BrokerUnavailable as exc:
+            self.outage.note_failure("redis", exc)
 
     def _install_signals(self) -> None:
         self._wake_r, self._wake_w = os.pipe()
@@ -535,6 +554,7 @@ class Master:
                 self._last_janitor = mono
                 self.recovery.dead_hosts(self.clients.values(), list(self.topics.values()),
                                          self.cfg.redis.prefix, self.node)
+                self.publish_topic_settings()
             self.outage.note_success("redis")
         except BrokerUnavailable as exc:
             self.outage.note_failure("redis", exc)
@@ -546,6 +566,7 @@ class Master:
 
     def _redis_housekeeping(self, now: float) -> None:
         self.recovery.retry_pending()
+        self.scheduler.tick(now)
         for ts in self.topics.values():
             ts.broker.promote(now)
             ts.backlog = ts.broker.backlog()
@@ -568,7 +589,8 @@ class Master:
         return {"pid": self.pid, "started_at": self.started_at, "node": self.node,
                 "version": __version__, "restarts": dict(self.restarts),
                 "extensions": dict(self.extension_state),
-                "orphan_topics": self.orphan_topics}
+                "orphan_topics": self.orphan_topics,
+                "periodic": self.scheduler.view(time.time())}
 
     def heartbeat_summary(self) -> dict:
         """What this master's heartbeat key carries (docs/web.md): ``master_info()``, the

@@ -262,9 +262,19 @@ class Producer:
         """Enqueue one job; returns its id (with ``unique_key``: the id of the job that holds
         the key, when one does). Enqueued once, even when the reply is lost and the push is
         sent again. Options: docs/reference.md, "Producer"."""
-        keys, server = self._topic(topic)
         opts = push_options(delay=delay, priority=priority, unique_key=unique_key,
                             unique_for=unique_for, max_retries=max_retries, timeout=timeout)
+        return self._push(topic, payload, opts)[0]
+
+    def push_unique(self, topic: str, payload: Any, unique_key: str, *, unique_for: float = 3600,
+                    **options: Any) -> tuple[str, bool]:
+        """``push`` with a unique key that says which happened: (the new job's id, True), or
+        (the id of the job holding the key, False) when nothing was enqueued."""
+        opts = push_options(unique_key=unique_key, unique_for=unique_for, **options)
+        return self._push(topic, payload, opts)
+
+    def _push(self, topic: str, payload: Any, opts: PushOptions) -> tuple[str, bool]:
+        keys, server = self._topic(topic)
         now = time.time()
         job_id, env = make_envelope(topic, payload, now, self.max_payload_bytes, opts.headers)
         tokens = self._tokens.take()
@@ -272,7 +282,8 @@ class Producer:
             reply = server.push(*push_call(keys, tokens[0], job_id, [env], now, opts))
         finally:
             self._tokens.give(tokens)
-        return pushed_id(reply, job_id)
+        found = pushed_id(reply, job_id)
+        return found, found == job_id
 
     def push_many(self, topic: str, payloads: Iterable[Any], *, delay: float = 0,
                   priority: int = 0, max_retries: int | None = None,
@@ -301,6 +312,22 @@ class Producer:
         finally:
             self._tokens.give(tokens)
         return [job_id for job_id, _ in pairs]
+
+    def status(self, topic: str, job_id: str) -> dict | None:
+        """A tracked job's record (state, attempts, times, result, error, progress), or None
+        when unknown or expired (docs/reference.md, "Tracked jobs")."""
+        from . import tracking
+
+        keys, server = self._topic(topic)
+        return tracking.read(server.client, keys, job_id)
+
+    def cancel(self, topic: str, job_id: str) -> str | None:
+        """Cancel a tracked job; returns the state it found, None when unknown: a queued or
+        delayed job never runs, a running one sees ``job.cancelled``, a finished one stays."""
+        from . import tracking
+
+        keys, server = self._topic(topic)
+        return tracking.cancel(server.client, keys, job_id)
 
     def queue_size(self, topic: str) -> int:
         """Jobs waiting in ``ready`` (not delayed, not in flight)."""

@@ -247,6 +247,8 @@ class Reloader:
             else:
                 m.topics[job.topic] = m.topic_state(job)
         m.orphan_watches = orphans.watches(m.cfg, m.clients)
+        m.schedule_periodic()
+        m.publish_topic_settings()
         canaries = {c.pid for c in accepted.values()}
         for pid in canaries:
             if (proc := m.workers.get(pid)) is not None:

@@ -119,8 +119,12 @@ def cron_problem(v: str) -> str | None:
 
     from cronsim import CronSim, CronSimError
 
+    expr = CRON_NICKNAMES.get(v.strip(), v)
+    if len(expr.split()) != 5:   # cronsim would take a 6th field (seconds): not cron's
+        return f"is not a cron expression (5 fields: minute hour day-of-month month " \
+               f"day-of-week, or @hourly @daily @weekly @monthly), got {show(v)}"
     try:
-        CronSim(CRON_NICKNAMES.get(v.strip(), v), datetime.datetime(2000, 1, 1))
+        CronSim(expr, datetime.datetime(2000, 1, 1))
     except CronSimError as exc:
         return f"is not a cron expression ({exc}), got {show(v)}"
     return None

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import socket
+import time
 from typing import TYPE_CHECKING, Any
 
 from . import __version__, problems
@@ -81,6 +82,8 @@ def collect_status(cfg: Config | None, files: RuntimeFiles, *, running_pid: int 
                                for kind in ("static", "dynamic")}
         counters.update(percentiles_ms(job_times.get(topic)))
     status["topics"] = topics
+    if cfg is not None and cfg.periodic:
+        status["periodic"] = info.get("periodic") or periodic_view(cfg, redis_timeout)
     if "extensions" not in info:  # `ssjobs status`: what the running master last wrote down
         snapshot = files.read_snapshot() or {}
         if (snapshot.get("master") or {}).get("pid") == pid:
@@ -172,12 +175,30 @@ def topic_counters(cfg: Config, extra_topics: list[str],
             try:
                 counts = _brokers(timeout).broker(rcfg, topic).counts()
                 topics[topic] = {k: counts[k] for k in COUNTER_FIELDS}
+                topics[topic]["throttled"] = bool(counts["throttled"])
                 continue
             except Exception as exc:  # noqa: BLE001 - any Redis failure: report and go on
                 error = failed[rcfg.url] = redact(f"redis {redact_url(rcfg.url)}: {_describe(exc)}")
         first_error = first_error or error
         topics[topic] = {**dict.fromkeys(COUNTER_FIELDS), "redis_error": error}
     return topics, first_error
+
+
+def periodic_view(cfg: Config, timeout: float) -> list[dict]:
+    """The schedules seen from outside a master: their last ticks from Redis (None when
+    Redis does not answer)."""
+    from .periodic import Schedule, view_of
+
+    redis_of = {job.topic: cfg.redis_for(job) for job in cfg.jobs}
+    last: dict[str, float | None] = {}
+    for entry in cfg.periodic:
+        schedule = Schedule(entry)
+        try:
+            broker = _brokers(timeout).broker(redis_of[entry.topic], entry.topic)
+            last[schedule.id] = broker.last_tick(schedule.id)
+        except Exception:  # noqa: BLE001 - Redis down: the topics table says so
+            last[schedule.id] = None
+    return view_of(cfg.periodic, last, time.time())
 
 
 def _brokers(timeout: float) -> Brokers:

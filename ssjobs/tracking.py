@@ -21,14 +21,18 @@ STATES = ("queued", "delayed", "running", "retrying", "succeeded", "dead", "canc
 RESULT_MAX_BYTES = 64 * 1024     # a bigger result is not stored: the record says why
 PROGRESS_EVERY_S = 0.5           # a chatty consumer writes its progress at most this often
 CANCEL_CHECK_EVERY_S = 1.0       # job.cancelled asks Redis at most this often
-_CANCEL = with_lib("cancel")
+CANCEL_SCRIPT = _CANCEL = with_lib("cancel")
 _PROGRESS = with_lib("progress")
 
 
 def read(client: Any, keys: TopicKeys, job_id: str) -> dict | None:
     """The record of a tracked job, or None when unknown or expired."""
     with translate():
-        found = client.hgetall(keys.record(job_id))
+        return parse(keys, job_id, client.hgetall(keys.record(job_id)))
+
+
+def parse(keys: TopicKeys, job_id: str, found: dict) -> dict | None:
+    """A record as ``Producer.status`` returns it (docs/reference.md, "Tracked jobs")."""
     if not found:
         return None
     raw = {k.decode(): v for k, v in found.items()}
@@ -49,15 +53,20 @@ def read(client: Any, keys: TopicKeys, job_id: str) -> dict | None:
             "cancel_requested": text.get("cancel") == "1"}
 
 
-def cancel(client: Any, keys: TopicKeys, job_id: str, result_ttl: float = 86400.0
-           ) -> str | None:
+def cancel(client: Any, keys: TopicKeys, job_id: str) -> str | None:
     """Cancel a tracked job: one not yet started never runs; a running one sees
     ``job.cancelled``; a finished one is left alone. Returns the state it found, or None
     when the job is unknown."""
     with translate():
-        found = client.register_script(_CANCEL)(keys=[keys.record(job_id)],
-                                                args=[int(result_ttl), time.time()])
-    state = found.decode() if isinstance(found, bytes) else found
+        return found_state(client.register_script(_CANCEL)(**cancel_call(keys, job_id)))
+
+
+def cancel_call(keys: TopicKeys, job_id: str) -> dict[str, list]:
+    return {"keys": [keys.record(job_id), keys.conf], "args": [job_id, time.time()]}
+
+
+def found_state(reply: Any) -> str | None:
+    state = reply.decode() if isinstance(reply, bytes) else reply
     return state or None
 
 

@@ -415,16 +415,28 @@ class Worker:
         records: list[Record] = []
         releases: list[tuple[str, str]] = []
         for failure in failures:
+            job = failure.job
+            if job is not None and self._cancelled(job):
+                log.info("job %s on %r stopped after it was cancelled: not retried",
+                         job.id, job.topic)
+                failed += 1
+                self._note_end(job, "cancelled", records, releases)
+                continue
             ran, retry, dead_letter = self._outcome(failure)
             failed += ran
             retries += retry
             dead += dead_letter
-            job = failure.job
             if job is not None:
                 self._note_end(job, "retrying" if retry else "dead", records, releases)
         for job, result in finished:
             self._note_end(job, "succeeded", records, releases, result)
         return Outcomes(processed, failed, retries, dead, records, releases)
+
+    def _cancelled(self, job: envelope.Job) -> bool:
+        """A tracked job that failed after someone cancelled it ends there (its consumer
+        may well have raised to stop)."""
+        tracker = envelope.Job.tracker
+        return self.rules.track and tracker is not None and tracker.cancelled(job.id)
 
     def _note_end(self, job: envelope.Job, state: str, records: list[Record],
                   releases: list[tuple[str, str]], result: Any = None) -> None:
@@ -435,7 +447,7 @@ class Worker:
             releases.append((unique, job.id))
         if not self.rules.track:
             return
-        if state == "succeeded":
+        if state in ("succeeded", "cancelled"):
             data, why = encode_result(result)
             records.append(Record(job.id, state, job.attempts, data, "", why))
         else:

@@ -18,12 +18,13 @@ from conftest import wait_for  # noqa: E402
 from masters import MasterProc  # noqa: E402
 from webtools import (  # noqa: E402
     SCRIPT,
-    FakeTracking,
+    TRACKED_CONSUMER,
+    TRACKED_TOPIC,
     Served,
     add_dead,
     csrf_of,
     http,
-    tracked_record,
+    wait_record,
 )
 
 from ssjobs.broker import TopicKeys, node_key, nodes_key  # noqa: E402
@@ -38,9 +39,8 @@ CONSUMERS = """
         time.sleep(0.005)
     def hold(job):
         time.sleep(30)
-"""
-JOBS = [{"topic": "mail.send", "consumer": "demo:ok", "static_workers": 2},
-        {"topic": "report.build", "consumer": "demo:ok"},
+""" + TRACKED_CONSUMER
+JOBS = [{"topic": "mail.send", "consumer": "demo:ok", "static_workers": 2}, TRACKED_TOPIC,
         {"topic": "video/encode", "consumer": "demo:hold"}]
 
 
@@ -369,36 +369,41 @@ def test_a_redis_that_is_down_gives_503_and_a_banner_not_a_crash(site, redis_ser
 
 # -- tracked jobs and periodic schedules ---------------------------------------------------------
 
-def test_without_job_tracking_the_job_page_says_it_is_not_available(site, monkeypatch):
-    monkeypatch.delitem(sys.modules, "ssjobs.tracking", raising=False)
+def test_a_job_of_a_topic_that_does_not_track_is_not_found_and_the_page_says_why(site):
     with Served(site.config) as web:
-        page = http("GET", web.url("/jobs/report.build/abc123"))
-        api = http("GET", web.url("/api/jobs/report.build/abc123"))
+        page = http("GET", web.url("/jobs/mail.send/abc123"))
+        api = http("GET", web.url("/api/jobs/mail.send/abc123"))
         lookup = http("GET", web.url("/jobs?topic=video/encode&id=x1"))
-    assert page.status == 200 and 'id="tracking-unavailable"' in page.text
-    assert api.status == 404 and "not available" in api.json()["error"]
+    assert page.status == 404 and 'id="job-missing"' in page.text
+    assert "does not track its jobs" in page.text
+    assert api.status == 404 and "abc123" in api.json()["error"]
     assert lookup.status == 303 and lookup.header("location") == "/jobs/video/encode/x1"
 
 
-def test_a_tracked_job_shows_state_result_progress_and_can_be_cancelled(site, monkeypatch):
-    fake = FakeTracking({"j1": tracked_record("running"), "j2": tracked_record("succeeded")})
-    monkeypatch.setitem(sys.modules, "ssjobs.tracking", fake)
-    with Served(site.config) as web:
-        page = http("GET", web.url("/jobs/report.build/j1"))
-        done = http("GET", web.url("/jobs/report.build/j2")).text
-        api = http("GET", web.url("/api/jobs/report.build/j1")).json()
-        unknown = http("GET", web.url("/jobs/report.build/zz"))
-        cookie = f"{auth.COOKIE}={page.cookie(auth.COOKIE)}"
-        cancel = http("POST", web.url("/jobs/report.build/j1/cancel"),
-                      form={"csrf": csrf_of(page.text)}, cookie=cookie)
-        after = http("GET", web.url(cancel.header("location")), cookie=cookie).text
+def test_a_tracked_job_shows_state_result_progress_and_can_be_cancelled(site, master):
+    master.start()
+    with Producer.from_config(site.config) as p:
+        done_id = p.push("report.build", {"n": 1})
+        wait_record(p, done_id, lambda r: r["state"] == "succeeded", "the first job")
+        job_id = p.push("report.build", {"hold": True})
+        wait_record(p, job_id, lambda r: r["progress"], "progress of the running job")
+        with Served(site.config) as web:
+            page = http("GET", web.url(f"/jobs/report.build/{job_id}"))
+            done = http("GET", web.url(f"/jobs/report.build/{done_id}")).text
+            api = http("GET", web.url(f"/api/jobs/report.build/{job_id}")).json()
+            unknown = http("GET", web.url("/jobs/report.build/zz"))
+            cookie = f"{auth.COOKIE}={page.cookie(auth.COOKIE)}"
+            cancel = http("POST", web.url(f"/jobs/report.build/{job_id}/cancel"),
+                          form={"csrf": csrf_of(page.text)}, cookie=cookie)
+            after = http("GET", web.url(cancel.header("location")), cookie=cookie).text
+        stopped = wait_record(p, job_id, lambda r: r["state"] == "cancelled", "the cancel")
     assert 'id="job-state">running<' in page.text and "40%" in page.text
     assert "rows 4000/10000" in page.text and 'id="cancel"' in page.text
-    assert "<script>alert" not in page.text and "&lt;script&gt;" in page.text
+    assert "<script>alert" not in done and "&lt;script&gt;" in done   # the result, escaped
     assert 'id="cancel"' not in done                 # finished: nothing to cancel
     assert api["record"]["state"] == "running" and api["record"]["progress"]["fraction"] == 0.4
     assert unknown.status == 404 and 'id="job-missing"' in unknown.text
-    assert fake.cancelled == ["j1"] and "asked to stop" in after
+    assert "asked to stop" in after and stopped["finished_at"] is not None
 
 
 def test_the_periodic_page_lists_schedules_or_says_they_are_not_enabled(site, monkeypatch):

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import base64
 import os
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -19,7 +18,14 @@ pytest.importorskip("starlette", reason="the web extra is not installed: pip ins
 
 from conftest import wait_for  # noqa: E402
 from masters import MasterProc  # noqa: E402
-from webtools import SCRIPT, FakeTracking, Served, add_dead, tracked_record  # noqa: E402
+from webtools import (  # noqa: E402
+    SCRIPT,
+    TRACKED_CONSUMER,
+    TRACKED_TOPIC,
+    Served,
+    add_dead,
+    wait_record,
+)
 
 from ssjobs.broker import TopicKeys  # noqa: E402
 from ssjobs.producer import Producer  # noqa: E402
@@ -39,9 +45,8 @@ CONSUMERS = """
         time.sleep(0.005)
     def hold(job):
         time.sleep(30)
-"""
-JOBS = [{"topic": "mail.send", "consumer": "demo:ok", "static_workers": 2},
-        {"topic": "report.build", "consumer": "demo:ok"},
+""" + TRACKED_CONSUMER
+JOBS = [{"topic": "mail.send", "consumer": "demo:ok", "static_workers": 2}, TRACKED_TOPIC,
         {"topic": "video/encode", "consumer": "demo:hold"}]
 
 
@@ -305,24 +310,32 @@ def test_root_path_behind_a_reverse_proxy(site, page, rclient):
         assert page.driver.current_url.startswith(web.base + "/ssjobs/topics/report.build")
 
 
-def test_the_job_page_without_tracking_then_with_a_tracked_job(site, page, monkeypatch):
-    monkeypatch.delitem(sys.modules, "ssjobs.tracking", raising=False)
-    with Served(site.config) as web:
-        page.driver.get(web.url("/jobs"))
-        page.css('input[name="id"]').send_keys("0123abcd")
-        page.click("form.lookup button")
-        wait_for(lambda: page.all("#tracking-unavailable"), 5, what="not available")
-        assert page.driver.current_url.endswith("/jobs/mail.send/0123abcd")
-        page.shots("job-unavailable")
-    fake = FakeTracking({"j1": tracked_record("running")})
-    monkeypatch.setitem(sys.modules, "ssjobs.tracking", fake)
-    with Served(site.config) as web:
-        page.driver.get(web.url("/jobs/report.build/j1"))
-        assert page.text("#job-state") == "running"
-        assert SCRIPT in page.text("#result")
-        assert page.css("progress").get_attribute("value") == "0.4"
-        page.shots("job")
-        page.click("#cancel")
-        page.accept_confirm()
-        wait_for(lambda: "asked to stop" in page.text("#flash"), 5, what="the cancel")
-    assert fake.cancelled == ["j1"]
+def test_the_job_page_finds_a_tracked_job_shows_its_progress_and_cancels_it(site, page):
+    master = MasterProc(site.config, site.data_dir)
+    try:
+        master.start()
+        with Producer.from_config(site.config) as p, Served(site.config) as web:
+            page.driver.get(web.url("/jobs"))
+            page.css('input[name="id"]').send_keys("0123abcd")
+            page.click("form.lookup button")
+            wait_for(lambda: page.all("#job-missing"), 5, what="an unknown job")
+            assert page.driver.current_url.endswith("/jobs/mail.send/0123abcd")
+            done_id = p.push("report.build", {"n": 1})
+            wait_record(p, done_id, lambda r: r["state"] == "succeeded", "the first job")
+            page.driver.get(web.url(f"/jobs/report.build/{done_id}"))
+            assert page.text("#job-state") == "succeeded"
+            assert SCRIPT in page.text("#result")          # shown as text, not run
+            job_id = p.push("report.build", {"hold": True})
+            wait_record(p, job_id, lambda r: r["progress"], "progress of the running job")
+            page.driver.get(web.url(f"/jobs/report.build/{job_id}"))
+            assert page.text("#job-state") == "running"
+            assert page.css("progress").get_attribute("value") == "0.4"
+            page.shots("job")
+            page.click("#cancel")
+            page.accept_confirm()
+            wait_for(lambda: "asked to stop" in page.text("#flash"), 5, what="the cancel")
+            wait_record(p, job_id, lambda r: r["state"] == "cancelled", "the job cancelled")
+            wait_for(lambda: page.text("#job-state") == "cancelled", 10,
+                     what="the page showing it cancelled")
+    finally:
+        master.kill_all()

@@ -6,7 +6,6 @@ import json as jsonlib
 import socket
 import threading
 import time
-import types
 from http.client import HTTPConnection
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -125,27 +124,24 @@ def csrf_of(page: str) -> str:
     return page[start:page.index('"', start)]
 
 
-class FakeTracking(types.ModuleType):
-    """Stands in for ``ssjobs.tracking`` (read/cancel, the interface the page codes to)."""
-
-    def __init__(self, records: dict) -> None:
-        super().__init__("ssjobs.tracking")
-        self.records = records
-        self.cancelled: list[str] = []
-
-    def read(self, client, keys, job_id):
-        assert keys.topic == "report.build"
-        return self.records.get(job_id)
-
-    def cancel(self, client, keys, job_id):
-        self.cancelled.append(job_id)
-        record = self.records.get(job_id)
-        return record["state"] if record else None
+# report.build in the web tests: a tracked topic whose consumer returns a result an attacker
+# wrote, or, for {"hold": true}, reports progress and runs until it is cancelled.
+TRACKED_CONSUMER = """
+    def tracked(job):
+        if (job.payload or {}).get("hold"):
+            job.progress(0.4, "rows 4000/10000")
+            deadline = time.time() + 30
+            while not job.cancelled and time.time() < deadline:
+                time.sleep(0.02)
+            raise RuntimeError("stopped on request")
+        return {"html": "<script>alert('xss')</script>"}
+"""
+TRACKED_TOPIC = {"topic": "report.build", "consumer": "demo:tracked", "track": True}
 
 
-def tracked_record(state: str = "running") -> dict:
-    now = time.time()
-    return {"id": "j1", "topic": "report.build", "state": state, "attempts": 1,
-            "enqueued_at": now - 60, "started_at": now - 30, "finished_at": None,
-            "result": {"html": SCRIPT}, "error": {"type": "ValueError", "message": SCRIPT},
-            "progress": {"fraction": 0.4, "message": "rows 4000/10000"}}
+def wait_record(producer, job_id: str, ready, what: str, timeout: float = 15) -> dict:
+    """The record of a job on report.build once ``ready(record)``."""
+    from conftest import wait_for
+
+    return wait_for(lambda: (r := producer.status("report.build", job_id)) and ready(r) and r,
+                    timeout, what=what)

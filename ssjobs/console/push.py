@@ -57,16 +57,30 @@ def read_payloads(arg: str | None, stdin: TextIO) -> list[Any]:
 
 
 def push(cfg_path: str | os.PathLike, topic: str, payload: str | None, *, delay: float = 0.0,
-         count: bool = False, stdin: TextIO | None = None) -> int:
+         priority: int = 0, unique_key: str | None = None, count: bool = False,
+         stdin: TextIO | None = None) -> int:
     """Push the jobs; print their ids (or, with ``count``, how many). Returns the exit status."""
     cfg = common.load(cfg_path)
     job = common.job_of(cfg, topic)
     payloads = read_payloads(payload, stdin if stdin is not None else sys.stdin)
     if not payloads:
         raise ControlError("no jobs to push: stdin had no JSON lines")
+    if unique_key is not None and len(payloads) != 1:
+        raise ControlError(f"--unique-key pushes one job, got {len(payloads)} lines")
     rcfg = cfg.redis_for(job)
     with common.redis_errors(rcfg), Producer(rcfg.url, prefix=rcfg.prefix) as producer:
-        ids = producer.push_many(topic, payloads, delay=delay)
+        try:
+            if unique_key is None:
+                ids = producer.push_many(topic, payloads, delay=delay, priority=priority)
+            else:
+                job_id, pushed = producer.push_unique(topic, payloads[0], unique_key,
+                                                      delay=delay, priority=priority)
+                ids = [job_id] if pushed or not count else []
+                if not pushed:
+                    print(f"unique key {unique_key!r} is held by job {job_id}: nothing "
+                          "pushed", file=sys.stderr)
+        except ValueError as exc:
+            raise ControlError(str(exc)) from None
     if count:
         later = f", due in {delay:g}s" if delay else ""
         print(f"pushed {len(ids)} job{'s' if len(ids) != 1 else ''} to {topic!r}{later}")

@@ -126,6 +126,13 @@ def render_status(status: dict, *, now: float | None = None) -> Any:
               "declares it and no worker serves it (a typo? see `ssjobs check`)"
               for topic, n in (status.get("orphan_topics") or {}).items()]
     notes += [str(v) for v in (status.get("problems") or {}).values()]
+    notes += [f"topic {topic!r} is throttled: its rate_limit or concurrency holds jobs back"
+              for topic, c in (status.get("topics") or {}).items()
+              if isinstance(c, dict) and c.get("throttled")]
+    periodic_rows = [[str(p.get("topic")), str(p.get("schedule")),
+                      _at(p.get("next_run_at")), _at(p.get("last_run_at"))]
+                     for p in status.get("periodic") or []]
+    periodic_head = ["topic", "schedule", "next run", "last run"]
     try:
         from rich import box
         from rich.console import Group
@@ -135,6 +142,8 @@ def render_status(status: dict, *, now: float | None = None) -> Any:
         parts = [title, "", _plain_table(topic_head, topic_rows) if topic_rows
                  else "no topics in the config"]
         parts += ["", _plain_table(worker_head, worker_rows) if worker_rows else "no workers"]
+        if periodic_rows:
+            parts += ["", _plain_table(periodic_head, periodic_rows)]
         return "\n".join(parts + [f"! {n}" for n in notes])
 
     def table(head: list[str], rows: list[list[str]], caption: str) -> Table:
@@ -155,6 +164,8 @@ def render_status(status: dict, *, now: float | None = None) -> Any:
                  else Text("no topics in the config"))
     items.append(table(worker_head, worker_rows, "workers (this host)") if worker_rows
                  else Text("no workers"))
+    if periodic_rows:
+        items.append(table(periodic_head, periodic_rows, "periodic"))
     items += [Text(n, style="yellow") for n in notes]
     return Group(*items)
 
@@ -179,6 +190,12 @@ def _plain_table(head: list[str], rows: list[list[str]]) -> str:
         return "  ".join(cells).rstrip()
 
     return "\n".join(line(row) for row in [head, *rows])
+
+
+def _at(epoch: Any) -> str:
+    if not isinstance(epoch, (int, float)):
+        return "-"
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(epoch))
 
 
 def _num(v: Any) -> str:

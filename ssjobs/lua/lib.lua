@@ -143,9 +143,9 @@ local function admit(k, rules, jobs)
   if not rules.track then return jobs end
   local out = {}
   for i = 1, #jobs do
-    local id, attempts = head(jobs[i])
+    local id, attempts, headers = head(jobs[i])
     if id and redis.call('HGET', record_key(k.base, id), 'state') == 'cancelled' then
-      -- taken out of the queue for good
+      release_unique(k.base, headers, id)  -- taken out of the queue for good
     else
       if id then
         track(k.base, id, nil, 'state', 'running', 'started_at', rules.now,

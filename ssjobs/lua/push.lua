@@ -48,7 +48,10 @@ if redis.call('HGET', KEYS[5], 'track') == '1' then
   local state = ARGV[3] ~= '' and 'delayed' or 'queued'
   for i = first, #ARGV do
     local id, _ = head(ARGV[i])
-    if id then
+    if id and ARGV[5] ~= '0' then  -- cancel gives the key back
+      track(base, id, nil, 'state', state, 'attempts', 0, 'enqueued_at', now,
+            'unique', KEYS[6])
+    elseif id then
       track(base, id, nil, 'state', state, 'attempts', 0, 'enqueued_at', now)
     end
   end

@@ -108,6 +108,9 @@ if n_dead > 0 then redis.call('LTRIM', KEYS[4], 0, tonumber(ARGV[13]) - 1) end
 local ttl = tonumber(ARGV[18])
 for _ = 1, n_record do
   local id, state = ARGV[i], ARGV[i + 1]
+  -- a job cancelled while it ran ends cancelled, however it ended (a retry is dropped
+  -- when it comes due: the take step skips cancelled jobs)
+  if redis.call('HGET', record_key(k.base, id), 'cancel') == '1' then state = 'cancelled' end
   local fields = {'state', state, 'attempts', ARGV[i + 2]}
   if ARGV[i + 3] ~= '' then fields[#fields + 1] = 'result'; fields[#fields + 1] = ARGV[i + 3] end
   if ARGV[i + 4] ~= '' then fields[#fields + 1] = 'error'; fields[#fields + 1] = ARGV[i + 4] end
@@ -118,6 +121,7 @@ for _ = 1, n_record do
   if finished then
     fields[#fields + 1] = 'finished_at'; fields[#fields + 1] = ARGV[11]
   end
+  if state == 'succeeded' then redis.call('HDEL', record_key(k.base, id), 'error') end
   track(k.base, id, finished and ttl or nil, unpack(fields))
   i = i + 6
 end

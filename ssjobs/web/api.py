@@ -110,8 +110,6 @@ async def dead_letter(request: Request) -> Any:
 async def job(request: Request) -> Any:
     data = await _call(_dash(request).job, request.path_params["topic"],
                        request.path_params["job_id"])
-    if not data["available"]:
-        raise _Refused(404, "job tracking is not available in this version of ssjobs")
     if data["record"] is None:
         raise _Refused(404, f"no job {request.path_params['job_id']!r} (unknown, expired, "
                             "or the topic does not track its jobs)")

@@ -16,22 +16,21 @@ Every Redis failure becomes :class:`~ssjobs.errors.BrokerUnavailable` with a red
 from __future__ import annotations
 
 import bisect
-import importlib
 import json
 import socket
 import threading
 import time
 from collections import deque
-from types import ModuleType
 from typing import Any
 
 import redis
 
+from .. import tracking
 from ..broker import Broker, connect, node_key, nodes_key
 from ..config import Config, JobConfig
 from ..console import dead
 from ..console.common import redis_errors
-from ..errors import BrokerUnavailable, ControlError
+from ..errors import BrokerUnavailable
 from ..master import SUMMARY_WORKER_FIELDS
 from ..redact import redact
 from ..runtime import RuntimeFiles
@@ -44,7 +43,6 @@ SPARK_MINUTES = 30          # the sparkline: jobs/s in each of the last 30 minut
 DEAD_PAGE = 25              # dead letters per page of the topic page
 PREVIEW_CHARS = 300         # payload and message shown in the dead-letter list
 FULL_TEXT_CHARS = 200_000   # a payload or traceback longer than this is cut on its page
-TRACKING_MODULE = "ssjobs.tracking"
 FINISHED_STATES = ("succeeded", "dead", "cancelled")
 
 
@@ -310,16 +308,11 @@ class Dashboard:
 
     # -- tracked jobs and schedules (optional parts of ssjobs) -------------------------
     def job(self, topic: str, job_id: str) -> dict:
-        """A tracked job's record: ``{"available": False}`` when this build has no job
-        tracking, ``"tracked": False`` when the topic does not track, ``"record": None``
-        for an unknown or expired id."""
-        tracking = tracking_module()
+        """A tracked job's record: ``"tracked": False`` when the topic does not track,
+        ``"record": None`` for an unknown or expired id."""
         job = self.cfg.job(topic)
-        out: dict[str, Any] = {"topic": topic, "id": job_id, "available": tracking is not None,
-                               "tracked": bool(getattr(job, "track", False)), "record": None,
-                               "read_only": self.read_only}
-        if tracking is None:
-            return out
+        out: dict[str, Any] = {"topic": topic, "id": job_id, "tracked": job.track,
+                               "record": None, "read_only": self.read_only}
         broker, url = self.broker(topic)
         with redis_errors(url):
             record = tracking.read(broker.client, broker.keys, job_id)
@@ -337,11 +330,7 @@ class Dashboard:
         return out
 
     def cancel(self, topic: str, job_id: str) -> str | None:
-        """Cancel a tracked job: the state it found (None: unknown). ControlError when this
-        build has no job tracking."""
-        tracking = tracking_module()
-        if tracking is None:
-            raise ControlError("job tracking is not available in this version of ssjobs")
+        """Cancel a tracked job: the state it found (None: unknown)."""
         self.cfg.job(topic)
         broker, url = self.broker(topic)
         with redis_errors(url):
@@ -352,16 +341,6 @@ class Dashboard:
         this build or config has none."""
         schedules = self.overview().get("periodic")
         return list(schedules) if isinstance(schedules, list) else None
-
-
-def tracking_module() -> ModuleType | None:
-    """``ssjobs.tracking`` if this build has it (imported on first use), else None."""
-    try:
-        return importlib.import_module(TRACKING_MODULE)
-    except ModuleNotFoundError as exc:
-        if exc.name != TRACKING_MODULE:
-            raise     # the module exists but something it imports does not: a real bug
-        return None
 
 
 def read_heartbeats(client: redis.Redis, prefix: str) -> dict[str, dict]:

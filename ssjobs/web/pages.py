@@ -138,7 +138,7 @@ async def job(request: Request) -> Response:
     data = await _call(request, dash.job, name, job_id)
     return render(request, "job.html", title=f"job {job_id}", nav="jobs", data=data, live=True,
                   topics=[j.topic for j in dash.cfg.jobs], flash=_flash(request),
-                  status_code=200 if not data["available"] or data["record"] else 404)
+                  status_code=200 if data["record"] else 404)
 
 
 @_handled

@@ -1,0 +1,296 @@
+"""Tracked jobs (``track = true``): every state a job passes through, its result, error and
+progress, cancel in each state, records expiring, and that an untracked topic writes no
+per-job key. Real masters and workers against a private Redis."""
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+from conftest import wait_for
+from masters import MasterProc
+
+from ssjobs.aio import AsyncProducer
+from ssjobs.broker import TopicKeys
+from ssjobs.producer import Producer
+
+CONSUMERS = """
+import json, os, time
+
+HERE = os.path.dirname(__file__)
+
+def note(job):
+    with open(os.path.join(HERE, "ran.jsonl"), "a") as f:
+        f.write(json.dumps({"id": job.id, "attempts": job.attempts}) + "\\n")
+
+def run(job):
+    note(job)
+    p = job.payload or {}
+    kind = p.get("kind")
+    if kind == "hold":   # until cancelled (or 30 s)
+        job.progress(0.4, "rows 4000/10000")
+        deadline = time.time() + 30
+        while not job.cancelled and time.time() < deadline:
+            time.sleep(0.02)
+        if p.get("raise"):
+            raise RuntimeError("stopped on request")
+        return "stopped"
+    if kind == "fail":
+        raise ValueError("boom")
+    if kind == "flaky" and job.attempts == 0:
+        raise ValueError("first try fails")
+    if kind == "crash" and not os.path.exists(os.path.join(HERE, "crashed")):
+        open(os.path.join(HERE, "crashed"), "w").close()
+        os._exit(9)
+    if kind == "sleep":
+        time.sleep(p["s"])
+    if kind == "unpackable":
+        return object()
+    if kind == "huge":
+        return "x" * 100_000
+    return {"echo": p, "raw": b"\\x00\\x01"}
+"""
+TRACKED = {"topic": "rep", "consumer": "trk:run", "track": True, "result_ttl": 60,
+           "max_retries": 1, "retry_backoff": 0.2}
+PLAIN = {"topic": "plain", "consumer": "trk:run", "static_workers": 2}
+
+
+@pytest.fixture
+def site(project):
+    project.consumer("trk", CONSUMERS)
+    project.write_config([TRACKED, PLAIN])
+    return project
+
+
+@pytest.fixture
+def master(site):
+    proc = MasterProc(site.config, site.data_dir)
+    proc.start()
+    yield proc
+    proc.kill_all()
+
+
+@pytest.fixture
+def producer(site):
+    with Producer.from_config(site.config) as p:
+        yield p
+
+
+def ran(site) -> list[dict]:
+    path = site.consumers / "ran.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+
+def state_of(producer, job_id, topic="rep"):
+    record = producer.status(topic, job_id)
+    return record and record["state"]
+
+
+def wait_state(producer, job_id, want, timeout=15):
+    return wait_for(lambda: (r := producer.status("rep", job_id)) and r["state"] == want and r,
+                    timeout, what=f"job {job_id} {want} (now {state_of(producer, job_id)})")
+
+
+def ssjobs(site, *args):
+    return subprocess.run([sys.executable, "-m", "ssjobs", *args, "-c", str(site.config)],
+                          capture_output=True, text=True, timeout=30, cwd=site.root)
+
+
+# -- states ------------------------------------------------------------------------------
+
+def test_a_job_is_queued_then_running_with_progress_then_succeeded_with_its_result(
+        site, master, producer):
+    holder = producer.push("rep", {"kind": "hold"})      # the one worker is busy with it
+    running = wait_state(producer, holder, "running")
+    queued = producer.push("rep", {"n": 1})
+    record = producer.status("rep", queued)
+    assert record["state"] == "queued" and record["attempts"] == 0
+    assert record["started_at"] is None and abs(record["enqueued_at"] - time.time()) < 5
+    progress = wait_for(lambda: producer.status("rep", holder)["progress"], 5, what="progress")
+    assert progress["fraction"] == 0.4 and progress["message"] == "rows 4000/10000"
+    assert running["started_at"] >= running["enqueued_at"]
+    assert producer.cancel("rep", holder) == "running"
+    done = wait_state(producer, queued, "succeeded")
+    assert done["result"] == {"echo": {"n": 1}, "raw": b"\x00\x01"}
+    assert done["error"] is None and done["attempts"] == 0
+    assert done["enqueued_at"] <= done["started_at"] <= done["finished_at"] <= time.time()
+
+
+def test_a_delayed_job_is_delayed_until_due(site, master, producer):
+    job_id = producer.push("rep", {"n": 2}, delay=1.5)
+    assert state_of(producer, job_id) == "delayed"
+    time.sleep(0.5)
+    assert state_of(producer, job_id) == "delayed"
+    assert wait_state(producer, job_id, "succeeded")["result"]["echo"] == {"n": 2}
+
+
+def test_a_failing_job_is_retrying_then_dead_with_its_error_then_queued_again_from_dead(
+        site, master, producer):
+    job_id = producer.push("rep", {"kind": "fail"})
+    wait_for(lambda: state_of(producer, job_id) in ("retrying", "dead"), 10, what="a failure")
+    dead = wait_state(producer, job_id, "dead")
+    assert dead["attempts"] == 2 and dead["error"]["type"] == "ValueError"
+    assert dead["error"]["message"] == "boom" and dead["finished_at"] is not None
+    assert [r["attempts"] for r in ran(site) if r["id"] == job_id] == [0, 1]
+    flaky = producer.push("rep", {"kind": "flaky"})
+    record = wait_state(producer, flaky, "succeeded")
+    assert record["attempts"] == 1 and record["error"] is None   # the failure is history
+    retried = ssjobs(site, "dead", "retry", "rep", "--id", job_id)
+    assert retried.returncode == 0, retried.stderr
+    wait_for(lambda: len([r for r in ran(site) if r["id"] == job_id]) == 4, 15,
+             what="two more runs after the retry from dead")
+    assert wait_state(producer, job_id, "dead")["attempts"] == 2
+
+
+def test_a_job_past_its_own_timeout_fails_and_is_retried(site, master, producer):
+    job_id = producer.push("rep", {"kind": "sleep", "s": 3}, timeout=0.3, max_retries=0)
+    dead = wait_state(producer, job_id, "dead", timeout=20)
+    assert dead["error"]["type"] == "JobTimeout" and "0.3" in dead["error"]["message"]
+
+
+def test_a_worker_killed_mid_job_leaves_a_record_that_the_recovery_makes_true(
+        site, master, producer):
+    job_id = producer.push("rep", {"kind": "crash"})
+    record = wait_state(producer, job_id, "succeeded", timeout=30)
+    assert [r["id"] for r in ran(site)].count(job_id) == 2
+    assert record["result"]["echo"] == {"kind": "crash"}
+
+
+def test_sigkill_of_a_worker_holding_a_job_counts_an_attempt_and_runs_it_again(
+        site, master, producer, rclient):
+    job_id = producer.push("rep", {"kind": "hold"})
+    wait_state(producer, job_id, "running")
+    master.signal(signal.SIGSTOP)          # no replacement worker takes it back at once
+    try:
+        (worker,) = [w for w in master.workers() if w["topic"] == "rep"]
+        os.kill(worker["pid"], signal.SIGKILL)
+        wait_for(lambda: master.zombies(), 10, what="the dead worker")
+    finally:
+        master.signal(signal.SIGCONT)
+    # recovered (the job it ran when killed is charged an attempt) and run again
+    wait_for(lambda: [r["id"] for r in ran(site)].count(job_id) == 2, 20, what="a second run")
+    assert wait_state(producer, job_id, "running")["attempts"] == 1
+    assert producer.cancel("rep", job_id) == "running"
+    wait_state(producer, job_id, "cancelled")
+
+
+# -- results --------------------------------------------------------------------------------
+
+def test_results_that_cannot_be_kept_say_why(site, master, producer):
+    unpackable = producer.push("rep", {"kind": "unpackable"})
+    huge = producer.push("rep", {"kind": "huge"})
+    first = wait_state(producer, unpackable, "succeeded")
+    second = wait_state(producer, huge, "succeeded")
+    assert first["result"] is None and "msgpack" in first["result_error"]
+    assert second["result"] is None and "over the 65536" in second["result_error"]
+
+
+# -- cancel ----------------------------------------------------------------------------------
+
+def test_cancel_in_each_state(site, master, producer):
+    holder = producer.push("rep", {"kind": "hold", "raise": True})
+    wait_state(producer, holder, "running")
+    queued = producer.push("rep", {"n": "queued"})
+    delayed = producer.push("rep", {"n": "delayed"}, delay=0.5)
+    assert producer.cancel("rep", queued) == "queued"
+    assert producer.cancel("rep", delayed) == "delayed"
+    assert producer.cancel("rep", "no-such-job") is None
+    assert state_of(producer, queued) == "cancelled"
+    # the running job stops when it sees job.cancelled; it raised, so it is not retried
+    assert producer.cancel("rep", holder) == "running"
+    stopped = wait_state(producer, holder, "cancelled")
+    assert stopped["finished_at"] is not None
+    after = producer.push("rep", {"n": "after"})
+    wait_state(producer, after, "succeeded")
+    time.sleep(1.0)   # the delayed one is due by now and would have run before `after`
+    ids = [r["id"] for r in ran(site)]
+    assert queued not in ids and delayed not in ids and ids.count(holder) == 1
+    assert producer.cancel("rep", after) == "succeeded"       # finished: left as it is
+    assert state_of(producer, after) == "succeeded"
+    assert state_of(producer, queued) == state_of(producer, delayed) == "cancelled"
+
+
+def test_cancel_of_a_unique_job_gives_its_key_back(site, master, producer):
+    holder = producer.push("rep", {"kind": "hold"})
+    wait_state(producer, holder, "running")
+    first, pushed = producer.push_unique("rep", {"n": 1}, "report-42")
+    again, pushed_again = producer.push_unique("rep", {"n": 2}, "report-42")
+    assert pushed and not pushed_again and again == first
+    assert producer.cancel("rep", first) == "queued"
+    second, pushed = producer.push_unique("rep", {"n": 3}, "report-42")
+    assert pushed and second != first
+    producer.cancel("rep", holder)
+    assert wait_state(producer, second, "succeeded")["result"]["echo"] == {"n": 3}
+
+
+# -- expiry and cost -----------------------------------------------------------------------
+
+def test_a_finished_jobs_record_expires_after_result_ttl(site, producer):
+    site.write_config([{**TRACKED, "result_ttl": 1}, PLAIN])
+    master = MasterProc(site.config, site.data_dir)
+    master.start()
+    try:
+        job_id = producer.push("rep", {"n": 1})
+        wait_state(producer, job_id, "succeeded")
+        wait_for(lambda: producer.status("rep", job_id) is None, 5, what="the record expiring")
+    finally:
+        master.kill_all()
+
+
+def test_an_untracked_topic_writes_no_per_job_key(site, master, producer, rclient):
+    producer.push_many("plain", [{"n": i} for i in range(1000)])
+    producer.push("plain", {"n": "unique"}, unique_key="u1")
+    keys = TopicKeys("t", "plain")
+    wait_for(lambda: rclient.hget(keys.stats, "processed") == b"1001", 30, what="1001 jobs")
+    per_job = [k for k in rclient.scan_iter(match="t:{plain}:*", count=1000)
+               if b":job:" in k or b":unique:" in k]
+    assert per_job == []
+    assert producer.status("plain", ran(site)[0]["id"]) is None
+
+
+# -- the other ways in ---------------------------------------------------------------------
+
+def test_ssjobs_job_show_and_cancel(site, master, producer):
+    holder = producer.push("rep", {"kind": "hold"})
+    wait_state(producer, holder, "running")
+    shown = ssjobs(site, "job", "show", "rep", holder, "--json")
+    assert shown.returncode == 0, shown.stderr
+    record = json.loads(shown.stdout)
+    assert record["state"] == "running" and record["id"] == holder
+    text = ssjobs(site, "job", "show", "rep", holder).stdout
+    assert "state:       running" in text and "40% rows 4000/10000" in text
+    cancel = ssjobs(site, "job", "cancel", "rep", holder)
+    assert cancel.returncode == 0 and "asked to stop" in cancel.stdout
+    wait_state(producer, holder, "cancelled")
+    for args in (("show", "rep", "nope"), ("cancel", "rep", "nope"),
+                 ("show", "plain", "nope")):
+        missing = ssjobs(site, "job", *args)
+        assert missing.returncode == 1 and "Traceback" not in missing.stderr
+        assert missing.stderr.count("\n") == 1 and "no job 'nope'" in missing.stderr
+    assert "does not track its jobs" in ssjobs(site, "job", "show", "plain", "nope").stderr
+    unknown = ssjobs(site, "job", "show", "nosuch.topic", "x")
+    assert unknown.returncode == 1 and "unknown topic" in unknown.stderr
+
+
+def test_the_async_producer_reads_and_cancels_records(site, master, producer):
+    async def go():
+        async with AsyncProducer(site.redis_url, prefix="t") as p:
+            holder = await p.push("rep", {"kind": "hold"})
+            for _ in range(500):
+                if (record := await p.status("rep", holder)) and record["state"] == "running":
+                    break
+                await asyncio.sleep(0.02)
+            queued = await p.push("rep", {"n": 1})
+            return (holder, (await p.status("rep", queued))["state"],
+                    await p.cancel("rep", queued), await p.cancel("rep", holder),
+                    await p.status("rep", "nope"), await p.cancel("rep", "nope"))
+
+    holder, state, cancelled, asked, missing, missing_cancel = asyncio.run(go())
+    assert (state, cancelled, asked, missing, missing_cancel) == (
+        "queued", "queued", "running", None, None)
+    wait_state(producer, holder, "cancelled")
