@@ -10,13 +10,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 
 def fork_workers(url: str, topic: str, consumer: str, count: int, *, batch: int = 100,
-                 gate: int | None = None) -> list[int]:
-    """Start ``count`` workers; with ``gate`` (a pipe's read end) each waits for a byte."""
+                 gate: int | None = None, **options: object) -> list[int]:
+    """Start ``count`` workers; with ``gate`` (a pipe's read end) each waits for a byte.
+    ``options``: more [[jobs]] keys (rate_limit, track ...)."""
     from ssjobs.config import JobConfig
     from ssjobs.scoreboard import private_slot
     from ssjobs.worker import Worker, WorkerIdentity
 
-    job_cfg = JobConfig(topic=topic, consumer=consumer, batch_size=batch, job_timeout=0)
+    job_cfg = JobConfig(topic=topic, consumer=consumer, batch_size=batch, job_timeout=0,
+                        **options)  # type: ignore[arg-type]
     pids = []
     for i in range(count):
         pid = os.fork()

@@ -23,8 +23,7 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 DEAD_CAP = 10_000            # dead-letter list length kept per topic; older entries trimmed
 PROMOTE_LIMIT = 1_000        # delayed jobs promoted per call, so one call stays short
-THROTTLED_FOR_S = 5.0        # a topic whose flow control held jobs back this recently is shown
-                             # throttled
+THROTTLED_FOR_S = 5.0        # a topic is shown throttled this long after its limit held jobs back
 # What redis-py raises when the server cannot be reached (it wraps socket errors in these).
 _DOWN = (redis.ConnectionError, redis.TimeoutError)
 # Replies of a Redis that is there but cannot serve right now (loading, failing over, out of
@@ -139,7 +138,7 @@ def node_of(worker: str) -> str:
 
 class TopicKeys:
     __slots__ = ("prefix", "topic", "base", "ready", "delayed", "dead", "stats", "workers",
-                 "prio", "starts", "running", "conf")
+                 "prio", "starts", "running", "conf", "cancels")
 
     def __init__(self, prefix: str, topic: str) -> None:
         self.prefix = prefix
@@ -154,6 +153,7 @@ class TopicKeys:
         self.starts = f"{self.base}:starts"     # ZSET recent starts (rate_limit)
         self.running = f"{self.base}:running"   # STRING jobs held by workers (concurrency)
         self.conf = f"{self.base}:conf"         # HASH what the masters publish (track ...)
+        self.cancels = f"{self.base}:cancels"   # STRING cancels not yet seen through
 
     def inflight(self, worker: str) -> str:
         return f"{self.base}:inflight:{worker}"
@@ -364,8 +364,8 @@ class Broker:
         for name in ("processed", "failed", "retried"):
             out[name] = int(stats.get(name.encode(), 0))
         out["dead_total"] = int(stats.get(b"dead", 0))
-        throttled_at = float(stats.get(b"throttled_at", 0) or 0)
-        out["throttled"] = int(time.time() - throttled_at < THROTTLED_FOR_S)
+        until = float(stats.get(b"throttled_until", 0) or 0)
+        out["throttled"] = int(time.time() < until + THROTTLED_FOR_S)
         return out
 
     @staticmethod

@@ -18,6 +18,7 @@ import msgpack
 from .broker import TopicKeys, translate, with_lib
 
 STATES = ("queued", "delayed", "running", "retrying", "succeeded", "dead", "cancelled")
+FINISHED = ("succeeded", "dead", "cancelled")
 RESULT_MAX_BYTES = 64 * 1024     # a bigger result is not stored: the record says why
 PROGRESS_EVERY_S = 0.5           # a chatty consumer writes its progress at most this often
 CANCEL_CHECK_EVERY_S = 1.0       # job.cancelled asks Redis at most this often
@@ -62,7 +63,8 @@ def cancel(client: Any, keys: TopicKeys, job_id: str) -> str | None:
 
 
 def cancel_call(keys: TopicKeys, job_id: str) -> dict[str, list]:
-    return {"keys": [keys.record(job_id), keys.conf], "args": [job_id, time.time()]}
+    return {"keys": [keys.record(job_id), keys.cancels],
+            "args": [job_id, time.time()]}
 
 
 def found_state(reply: Any) -> str | None:

@@ -346,7 +346,10 @@ class Worker:
             self.handled += end
             self.last_job_at = time.time()
         slot.set_state(IDLE)
-        outcomes = self._outcomes(failures, end - len(failures), finished)
+        ran = end
+        if envelope.NUDGE in batch:  # a priority push's wake-up token is no job
+            ran -= batch[:end].count(envelope.NUDGE)
+        outcomes = self._outcomes(failures, ran - len(failures), finished)
         held = len(batch) - end
         if held and not failures:  # stopping: the jobs not begun go back
             self._settle(done=end, held=held, give_back=True, outcomes=outcomes)

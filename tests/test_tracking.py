@@ -30,7 +30,7 @@ def note(job):
 
 def run(job):
     note(job)
-    p = job.payload or {}
+    p = job.payload if isinstance(job.payload, dict) else {}
     kind = p.get("kind")
     if kind == "hold":   # until cancelled (or 30 s)
         job.progress(0.4, "rows 4000/10000")
@@ -53,7 +53,16 @@ def run(job):
         return object()
     if kind == "huge":
         return "x" * 100_000
-    return {"echo": p, "raw": b"\\x00\\x01"}
+    if kind == "badprogress":
+        refused = []
+        for bad in (2.0, -0.1, float("nan"), "half", True):
+            try:
+                job.progress(bad)
+            except ValueError as exc:
+                refused.append(str(exc))
+        job.progress(1, "done")
+        return refused
+    return {"echo": job.payload, "raw": b"\\x00\\x01"}
 """
 TRACKED = {"topic": "rep", "consumer": "trk:run", "track": True, "result_ttl": 60,
            "max_retries": 1, "retry_backoff": 0.2}
@@ -188,6 +197,20 @@ def test_results_that_cannot_be_kept_say_why(site, master, producer):
     second = wait_state(producer, huge, "succeeded")
     assert first["result"] is None and "msgpack" in first["result_error"]
     assert second["result"] is None and "over the 65536" in second["result_error"]
+
+
+def test_results_of_each_kind_round_trip_and_bad_progress_is_a_value_error(
+        site, master, producer):
+    payloads = [{"n": 1}, [1, "two", 3.5, None], "text", 42, True]
+    ids = [producer.push("rep", p) for p in payloads]
+    for job_id, payload in zip(ids, payloads, strict=True):
+        assert wait_state(producer, job_id, "succeeded")["result"] == {
+            "echo": payload, "raw": b"\x00\x01"}
+    bad = producer.push("rep", {"kind": "badprogress"})
+    record = wait_state(producer, bad, "succeeded")
+    assert len(record["result"]) == 5 and all(
+        "progress fraction must be a number from 0 to 1" in m for m in record["result"])
+    assert record["progress"]["fraction"] == 1 and record["progress"]["message"] == "done"
 
 
 # -- cancel ----------------------------------------------------------------------------------

@@ -118,7 +118,8 @@ local function allowance(k, rules, n)
       n = free
     end
   end
-  if n == 0 then redis.call('HSET', k.stats, 'throttled_at', rules.now) end
+  -- status shows the topic throttled until the limit lets a job start again
+  if n == 0 then redis.call('HSET', k.stats, 'throttled_until', rules.now + (wait or 0)) end
   return n, wait
 end
 
@@ -137,15 +138,34 @@ local function started(k, rules, jobs)
   if rules.concurrency > 0 then redis.call('INCRBY', k.running, #jobs) end
 end
 
--- Tracked topics: a job about to run is marked running, unless it was cancelled: then it
--- is dropped here and never runs. Returns the jobs that may run.
+-- Cancels not yet seen through (docs/protocol.md): while there are none, which is nearly
+-- always, the take and settle steps need not look at each job's record for a cancel.
+local function cancels_pending(base)
+  return tonumber(redis.call('GET', base .. ':cancels') or '0') > 0
+end
+
+local function cancel_seen(base)
+  if redis.call('DECR', base .. ':cancels') <= 0 then redis.call('DEL', base .. ':cancels') end
+end
+
+-- Tracked topics: a job about to run is marked running, unless it was cancelled (or asked
+-- to stop while it ran, then requeued by a recovery): then it is dropped here and never
+-- runs. Returns the jobs that may run.
 local function admit(k, rules, jobs)
   if not rules.track then return jobs end
+  local check = cancels_pending(k.base)
   local out = {}
   for i = 1, #jobs do
     local id, attempts, headers = head(jobs[i])
-    if id and redis.call('HGET', record_key(k.base, id), 'state') == 'cancelled' then
-      release_unique(k.base, headers, id)  -- taken out of the queue for good
+    local drop = false
+    if id and check then
+      local found = redis.call('HMGET', record_key(k.base, id), 'state', 'cancel')
+      drop = found[1] == 'cancelled' or found[2] == '1'
+    end
+    if drop then  -- taken out of the queue for good
+      release_unique(k.base, headers, id)
+      cancel_seen(k.base)
+      track(k.base, id, rules.ttl, 'state', 'cancelled', 'finished_at', rules.now)
     else
       if id then
         track(k.base, id, nil, 'state', 'running', 'started_at', rules.now,

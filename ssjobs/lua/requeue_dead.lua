@@ -18,7 +18,7 @@ if redis.call('HGET', KEYS[3], 'track') == '1' then
     local key = record_key(string.sub(KEYS[2], 1, -7), id)
     redis.call('PERSIST', key)
     redis.call('HSET', key, 'state', 'queued', 'attempts', 0)
-    redis.call('HDEL', key, 'finished_at', 'result', 'result_error')
+    redis.call('HDEL', key, 'finished_at', 'result', 'result_error', 'cancel')
   end
 end
 return 1

@@ -6,7 +6,7 @@
 -- KEYS[2] delayed   ZSET  envelope -> due time (epoch seconds)
 -- KEYS[3] inflight  LIST  this worker's batch, oldest on the right
 -- KEYS[4] dead      LIST  dead-lettered envelopes (error in headers.error), newest left
--- KEYS[5] stats     HASH  processed, failed, retried, dead, throttled_at
+-- KEYS[5] stats     HASH  processed, failed, retried, dead, throttled_until
 -- KEYS[6] workers   HASH  worker name -> number of the batch it holds (its registration)
 -- KEYS[7] prio      ZSET  priority jobs, highest first
 -- KEYS[8] starts    ZSET  recent job starts (rate_limit)
@@ -43,7 +43,7 @@ local k = {ready = KEYS[1], delayed = KEYS[2], stats = KEYS[5], prio = KEYS[7],
            starts = KEYS[8], running = KEYS[9], base = string.sub(KEYS[1], 1, -7)}
 local rules = {now = tonumber(ARGV[11]), rate_n = tonumber(ARGV[14]),
                rate_period = tonumber(ARGV[15]), concurrency = tonumber(ARGV[16]),
-               track = ARGV[17] == '1'}
+               track = ARGV[17] == '1', ttl = tonumber(ARGV[18])}
 
 local function reply(jobs, wait)
   if #jobs > 0 then return {jobs, '', ''} end
@@ -90,6 +90,12 @@ if give_back and held > 0 then
   for j = #back, 1, -1 do newest_first[#newest_first + 1] = back[j] end
   redis.call('RPUSH', KEYS[1], unpack(newest_first))  -- the oldest ends up next in line
   ended = ended + held
+  if rules.track then  -- taken, not begun: queued again
+    for j = 1, #back do
+      local id = head(back[j])
+      if id then track(k.base, id, nil, 'state', 'queued') end
+    end
+  end
 end
 if rules.concurrency > 0 and ended > 0 then
   local left = redis.call('DECRBY', KEYS[9], ended)
@@ -105,15 +111,19 @@ for _ = 1, n_dead do
   i = i + 1
 end
 if n_dead > 0 then redis.call('LTRIM', KEYS[4], 0, tonumber(ARGV[13]) - 1) end
-local ttl = tonumber(ARGV[18])
+local ttl = rules.ttl
+local check = n_record > 0 and cancels_pending(k.base)
 for _ = 1, n_record do
   local id, state = ARGV[i], ARGV[i + 1]
-  -- a job cancelled while it ran ends cancelled, however it ended (a retry is dropped
-  -- when it comes due: the take step skips cancelled jobs)
-  if redis.call('HGET', record_key(k.base, id), 'cancel') == '1' then state = 'cancelled' end
-  local fields = {'state', state, 'attempts', ARGV[i + 2]}
+  -- a job cancelled while it ran ends cancelled, however it ended; a retry of it stays
+  -- counted as a pending cancel until the take step drops it
+  if check and redis.call('HGET', record_key(k.base, id), 'cancel') == '1' then
+    if state ~= 'retrying' then cancel_seen(k.base) end
+    state = 'cancelled'
+  end
+  -- a success clears the error of an earlier attempt ('' reads as none)
+  local fields = {'state', state, 'attempts', ARGV[i + 2], 'error', ARGV[i + 4]}
   if ARGV[i + 3] ~= '' then fields[#fields + 1] = 'result'; fields[#fields + 1] = ARGV[i + 3] end
-  if ARGV[i + 4] ~= '' then fields[#fields + 1] = 'error'; fields[#fields + 1] = ARGV[i + 4] end
   if ARGV[i + 5] ~= '' then
     fields[#fields + 1] = 'result_error'; fields[#fields + 1] = ARGV[i + 5]
   end
@@ -121,7 +131,6 @@ for _ = 1, n_record do
   if finished then
     fields[#fields + 1] = 'finished_at'; fields[#fields + 1] = ARGV[11]
   end
-  if state == 'succeeded' then redis.call('HDEL', record_key(k.base, id), 'error') end
   track(k.base, id, finished and ttl or nil, unpack(fields))
   i = i + 6
 end

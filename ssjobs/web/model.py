@@ -43,7 +43,7 @@ SPARK_MINUTES = 30          # the sparkline: jobs/s in each of the last 30 minut
 DEAD_PAGE = 25              # dead letters per page of the topic page
 PREVIEW_CHARS = 300         # payload and message shown in the dead-letter list
 FULL_TEXT_CHARS = 200_000   # a payload or traceback longer than this is cut on its page
-FINISHED_STATES = ("succeeded", "dead", "cancelled")
+
 
 
 class History:
@@ -325,7 +325,7 @@ class Dashboard:
             record["result_text"] = (None if record.get("result") is None
                                      else _cut(dead.payload_text(record["result"]),
                                                FULL_TEXT_CHARS))
-            record["finished"] = record.get("state") in FINISHED_STATES
+            record["finished"] = record.get("state") in tracking.FINISHED
         out["record"] = record
         return out
 

@@ -1,0 +1,91 @@
+"""What each job option and flow-control setting costs: the no-op drain of a topic with none
+of them, then with priorities in use, a generous rate_limit, a generous concurrency and
+tracking, interleaved in one run on one private redis-server; medians and ratios to the
+plain drain of the same run.
+
+    python bench/options.py [--reps 5] [--jobs 100000] [--workers 2]
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+from common import PrivateRedis  # noqa: E402
+
+# name -> ([[jobs]] keys of the workers, push options)
+MODES: dict[str, tuple[dict, dict]] = {
+    "plain": ({}, {}),
+    "priority 5": ({}, {"priority": 5}),
+    "rate_limit 10M/s": ({"rate_limit": "10000000/s"}, {}),
+    "concurrency 1000": ({"concurrency": 1000}, {}),
+    "tracked": ({"track": True}, {}),
+}
+
+
+def drain(url: str, jobs: int, workers: int, job_options: dict, push_options: dict) -> float:
+    """Fill, then drain; jobs/s from the workers' start to the last settle."""
+    import redis
+    from workers import fork_workers, stop_workers
+
+    from ssjobs.broker import Broker, TopicKeys
+    from ssjobs.producer import Producer
+
+    client = redis.Redis.from_url(url)
+    client.flushall()
+    if job_options.get("track"):
+        Broker(client, "b", "bench").publish_conf(True, 3600)   # what a master does
+    with Producer(url, prefix="b") as p:
+        for start in range(0, jobs, 50_000):
+            p.push_many("bench", [None] * min(50_000, jobs - start), **push_options)
+    go_r, go_w = os.pipe()
+    pids = fork_workers(url, "bench", "noop:noop", workers, gate=go_r, **job_options)
+    os.close(go_r)
+    stats = TopicKeys("b", "bench").stats
+    time.sleep(0.3)
+    started = time.perf_counter()
+    os.write(go_w, b"x" * workers)
+    while int(client.hget(stats, "processed") or 0) < jobs:
+        time.sleep(0.002)
+    elapsed = time.perf_counter() - started
+    stop_workers(pids)
+    assert int(client.hget(stats, "processed")) == jobs, "lost or duplicated jobs"
+    if job_options.get("track"):
+        record = TopicKeys("b", "bench").record
+        states = {client.hget(record(k.decode().rsplit(":", 1)[1]), "state")
+                  for k in client.scan_iter(match="b:{bench}:job:*", count=1000)}
+        assert states == {b"succeeded"}, states
+    return jobs / elapsed
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--reps", type=int, default=5)
+    parser.add_argument("--jobs", type=int, default=100_000)
+    parser.add_argument("--workers", type=int, default=2)
+    ns = parser.parse_args()
+    import logging
+    logging.disable(logging.INFO)
+    rates: dict[str, list[float]] = {name: [] for name in MODES}
+    with PrivateRedis() as r:
+        for _ in range(ns.reps):
+            for name, (job_options, push_options) in MODES.items():
+                rates[name].append(drain(r.url, ns.jobs, ns.workers, job_options,
+                                         push_options))
+    plain = statistics.median(rates["plain"])
+    for name, values in rates.items():
+        median = statistics.median(values)
+        print(f"{name:<18} median {median:>9,.0f} jobs/s  ratio {median / plain:.3f}  "
+              f"({', '.join(f'{v:,.0f}' for v in values)})")
+    print(f"({ns.jobs:,} no-op jobs, {ns.workers} workers, batch 100, median of {ns.reps}, "
+          "interleaved)")
+
+
+if __name__ == "__main__":
+    main()
