@@ -138,7 +138,7 @@ def node_of(worker: str) -> str:
 
 class TopicKeys:
     __slots__ = ("prefix", "topic", "base", "ready", "delayed", "dead", "stats", "workers",
-                 "prio", "starts", "running", "conf", "cancels")
+                 "starts", "running", "conf", "cancels")
 
     def __init__(self, prefix: str, topic: str) -> None:
         self.prefix = prefix
@@ -149,7 +149,6 @@ class TopicKeys:
         self.dead = f"{self.base}:dead"
         self.stats = f"{self.base}:stats"
         self.workers = f"{self.base}:workers"   # HASH worker name -> batch it holds
-        self.prio = f"{self.base}:prio"         # ZSET priority jobs
         self.starts = f"{self.base}:starts"     # ZSET recent starts (rate_limit)
         self.running = f"{self.base}:running"   # STRING jobs held by workers (concurrency)
         self.conf = f"{self.base}:conf"         # HASH what the masters publish (track ...)
@@ -225,6 +224,10 @@ class Broker:
         self.client = client
         self.keys = TopicKeys(prefix, topic)
         self.rules = rules
+        # what settle.lua reads of the rules: one word list, '' for a topic with none
+        self._rules_arg = "" if not (rules.limited or rules.track) else " ".join(
+            str(v) for v in (rules.rate_n, rules.rate_period, rules.concurrency,
+                             int(rules.track), int(rules.result_ttl)))
         self._settle = client.register_script(with_lib("settle"))
         self._recover = client.register_script(with_lib("recover"))
         self._promote = client.register_script(with_lib("promote"))
@@ -251,11 +254,10 @@ class Broker:
         ``give_back``), and take up to ``take`` new jobs. A fetch is ``settle(w, seq,
         take=n)``. The worker then holds batch ``seq + 1``. Safe to repeat; Fenced when
         Redis no longer knows this worker (or this batch)."""
-        k, r = self.keys, self.rules
+        k = self.keys
         args: list = [worker, seq, done, held, 1 if give_back else 0, outcomes.processed,
                       outcomes.failed, len(outcomes.retries), len(outcomes.dead), take,
-                      time.time(), PROMOTE_LIMIT, DEAD_CAP, r.rate_n, r.rate_period,
-                      r.concurrency, 1 if r.track else 0, int(r.result_ttl),
+                      time.time(), PROMOTE_LIMIT, DEAD_CAP, self._rules_arg,
                       len(outcomes.records), len(outcomes.releases)]
         for due, env in outcomes.retries:
             args += (repr(float(due)), env)
@@ -266,8 +268,7 @@ class Broker:
             args += (key, job_id)
         try:
             jobs, due, wait = self._settle(
-                keys=[k.ready, k.delayed, k.inflight(worker), k.dead, k.stats, k.workers,
-                      k.prio, k.starts, k.running],
+                keys=[k.ready, k.delayed, k.inflight(worker), k.dead, k.stats, k.workers],
                 args=args)
         except redis.ResponseError as exc:
             if str(exc).startswith("FENCED"):
@@ -302,7 +303,7 @@ class Broker:
     @_io
     def promote(self, now: float | None = None) -> int:
         k = self.keys
-        return int(self._promote(keys=[k.ready, k.delayed, k.prio],
+        return int(self._promote(keys=[k.ready, k.delayed],
                                  args=[time.time() if now is None else now, PROMOTE_LIMIT]))
 
     @_io
@@ -335,10 +336,11 @@ class Broker:
     # -- producer and console side --------------------------------------------------------
     @_io
     def backlog(self) -> int:
-        """Jobs waiting to be taken: ready and priority jobs."""
+        """Jobs waiting to be taken: ready and priority jobs (those wait in delayed with
+        negative scores: due before any other)."""
         pipe = self.client.pipeline(transaction=False)
         pipe.llen(self.keys.ready)
-        pipe.zcard(self.keys.prio)
+        pipe.zcount(self.keys.delayed, "-inf", "(0")
         return sum(int(n) for n in pipe.execute())
 
     @_io
@@ -347,8 +349,8 @@ class Broker:
         k = self.keys
         pipe = self.client.pipeline(transaction=False)
         pipe.llen(k.ready)
-        pipe.zcard(k.prio)
-        pipe.zcard(k.delayed)
+        pipe.zcount(k.delayed, "-inf", "(0")     # priority jobs (see backlog)
+        pipe.zcount(k.delayed, 0, "+inf")
         pipe.llen(k.dead)
         pipe.hgetall(k.stats)
         pipe.hkeys(k.workers)

@@ -93,7 +93,7 @@ def push_call(keys: TopicKeys, token: str, marker: str, envs: list[bytes], now: 
     due = repr(now + opts.delay) if opts.delay > 0 else ""
     unique = keys.unique(opts.unique_key or "")
     unique_for = int(opts.unique_for) if opts.unique_key else 0
-    return ([keys.ready, keys.delayed, keys.prio, keys.push_marker(token), keys.conf, unique],
+    return ([keys.ready, keys.delayed, keys.push_marker(token), keys.conf, unique],
             [marker, MARKER_TTL_S, due, opts.priority, unique_for, repr(now), *envs])
 
 

@@ -211,11 +211,17 @@ def test_a_pid_1_master_restarted_recovers_what_its_killed_workers_held(kit, rcl
             # only a job that was running at the kill may run twice (2 workers)
             assert sum(n - 1 for n in counts(out).values()) <= 2
         finally:
-            os.kill(master_of(second), signal.SIGTERM)
-            second.wait(30)
+            try:
+                os.kill(master_of(second), signal.SIGTERM)
+                second.wait(30)
+            finally:   # whatever happened: no master of this test may outlive it
+                if second.poll() is None:
+                    second.kill()       # --kill-child: the namespace goes with it
+                    second.wait(10)
     finally:
         if first.poll() is None:
             first.kill()
+            first.wait(10)
 
 
 # -- crashes ---------------------------------------------------------------------------------

@@ -23,30 +23,33 @@ local function has_headers(env)
   return ok and string.byte(env, offset + 1) ~= 0x80
 end
 
--- Priority jobs wait in a ZSET, highest priority first (lowest score), FIFO within one
--- priority (the score grows with the push time).
+-- Priority jobs wait in delayed as jobs due before any other: a negative score, the
+-- highest priority lowest, FIFO within one priority (the score grows with the push time).
+-- So the take step finds them with the look at delayed it makes anyway: a topic that never
+-- uses priorities pays nothing for them.
 local function prio_score(priority, now)
-  return (9 - priority) * 1e13 + math.floor(now * 1000)
+  return -priority * 1e13 + math.floor(now * 1000)
 end
 
 -- Put a due job where it waits: its priority's place, or the back of ready.
-local function route(ready, prio, env, now)
+local function route(ready, delayed, env, now)
   if has_headers(env) then
     local _, _, headers = head(env)
     local p = headers and tonumber(headers['priority'])
     if p and p > 0 then
-      redis.call('ZADD', prio, prio_score(p, now), env)
+      redis.call('ZADD', delayed, prio_score(p, now), env)
       return
     end
   end
   redis.call('LPUSH', ready, env)
 end
 
-local function promote_due(ready, delayed, prio, now, limit)
-  local due = redis.call('ZRANGEBYSCORE', delayed, '-inf', now, 'LIMIT', 0, limit)
+-- Due delayed jobs (scores 0..now; not the priority jobs) to where they wait.
+local function promote_due(ready, delayed, now, limit)
+  local due = redis.call('ZRANGEBYSCORE', delayed, 0, now, 'LIMIT', 0, limit)
   if #due > 0 then
     redis.call('ZREM', delayed, unpack(due))
-    for i = 1, #due do route(ready, prio, due[i], now) end
+    for i = 1, #due do route(ready, delayed, due[i], now) end
   end
   return #due
 end
@@ -85,7 +88,7 @@ local function unheld(inflight, keep)
 end
 
 local function next_due(delayed)
-  local nxt = redis.call('ZRANGE', delayed, 0, 0, 'WITHSCORES')
+  local nxt = redis.call('ZRANGEBYSCORE', delayed, 0, '+inf', 'WITHSCORES', 'LIMIT', 0, 1)
   return nxt[2] or ''
 end
 
@@ -177,26 +180,49 @@ local function admit(k, rules, jobs)
   return out
 end
 
--- Take up to n jobs onto the worker's in-flight list: due delayed jobs are promoted first,
--- then priority jobs come first, then ready (FIFO). Returns the jobs taken (oldest first)
--- and, when flow control held them back, the seconds until the next try.
+-- Take up to n jobs onto the worker's in-flight list: priority jobs first (best first),
+-- then ready (FIFO); due delayed jobs are promoted on the way. Returns the jobs taken
+-- (oldest first) and, when flow control held them back, the seconds until the next try.
 local function take(k, inflight, n, promote_limit, rules)
-  promote_due(k.ready, k.delayed, k.prio, rules.now, promote_limit)
+  local plain = rules.rate_n == 0 and rules.concurrency == 0 and not rules.track
   local wait
-  n, wait = allowance(k, rules, n)
+  if not plain then n, wait = allowance(k, rules, n) end
+  -- one look at delayed: priority jobs (negative scores) come first, then due jobs; most
+  -- often there are none, and then the scores are not asked for
+  -- (Redis' arguments as the strings they came as: a Lua number is formatted each time)
+  local limit = promote_limit
+  local found = redis.call('ZRANGEBYSCORE', k.delayed, '-inf', rules.now_s, 'LIMIT', 0, limit)
+  local items
+  if #found > 0 then
+    found = redis.call('ZRANGEBYSCORE', k.delayed, '-inf', rules.now_s, 'WITHSCORES',
+                       'LIMIT', 0, limit)
+    items = {}
+    local gone, due = {}, {}
+    for i = 1, #found, 2 do
+      if tonumber(found[i + 1]) >= 0 then
+        due[#due + 1] = found[i]
+        gone[#gone + 1] = found[i]
+      elseif #items < n then
+        items[#items + 1] = found[i]
+        gone[#gone + 1] = found[i]
+      end
+    end
+    if #gone > 0 then redis.call('ZREM', k.delayed, unpack(gone)) end
+    for i = 1, #due do route(k.ready, k.delayed, due[i], rules.now) end
+  end
   if n <= 0 then return {}, wait end
-  local items = {}
-  local high = redis.call('ZPOPMIN', k.prio, n)  -- {member, score, ...}: none for most topics
-  for i = 1, #high, 2 do items[#items + 1] = high[i] end
-  if #items < n then
+  if not items or #items == 0 then
+    items = redis.call('RPOP', k.ready, n == rules.take and rules.take_s or n)
+    if not items then return {}, wait end
+  elseif #items < n then
     local low = redis.call('RPOP', k.ready, n - #items)
     if low then
       for i = 1, #low do items[#items + 1] = low[i] end
     end
   end
-  items = admit(k, rules, items)
+  if not plain then items = admit(k, rules, items) end
   if #items > 0 then
-    started(k, rules, items)
+    if not plain then started(k, rules, items) end
     redis.call('LPUSH', inflight, unpack(items))
   end
   return items, wait

@@ -3,23 +3,22 @@
 -- (the job id; for a chunk of push_many, its first job's id); the token's marker key holds
 -- the last id pushed under it, so a repeat finds its own id there and enqueues nothing.
 -- KEYS[1] ready     LIST
--- KEYS[2] delayed   ZSET  envelope -> due time
--- KEYS[3] prio      ZSET  priority jobs (score: priority, then push time)
--- KEYS[4] marker    STRING  the token's last marker id
--- KEYS[5] conf      HASH  the topic's settings the masters publish (track, result_ttl)
--- KEYS[6] unique    STRING  the unique key's holder (the job id); unused when unique_for is 0
+-- KEYS[2] delayed   ZSET  envelope -> due time; a priority job: a negative score (lib.lua)
+-- KEYS[3] marker    STRING  the token's last marker id
+-- KEYS[4] conf      HASH  the topic's settings the masters publish (track, result_ttl)
+-- KEYS[5] unique    STRING  the unique key's holder (the job id); unused when unique_for is 0
 -- ARGV[1] marker id   ARGV[2] marker lifetime (s)   ARGV[3] due time, '' for now
 -- ARGV[4] priority (0..9)   ARGV[5] unique_for (s; 0: no unique key)   ARGV[6] now (epoch s)
 -- ARGV[7..] envelopes (oldest first)
 -- returns {1, ''} when enqueued, {0, ''} when this marker id was already pushed under this
 -- token, {2, id} when the unique key is held: nothing enqueued, id is the job holding it
-if redis.call('GET', KEYS[4]) == ARGV[1] then
+if redis.call('GET', KEYS[3]) == ARGV[1] then
   return {0, ''}
 end
 if ARGV[5] ~= '0' then
-  local holder = redis.call('GET', KEYS[6])
+  local holder = redis.call('GET', KEYS[5])
   if holder then return {2, holder} end
-  redis.call('SET', KEYS[6], ARGV[1], 'EX', ARGV[5])
+  redis.call('SET', KEYS[5], ARGV[1], 'EX', ARGV[5])
 end
 local now, priority = tonumber(ARGV[6]), tonumber(ARGV[4])
 local base = string.sub(KEYS[1], 1, -7)
@@ -37,24 +36,24 @@ elseif priority > 0 then
     args[#args + 1] = prio_score(priority, now)   -- whose ids sort by push time
     args[#args + 1] = ARGV[i]
   end
-  redis.call('ZADD', KEYS[3], unpack(args))
+  redis.call('ZADD', KEYS[2], unpack(args))
   -- workers waiting for jobs block on ready: a token there wakes one (it takes the
   -- priority jobs first, and drops the token)
   if redis.call('LLEN', KEYS[1]) == 0 then redis.call('LPUSH', KEYS[1], NUDGE) end
 else
   redis.call('LPUSH', KEYS[1], unpack(ARGV, first))
 end
-if redis.call('HGET', KEYS[5], 'track') == '1' then
+if redis.call('HGET', KEYS[4], 'track') == '1' then
   local state = ARGV[3] ~= '' and 'delayed' or 'queued'
   for i = first, #ARGV do
     local id, _ = head(ARGV[i])
     if id and ARGV[5] ~= '0' then  -- cancel gives the key back
       track(base, id, nil, 'state', state, 'attempts', 0, 'enqueued_at', now,
-            'unique', KEYS[6])
+            'unique', KEYS[5])
     elseif id then
       track(base, id, nil, 'state', state, 'attempts', 0, 'enqueued_at', now)
     end
   end
 end
-redis.call('SET', KEYS[4], ARGV[1], 'EX', ARGV[2])
+redis.call('SET', KEYS[3], ARGV[1], 'EX', ARGV[2])
 return {1, ''}

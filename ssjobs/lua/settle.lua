@@ -3,14 +3,13 @@
 -- names the batch by its sequence number, and a repeat of an applied settle changes nothing
 -- and returns the same jobs again (docs/design.md, "Lost replies").
 -- KEYS[1] ready     LIST  producers LPUSH, workers take from the right (FIFO)
--- KEYS[2] delayed   ZSET  envelope -> due time (epoch seconds)
+-- KEYS[2] delayed   ZSET  envelope -> due time (epoch seconds); priority jobs: negative
 -- KEYS[3] inflight  LIST  this worker's batch, oldest on the right
 -- KEYS[4] dead      LIST  dead-lettered envelopes (error in headers.error), newest left
 -- KEYS[5] stats     HASH  processed, failed, retried, dead, throttled_until
 -- KEYS[6] workers   HASH  worker name -> number of the batch it holds (its registration)
--- KEYS[7] prio      ZSET  priority jobs, highest first
--- KEYS[8] starts    ZSET  recent job starts (rate_limit)
--- KEYS[9] running   STRING jobs held by workers (concurrency)
+-- (and, in the topic's slot, P:{T}:starts and P:{T}:running for flow control, the job
+-- records P:{T}:job:ID of a tracked topic, unique keys and the cancel count)
 -- ARGV[1] worker name
 -- ARGV[2] seq       the number of the batch being settled
 -- ARGV[3] done      its oldest entries the worker finished: they are dropped (the failures
@@ -22,9 +21,10 @@
 -- ARGV[8] n_retry   ARGV[9] n_dead
 -- ARGV[10] take     jobs to take next (0: none)
 -- ARGV[11] now (epoch s)   ARGV[12] promote limit   ARGV[13] dead cap (max length of dead)
--- ARGV[14] rate limit: jobs (0: none)   ARGV[15] per seconds   ARGV[16] concurrency (0: none)
--- ARGV[17] tracked topic: '1' or '0'   ARGV[18] result_ttl (s)
--- ARGV[19] n_record (tracked jobs finished)   ARGV[20] n_release (unique keys to release)
+-- ARGV[14] rules: '' for a topic with no flow control and no tracking, else five words:
+--          rate limit jobs (0: none), per seconds, concurrency (0: none), tracked ('1' or
+--          '0'), result_ttl (s)
+-- ARGV[15] n_record (tracked jobs finished)   ARGV[16] n_release (unique keys to release)
 -- then n_retry pairs (due time, envelope), n_dead envelopes, n_record groups (id, state,
 -- attempts, result ('' none), error ('' none), result_error ('' none)), n_release pairs
 -- (unique key, job id)
@@ -39,11 +39,18 @@ local done, held = tonumber(ARGV[3]), tonumber(ARGV[4])
 local give_back = ARGV[5] == '1'
 local keep = held
 if give_back then keep = 0 end
-local k = {ready = KEYS[1], delayed = KEYS[2], stats = KEYS[5], prio = KEYS[7],
-           starts = KEYS[8], running = KEYS[9], base = string.sub(KEYS[1], 1, -7)}
-local rules = {now = tonumber(ARGV[11]), rate_n = tonumber(ARGV[14]),
-               rate_period = tonumber(ARGV[15]), concurrency = tonumber(ARGV[16]),
-               track = ARGV[17] == '1', ttl = tonumber(ARGV[18])}
+local base = string.sub(KEYS[1], 1, -7)
+local k = {ready = KEYS[1], delayed = KEYS[2], stats = KEYS[5], base = base}
+local rules = {now = tonumber(ARGV[11]), now_s = ARGV[11], take = tonumber(ARGV[10]),
+               take_s = ARGV[10], rate_n = 0, rate_period = 1, concurrency = 0,
+               track = false, ttl = 86400}
+if ARGV[14] ~= '' then
+  local w = {}
+  for word in string.gmatch(ARGV[14], '%S+') do w[#w + 1] = word end
+  rules.rate_n, rules.rate_period = tonumber(w[1]), tonumber(w[2])
+  rules.concurrency, rules.track, rules.ttl = tonumber(w[3]), w[4] == '1', tonumber(w[5])
+  k.starts, k.running = base .. ':starts', base .. ':running'
+end
 
 local function reply(jobs, wait)
   if #jobs > 0 then return {jobs, '', ''} end
@@ -65,8 +72,8 @@ end
 
 -- Validate before writing anything: a script that fails halfway keeps its first writes.
 local n_retry, n_dead = tonumber(ARGV[8]), tonumber(ARGV[9])
-local n_record, n_release = tonumber(ARGV[19]), tonumber(ARGV[20])
-local first = 21
+local n_record, n_release = tonumber(ARGV[15]), tonumber(ARGV[16])
+local first = 17
 for j = 0, n_retry - 1 do
   local due = tonumber(ARGV[first + 2 * j])
   if not due or due ~= due or due == math.huge or due == -math.huge then
@@ -98,8 +105,8 @@ if give_back and held > 0 then
   end
 end
 if rules.concurrency > 0 and ended > 0 then
-  local left = redis.call('DECRBY', KEYS[9], ended)
-  if left < 0 then redis.call('SET', KEYS[9], 0) end
+  local left = redis.call('DECRBY', k.running, ended)
+  if left < 0 then redis.call('SET', k.running, 0) end
 end
 local i = first
 for _ = 1, n_retry do
@@ -146,7 +153,7 @@ if n_dead > 0 then redis.call('HINCRBY', KEYS[5], 'dead', n_dead) end
 
 local taken, wait = {}, nil
 if ARGV[10] ~= '0' then
-  taken, wait = take(k, KEYS[3], tonumber(ARGV[10]), ARGV[12], rules)
+  taken, wait = take(k, KEYS[3], rules.take, ARGV[12], rules)
 end
 redis.call('HSET', KEYS[6], name, seq + 1)
 local jobs = taken
