@@ -50,6 +50,7 @@ TICK_S = 1.0               # timer period for job timeouts, lifetime and memory 
 BACKOFF_MAX_S = 5.0        # cap of the reconnect back-off while Redis is down
 STOPPING_RETRY_S = 2.0     # a stopping worker rides out this much of an outage, then leaves
                            # its position in the slot for its master's recovery
+CONCURRENCY_PER_TAKE = 100  # a worker takes one job per this much of a topic's concurrency
 BATCH_WORK_S = 0.02        # fetch about this much work at once: slow jobs are then shared
                            # fairly between workers, fast ones still come 100s per trip
 REJOIN_SEQ_GAP = 1 << 32   # a worker registering again skips this many batch numbers
@@ -279,8 +280,11 @@ class Worker:
         want = self._batch_limit()
         if self.cfg.max_consumer_count:
             want = min(want, self.cfg.max_consumer_count - self.handled)
-        if self.rules.concurrency:  # every job held counts: take only what runs now
-            want = min(want, self.concurrency)
+        if self.rules.concurrency:
+            # every job held counts against the limit, run or not: take about what runs
+            # now, so jobs waiting in a batch never keep the topic far below its limit
+            want = min(want, max(self.concurrency,
+                                 self.rules.concurrency // CONCURRENCY_PER_TAKE))
         return want
 
     def _wait(self, timeout: float) -> bool:

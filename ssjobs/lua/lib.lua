@@ -93,19 +93,31 @@ local function next_due(delayed)
 end
 
 -- How many jobs the topic's flow control lets a worker start now, and, when none, how long
--- until it may try again. `rules` = {rate_n, rate_period, concurrency}; judged on Redis'
--- clock, fleet-wide (every worker of every host shares these keys).
+-- until it may try again; judged on Redis' clock, fleet-wide (every worker of every host
+-- shares these keys). rate_limit is an exact sliding window kept per take, not per job:
+-- `starts` holds one entry per take ("count:taker", scored by its time) and `starts:n`
+-- their sum, so a take costs the same few commands however many jobs it takes.
 local CONCURRENCY_POLL_S = 0.25  -- a full topic frees a slot when some job ends: look again
 local function allowance(k, rules, n)
   local wait = nil
   if rules.rate_n > 0 then
     local t = redis.call('TIME')
     local now = tonumber(t[1]) + tonumber(t[2]) / 1e6
-    redis.call('ZREMRANGEBYSCORE', k.starts, '-inf', now - rules.rate_period)
-    local free = rules.rate_n - redis.call('ZCARD', k.starts)
+    local cutoff = now - rules.rate_period
+    local old = redis.call('ZRANGEBYSCORE', k.starts, '-inf', cutoff)
+    local total
+    if #old > 0 then
+      local gone = 0
+      for i = 1, #old do gone = gone + (tonumber(string.match(old[i], '^(%d+):')) or 1) end
+      redis.call('ZREMRANGEBYSCORE', k.starts, '-inf', cutoff)
+      total = redis.call('DECRBY', k.starts .. ':n', gone)
+    else
+      total = tonumber(redis.call('GET', k.starts .. ':n') or '0')
+    end
+    local free = rules.rate_n - total
     if free <= 0 then
       local oldest = redis.call('ZRANGE', k.starts, 0, 0, 'WITHSCORES')
-      wait = math.max(0.001, tonumber(oldest[2]) + rules.rate_period - now)
+      wait = math.max(0.001, (tonumber(oldest[2]) or now) + rules.rate_period - now)
       n = 0
     elseif free < n then
       n = free
@@ -130,13 +142,11 @@ end
 local function started(k, rules, jobs)
   if #jobs == 0 then return end
   if rules.rate_n > 0 then
-    local args = {}
-    for i = 1, #jobs do
-      args[#args + 1] = rules.clock
-      args[#args + 1] = (head(jobs[i]) or '?') .. ':' .. rules.clock .. ':' .. i
-    end
-    redis.call('ZADD', k.starts, unpack(args))
-    redis.call('EXPIRE', k.starts, math.ceil(rules.rate_period) + 1)
+    local ttl = math.ceil(rules.rate_period) + 1
+    redis.call('ZADD', k.starts, rules.clock, #jobs .. ':' .. rules.taker)
+    redis.call('EXPIRE', k.starts, ttl)
+    redis.call('INCRBY', k.starts .. ':n', #jobs)
+    redis.call('EXPIRE', k.starts .. ':n', ttl)
   end
   if rules.concurrency > 0 then redis.call('INCRBY', k.running, #jobs) end
 end
@@ -187,28 +197,14 @@ local function take(k, inflight, n, promote_limit, rules)
   local plain = rules.rate_n == 0 and rules.concurrency == 0 and not rules.track
   local wait
   if not plain then n, wait = allowance(k, rules, n) end
-  -- one look at delayed: priority jobs (negative scores) come first, then due jobs; most
-  -- often there are none, and then the scores are not asked for
-  -- (Redis' arguments as the strings they came as: a Lua number is formatted each time)
-  local limit = promote_limit
-  local found = redis.call('ZRANGEBYSCORE', k.delayed, '-inf', rules.now_s, 'LIMIT', 0, limit)
+  -- one look at delayed, which most often finds nothing due: then no more is done
   local items
-  if #found > 0 then
-    found = redis.call('ZRANGEBYSCORE', k.delayed, '-inf', rules.now_s, 'WITHSCORES',
-                       'LIMIT', 0, limit)
-    items = {}
-    local gone, due = {}, {}
-    for i = 1, #found, 2 do
-      if tonumber(found[i + 1]) >= 0 then
-        due[#due + 1] = found[i]
-        gone[#gone + 1] = found[i]
-      elseif #items < n then
-        items[#items + 1] = found[i]
-        gone[#gone + 1] = found[i]
-      end
+  if #redis.call('ZRANGEBYSCORE', k.delayed, '-inf', rules.now_s, 'LIMIT', 0, 1) > 0 then
+    if n > 0 then  -- priority jobs (negative scores), best first, are taken as they are
+      items = redis.call('ZRANGEBYSCORE', k.delayed, '-inf', '(0', 'LIMIT', 0, n)
+      if #items > 0 then redis.call('ZREM', k.delayed, unpack(items)) end
     end
-    if #gone > 0 then redis.call('ZREM', k.delayed, unpack(gone)) end
-    for i = 1, #due do route(k.ready, k.delayed, due[i], rules.now) end
+    promote_due(k.ready, k.delayed, rules.now, promote_limit)
   end
   if n <= 0 then return {}, wait end
   if not items or #items == 0 then

@@ -42,6 +42,7 @@ if give_back then keep = 0 end
 local base = string.sub(KEYS[1], 1, -7)
 local k = {ready = KEYS[1], delayed = KEYS[2], stats = KEYS[5], base = base}
 local rules = {now = tonumber(ARGV[11]), now_s = ARGV[11], take = tonumber(ARGV[10]),
+               taker = name .. ':' .. ARGV[2],
                take_s = ARGV[10], rate_n = 0, rate_period = 1, concurrency = 0,
                track = false, ttl = 86400}
 if ARGV[14] ~= '' then
