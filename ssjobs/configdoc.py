@@ -96,7 +96,7 @@ def render_reference() -> str:
                 "|---|---|---|---|---|"]
         for spec in specs(section.cls):
             out.append(_reference_row(spec))
-        if section.array:
+        if section.array and not section.optional:   # [[jobs]]: [jobs.redis]
             out += ["", f"`[{header.strip('[]')}.redis]` ({JOB_REDIS_DOC}): the keys of "
                     "`[redis]`.", ""]
         out.append("")
