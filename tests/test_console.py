@@ -392,6 +392,20 @@ def test_top_layout_fits_80x24_with_many_topics_and_workers():
     assert any("more topics" in t for t in text) and any("more workers" in t for t in text)
 
 
+def test_top_shows_throttled_topics_and_the_next_periodic_runs():
+    now = time.time()
+    counts = {"backlog": 5, "delayed": 0, "inflight": 0, "dead": 0, "processed": 0}
+    rows = [TopicRow("slow.api", dict(counts, throttled=True), rate=0.0, history=[],
+                     workers={"static": 1}),
+            TopicRow("free", dict(counts), rate=0.0, history=[], workers={"static": 1})]
+    note = "periodic free (*/5 * * * *): next 2026-12-03 11:25:00"
+    lines = render(Frame(now, {"pid": 1, "started_at": now}, rows, [], [], [note]), 100, 24)
+    text = ["".join(t for t, _ in line) for line in lines]
+    assert note in text
+    labels = [t for t in text if t.lstrip().startswith("workers")]
+    assert len(labels) == 2 and "throttled" in labels[0] and "throttled" not in labels[1]
+
+
 def test_sparkline_scales_to_the_peak_and_pads_missing_history():
     assert sparkline([0.0, 5.0, 10.0], width=3, span=3) == "▁▅█"
     assert sparkline([10.0], width=4, span=4) == "   █"

@@ -25,6 +25,7 @@ from typing import Any
 
 from ..broker import Broker, Brokers
 from ..config import Config
+from ..periodic import Schedule
 from ..redact import redact, redact_url
 from ..runtime import RuntimeFiles, StopSignals
 from ..scoreboard import percentiles_ms, read_board, topic_histograms
@@ -59,6 +60,7 @@ class Frame:
     topics: list[TopicRow]
     workers: list[dict]                    # scoreboard slots of this host's workers
     errors: list[str]
+    notes: list[str] = field(default_factory=list)   # periodic schedules' next runs
 
 
 class Sampler:
@@ -73,6 +75,7 @@ class Sampler:
         self.last: dict[str, tuple[float, int]] = {}      # topic -> (time, processed)
         self.history: dict[str, deque[float]] = {t: deque(maxlen=HISTORY_S)
                                                  for t in self.brokers}
+        self.schedules = [Schedule(p) for p in cfg.periodic]
 
     def sample(self) -> Frame:
         now = time.time()
@@ -93,7 +96,10 @@ class Sampler:
             row.workers = _worker_counts(w for w in workers if w["topic"] == topic)
             rows.append(row)
         workers.sort(key=lambda w: (w["topic"], w["kind"] != "static", w["index"]))
-        return Frame(now, master, rows, workers, errors)
+        notes = [f"periodic {s.cfg.topic} ({s.cfg.schedule}): next "
+                 + time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(s.next_after(now)))
+                 for s in self.schedules]
+        return Frame(now, master, rows, workers, errors, notes)
 
     def _rate(self, row: TopicRow, now: float) -> None:
         if row.counts is None:
@@ -143,7 +149,8 @@ def render(frame: Frame, width: int, height: int | None) -> list[Line]:
     topics = [_topic_lines(row, width) for row in frame.topics]
     worker_head = _worker_header(width)
     workers = [_worker_line(w, frame.at, width) for w in frame.workers]
-    foot: list[Line] = [[(_fit(e, width), "yellow")] for e in frame.errors]
+    foot: list[Line] = [[(_fit(n, width), "dim")] for n in frame.notes]
+    foot += [[(_fit(e, width), "yellow")] for e in frame.errors]
     foot.append([(_fit("q quit · workers: static+dynamic · p50/p95: job time of live "
                        "workers", width), "dim")])
     if height is not None:
@@ -191,7 +198,8 @@ def _topic_lines(row: TopicRow, width: int) -> list[Line]:
         first.append((cell.rjust(w), style))
     wk = row.workers
     label = (f"  workers {wk.get('static', 0)}+{wk.get('dynamic', 0)}, {wk.get('busy', 0)} busy"
-             f" {wk.get('idle', 0)} idle").ljust(36)
+             f" {wk.get('idle', 0)} idle" + (", throttled" if c.get("throttled") else "")
+             ).ljust(36)
     peak = max(row.history, default=0.0)
     tail = f" max {peak:.1f}/s"
     spark = sparkline(row.history, max(8, width - len(label) - len(tail)))
