@@ -5,7 +5,7 @@ The scoreboard slot is written through raw pointers into the mmap'd buffer, at t
 that ``scoreboard.py`` defines (a test checks that both agree). The pointer writes store
 native-endian values where the layout says little-endian: ssjobs runs on little-endian Linux
 (x86_64, aarch64)."""
-from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE
+from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
 from cpython.unicode cimport PyUnicode_DecodeUTF8
 from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t
 from libc.string cimport memcpy, memset
@@ -13,7 +13,7 @@ from posix.time cimport clock_gettime, timespec, CLOCK_REALTIME
 
 import traceback
 
-from .envelope import NUDGE, Job, from_list
+from .envelope import ID_SEQ_MASK, NEW_ENVELOPE_HEAD, NUDGE, Job, from_list
 from .errors import EnvelopeError, JobTimeout, Reject, Retry
 from .outcome import Code, Failure
 from ._fastloop_py import job_timeout
@@ -51,6 +51,39 @@ def mark_forked():
     """See ``_fastloop_py.mark_forked``."""
     global _forked
     _forked = 1
+
+
+cdef const char* _HEX = b"0123456789abcdef"
+
+
+def assemble(str prefix, first, bytes middle, list bodies):
+    """See ``_fastloop_py.assemble``: one allocation per envelope, the sequence digits
+    written straight into it and into the id."""
+    cdef bytes head = NEW_ENVELOPE_HEAD + prefix.encode("ascii")
+    cdef Py_ssize_t n_head = len(head), n_mid = len(middle), i, k, n_body
+    cdef uint64_t seq = first, mask = ID_SEQ_MASK
+    cdef char digits[32]
+    cdef char* out
+    cdef bytes body, env
+    cdef list ids = [], envelopes = []
+    if len(prefix) != 22:
+        raise ValueError("an id prefix has 22 hex digits")
+    memcpy(digits, PyBytes_AS_STRING(head) + 4, 22)
+    for i in range(len(bodies)):
+        body = <bytes>bodies[i]
+        n_body = PyBytes_GET_SIZE(body)
+        for k in range(10):
+            digits[31 - k] = _HEX[(seq >> (4 * k)) & 15]
+        env = PyBytes_FromStringAndSize(NULL, n_head + 10 + n_mid + n_body)
+        out = PyBytes_AS_STRING(env)
+        memcpy(out, PyBytes_AS_STRING(head), n_head)
+        memcpy(out + n_head, digits + 22, 10)
+        memcpy(out + n_head + 10, PyBytes_AS_STRING(middle), n_mid)
+        memcpy(out + n_head + 10 + n_mid, PyBytes_AS_STRING(body), n_body)
+        envelopes.append(env)
+        ids.append(digits[:32].decode("ascii"))
+        seq = (seq + 1) & mask
+    return ids, envelopes
 
 
 cdef inline double _now() noexcept nogil:

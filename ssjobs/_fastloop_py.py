@@ -4,7 +4,9 @@
 consumer, times it, and keeps the worker's scoreboard slot current, including the position
 in the batch that crash recovery reads (docs/design.md, "Crashes"). It stops at the first
 job that does not succeed, so the worker settles that failure before running the next job.
-Both twins expose the same names and behave the same.
+``assemble`` builds the envelopes of new jobs for a producer (the part of a push that is
+the same for every job and the part that is not are given apart, so a batch costs little
+more than encoding its payloads). Both twins expose the same names and behave the same.
 """
 from __future__ import annotations
 
@@ -13,7 +15,7 @@ import time
 import traceback
 from typing import Any
 
-from .envelope import NUDGE, decode
+from .envelope import ID_SEQ_MASK, NEW_ENVELOPE_HEAD, NUDGE, decode
 from .errors import EnvelopeError, JobTimeout, Reject, Retry
 from .outcome import Code, Failure
 from .scoreboard import (
@@ -48,6 +50,17 @@ def mark_forked() -> None:
     (the worker's at-fork hook calls this in the child)."""
     global _forked
     _forked = True
+
+
+def assemble(prefix: str, first: int, middle: bytes,
+             bodies: list[bytes]) -> tuple[list[str], list[bytes]]:
+    """The ids and envelopes of new jobs (envelope.id_block gives ``prefix`` and ``first``,
+    envelope.new_envelope_middle the ``middle``; ``bodies`` are the encoded payloads)."""
+    head = NEW_ENVELOPE_HEAD + prefix.encode()
+    seqs = [b"%010x" % ((first + i) & ID_SEQ_MASK) for i in range(len(bodies))]
+    envelopes = [b"%s%s%s%s" % (head, seq, middle, body)
+                 for seq, body in zip(seqs, bodies, strict=True)]
+    return [prefix + seq.decode() for seq in seqs], envelopes
 
 
 def run_batch(raws: list[bytes], call: Any, finish: Any, buf: Any, offset: int, ctl: Any,

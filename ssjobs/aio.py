@@ -6,10 +6,18 @@
 """
 from __future__ import annotations
 
+import asyncio
+import hashlib
 import time
-from typing import Any, Awaitable, Callable, Iterable
+from typing import Any, Callable, Iterable
 
 import redis.asyncio as aioredis
+from redis.exceptions import NoScriptError
+
+try:
+    from asyncio import timeout as _deadline  # Python 3.11+
+except ImportError:  # 3.10: redis-py depends on it there
+    from async_timeout import timeout as _deadline  # type: ignore[no-redef]
 
 from . import envelope, tracking
 from .broker import TopicKeys, translate
@@ -21,10 +29,77 @@ from .producer import (
     chunked_calls,
     chunks_of,
     make_envelope,
+    new_envelopes,
     push_call,
     push_options,
     pushed_id,
 )
+
+IO_TIMEOUT_S = 10.0   # a push that gets no reply in this long is sent again (once); a
+                      # push_many has a second more per chunk of jobs
+PUSH_SHA = hashlib.sha1(PUSH_SCRIPT.encode()).hexdigest()
+
+
+def _packer() -> Callable[..., Any]:
+    """What turns a command into RESP bytes: hiredis' when installed (redis.asyncio's own
+    packer is pure Python)."""
+    from redis._parsers.encoders import Encoder
+    from redis.connection import HiredisRespSerializer, PythonRespSerializer
+    from redis.utils import HIREDIS_AVAILABLE
+
+    if HIREDIS_AVAILABLE:
+        return HiredisRespSerializer().pack
+    return PythonRespSerializer(6000, Encoder("utf-8", "strict", False).encode).pack
+
+
+class _Connections:
+    """The producer's own connections for pushes, one per push in flight and kept for the
+    next: redis.asyncio's per-call pool and its per-read timeout task cost about as much
+    as the round trip of a push. Each push has one deadline instead."""
+
+    def __init__(self, client: aioredis.Redis) -> None:
+        pool = client.connection_pool
+        self._make = lambda: pool.connection_class(**dict(pool.connection_kwargs,
+                                                          socket_timeout=None))
+        self._free: list[Any] = []
+        self._pack = _packer()
+
+    async def push(self, calls: list[tuple[list[str], list[Any]]]) -> list[Any]:
+        """push.lua calls streamed down one connection, then their replies."""
+        conn = self._free.pop() if self._free else self._make()
+        try:
+            async with _deadline(IO_TIMEOUT_S + len(calls) - 1):
+                if not conn.is_connected:
+                    await conn.connect()
+                for call_keys, call_args in calls:
+                    await conn.send_packed_command(self._pack(
+                        "EVALSHA", PUSH_SHA, len(call_keys), *call_keys, *call_args),
+                        check_health=False)
+                replies: list[Any] = []
+                unloaded = []
+                for i in range(len(calls)):
+                    try:
+                        replies.append(await conn.read_response())
+                    except NoScriptError:  # a restarted Redis: such a call did nothing yet
+                        replies.append(None)
+                        unloaded.append(i)
+                for i in unloaded:
+                    call_keys, call_args = calls[i]
+                    await conn.send_packed_command(self._pack(
+                        "EVAL", PUSH_SCRIPT, len(call_keys), *call_keys, *call_args))
+                    replies[i] = await conn.read_response()
+        except asyncio.TimeoutError:
+            await conn.disconnect()
+            raise BrokerUnavailable(f"no reply from Redis in {IO_TIMEOUT_S:g} s") from None
+        except BaseException:
+            await conn.disconnect()   # replies may be left unread: never reuse it
+            raise
+        self._free.append(conn)
+        return replies
+
+    async def close(self) -> None:
+        while self._free:
+            await self._free.pop().disconnect()
 
 
 class AsyncProducer:
@@ -34,7 +109,7 @@ class AsyncProducer:
         self.max_payload_bytes = max_payload_bytes
         self._client = aioredis.Redis.from_url(url, socket_connect_timeout=5.0,
                                                socket_timeout=10.0)
-        self._script = self._client.register_script(PUSH_SCRIPT)
+        self._pushes = _Connections(self._client)
         self._keys: dict[str, TopicKeys] = {}
         self._tokens = Tokens()   # one per push in flight: pushes run concurrently
         self._cancel: Any = None
@@ -57,17 +132,11 @@ class AsyncProducer:
         now = time.time()
         job_id, env = make_envelope(topic, payload, now, self.max_payload_bytes, opts.headers)
         tokens = self._tokens.take()
-        replies: list[Any] = []
         try:
-            call_keys, call_args = push_call(keys, tokens[0], job_id, [env], now, opts)
-
-            async def send() -> None:
-                replies.append(await self._script(keys=call_keys, args=call_args))
-
-            await self._send(send)
+            replies = await self._send([push_call(keys, tokens[0], job_id, [env], now, opts)])
         finally:
             self._tokens.give(tokens)
-        return pushed_id(replies[-1] if replies else None, job_id)
+        return pushed_id(replies[0], job_id)
 
     async def push_many(self, topic: str, payloads: Iterable[Any], *, delay: float = 0,
                         priority: int = 0, max_retries: int | None = None,
@@ -77,36 +146,26 @@ class AsyncProducer:
         opts = push_options(delay=delay, priority=priority, max_retries=max_retries,
                             timeout=timeout)
         now = time.time()
-        pairs = [make_envelope(topic, p, now, self.max_payload_bytes, opts.headers)
-                 for p in payloads]
-        if not pairs:
+        ids, envs = new_envelopes(topic, payloads, now, self.max_payload_bytes, opts.headers)
+        if not ids:
             return []
-        tokens = self._tokens.take(chunks_of(len(pairs)))
+        tokens = self._tokens.take(chunks_of(len(ids)))
         try:
-            calls = chunked_calls(keys, tokens, pairs, now, opts)
-
-            async def send() -> None:
-                async with self._client.pipeline(transaction=False) as pipe:
-                    for call_keys, call_args in calls:
-                        await self._script(keys=call_keys, args=call_args, client=pipe)
-                    await pipe.execute()
-
-            await self._send(send)
+            await self._send(chunked_calls(keys, tokens, ids, envs, now, opts))
         finally:
             self._tokens.give(tokens)
-        return [job_id for job_id, _ in pairs]
+        return ids
 
-    @staticmethod
-    async def _send(call: Callable[[], Awaitable[Any]]) -> None:
+    async def _send(self, calls: list[tuple[list[str], list[Any]]]) -> list[Any]:
         """Send, and once more after a lost connection (push.lua makes that safe)."""
         for attempt in (1, 2):
             try:
                 with translate():
-                    await call()
-                return
+                    return await self._pushes.push(calls)
             except BrokerUnavailable:
                 if attempt == 2:
                     raise
+        raise AssertionError("unreachable")
 
     async def status(self, topic: str, job_id: str) -> dict | None:
         """A tracked job's record, or None (see Producer.status)."""
@@ -128,6 +187,7 @@ class AsyncProducer:
             return int(await self._client.llen(self._topic(topic).ready))
 
     async def close(self) -> None:
+        await self._pushes.close()
         await self._client.aclose()
 
     async def __aenter__(self) -> AsyncProducer:

@@ -6,6 +6,7 @@ so each script touches a single slot. See docs/protocol.md for the wire format.
 from __future__ import annotations
 
 import functools
+import re
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -67,9 +68,39 @@ def script_source(name: str) -> str:
     return resources.files("ssjobs.lua").joinpath(f"{name}.lua").read_text("utf-8")
 
 
+_DEFINES = re.compile(r"^local (?:function )?([A-Za-z_]\w*)", re.M)
+_COMMENT = re.compile(r"--[^\n]*")
+
+
+@cache
 def with_lib(name: str) -> str:
-    """A script with lib.lua's shared functions in front of it."""
-    return script_source("lib") + "\n" + script_source(name)
+    """A script with the parts of lib.lua it uses in front of it: the definitions it names,
+    and those these name, in lib's order. Redis runs a script's whole text on every call,
+    so each unused function would cost a closure per call."""
+    blocks = _definitions(script_source("lib"))
+    wanted = _COMMENT.sub("", script_source(name))
+    kept: set[int] = set()
+    while True:   # to a fixed point: a kept block may name another
+        more = {i for i, block in enumerate(blocks) if i not in kept
+                and any(re.search(rf"\b{n}\b", wanted) for n in _DEFINES.findall(block))}
+        if not more:
+            break
+        kept |= more
+        wanted += _COMMENT.sub("", "\n".join(blocks[i] for i in more))
+    return "\n\n".join([*(blocks[i] for i in sorted(kept)), script_source(name)])
+
+
+def _definitions(lib: str) -> list[str]:
+    """lib.lua cut into its top-level definitions, each with the comment lines right above."""
+    lines = lib.splitlines()
+    starts = []
+    for i, line in enumerate(lines):
+        if _DEFINES.match(line):
+            while i > 0 and lines[i - 1].startswith("--"):
+                i -= 1
+            starts.append(i)
+    bounds = [*starts, len(lines)]
+    return ["\n".join(lines[a:b]).strip() for a, b in zip(bounds, bounds[1:], strict=False)]
 
 
 

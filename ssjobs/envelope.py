@@ -10,10 +10,10 @@ The array header is always the single byte 0x97, and the first five items come b
 """
 from __future__ import annotations
 
-import itertools
 import os
+import threading
 import time
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Iterable
 
 import msgpack
 
@@ -68,24 +68,61 @@ class Job:
 
 
 # Job ids: 12 hex digits of epoch milliseconds (so ids sort by enqueue time), then 10 hex
-# digits of per-process randomness and a 10-hex-digit counter (so ids never collide).
-_counter = itertools.count()
+# digits of per-process randomness and a 10-hex-digit sequence number (so ids never collide).
+ID_SEQ_MASK = 0xFFFFFFFFFF
+# What every new job's envelope starts with: the array, version 1, and the str8 header of
+# its 32-character id (the id's bytes follow).
+NEW_ENVELOPE_HEAD = ARRAY_HEADER + b"\x01\xd9\x20"
+_seq = 0
+_seq_lock = threading.Lock()
 _node_bits = int.from_bytes(os.urandom(5), "big")
 
 
 def _reseed_after_fork() -> None:
-    global _counter, _node_bits
-    _counter = itertools.count()
+    global _seq, _seq_lock, _node_bits
+    _seq, _seq_lock = 0, threading.Lock()
     _node_bits = int.from_bytes(os.urandom(5), "big")
 
 
 os.register_at_fork(after_in_child=_reseed_after_fork)
 
 
+def id_block(now: float, n: int) -> tuple[str, int]:
+    """Ids for ``n`` jobs created at ``now``: the 22 hex digits they share and the first of
+    their sequence numbers (id i is the prefix + 10 hex digits of (first + i) & ID_SEQ_MASK)."""
+    global _seq
+    with _seq_lock:
+        first = _seq
+        _seq = (_seq + n) & ID_SEQ_MASK
+    return f"{int(now * 1000):012x}{_node_bits:010x}", first
+
+
 def new_id(now: float | None = None) -> str:
     """A unique job id that sorts by creation time (32 hex digits)."""
-    ms = int((time.time() if now is None else now) * 1000)
-    return f"{ms:012x}{_node_bits:010x}{next(_counter) & 0xFFFFFFFFFF:010x}"
+    prefix, seq = id_block(time.time() if now is None else now, 1)
+    return f"{prefix}{seq:010x}"
+
+
+def new_envelope_middle(topic: str, now: float, headers: dict | None) -> bytes:
+    """What comes between a new job's id and its payload: topic, attempts 0, enqueued_at,
+    headers; the same for every job of one push."""
+    return b"".join((_packb(topic), b"\x00", _packb(float(now)),
+                     _packb(headers or {}, use_bin_type=True)))
+
+
+def pack_payloads(payloads: Iterable[Any], max_payload_bytes: int) -> list[bytes]:
+    """Every payload msgpack-encoded, or the first problem: TypeError naming what msgpack
+    cannot encode, ValueError for one over ``max_payload_bytes``."""
+    pack = msgpack.Packer(use_bin_type=True).pack   # one per call: a Packer is not shared
+    try:
+        bodies = [pack(payload) for payload in payloads]
+    except (TypeError, ValueError, OverflowError) as exc:
+        raise TypeError(f"payload is not msgpack-serialisable: {exc}") from None
+    biggest = max(map(len, bodies), default=0)
+    if biggest > max_payload_bytes:
+        raise ValueError(f"payload is {biggest} bytes encoded, over max_payload_bytes="
+                         f"{max_payload_bytes}")
+    return bodies
 
 
 def encode_payload(payload: Any) -> bytes:

@@ -19,11 +19,12 @@ def _pick() -> ModuleType:
 
 
 if TYPE_CHECKING:
-    from ._fastloop_py import IMPLEMENTATION, mark_forked, run_batch
+    from ._fastloop_py import IMPLEMENTATION, assemble, mark_forked, run_batch
 else:
     _impl = _pick()
     IMPLEMENTATION = _impl.IMPLEMENTATION
     run_batch = _impl.run_batch
     mark_forked = _impl.mark_forked
+    assemble = _impl.assemble
 
-__all__ = ["IMPLEMENTATION", "mark_forked", "run_batch"]
+__all__ = ["IMPLEMENTATION", "assemble", "mark_forked", "run_batch"]

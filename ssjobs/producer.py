@@ -16,7 +16,7 @@ from redis import ConnectionPool
 from redis.cluster import RedisCluster
 from redis.exceptions import NoScriptError
 
-from . import envelope
+from . import envelope, fastloop
 from .broker import TopicKeys, connect, translate, with_lib
 from .delays import push_delay
 from .errors import BrokerUnavailable
@@ -24,7 +24,6 @@ from .names import check_topic
 
 CHUNK_SIZE = 1_000   # envelopes per push command: big enough to amortise the round trip,
                      # small enough to keep one command well under Redis' 512 MB limit
-MARKER_TTL_S = 3600  # a push token's marker outlives any retry of its last push by far
 PUSH_SCRIPT = with_lib("push")
 MAX_UNIQUE_FOR_S = 366 * 24 * 3600.0
 MAX_UNIQUE_KEY_BYTES = 512
@@ -76,15 +75,22 @@ def _seconds(name: str, value: Any, low: float, high: float) -> float:
     return float(value)
 
 
+def new_envelopes(topic: str, payloads: Iterable[Any], now: float, max_payload_bytes: int,
+                  headers: dict[str, Any] | None = None) -> tuple[list[str], list[bytes]]:
+    """(job ids, envelopes) of new jobs; TypeError/ValueError before anything reaches Redis.
+    Encoding the payloads is most of the cost: the rest is assembled in one pass (compiled
+    when the extension is there)."""
+    bodies = envelope.pack_payloads(payloads, max_payload_bytes)
+    prefix, first = envelope.id_block(now, len(bodies))
+    return fastloop.assemble(prefix, first, envelope.new_envelope_middle(topic, now, headers),
+                             bodies)
+
+
 def make_envelope(topic: str, payload: Any, now: float, max_payload_bytes: int,
                   headers: dict[str, Any] | None = None) -> tuple[str, bytes]:
-    """(job id, envelope); TypeError/ValueError before anything reaches Redis."""
-    body = envelope.encode_payload(payload)
-    if len(body) > max_payload_bytes:
-        raise ValueError(f"payload is {len(body)} bytes encoded, over max_payload_bytes="
-                         f"{max_payload_bytes}")
-    job_id = envelope.new_id(now)
-    return job_id, envelope.build(job_id, topic, body, 0, now, headers)
+    """(job id, envelope) of one new job (see new_envelopes)."""
+    ids, envs = new_envelopes(topic, (payload,), now, max_payload_bytes, headers)
+    return ids[0], envs[0]
 
 
 def push_call(keys: TopicKeys, token: str, marker: str, envs: list[bytes], now: float,
@@ -94,7 +100,7 @@ def push_call(keys: TopicKeys, token: str, marker: str, envs: list[bytes], now: 
     unique = keys.unique(opts.unique_key or "")
     unique_for = int(opts.unique_for) if opts.unique_key else 0
     return ([keys.ready, keys.delayed, keys.push_marker(token), keys.conf, unique],
-            [marker, MARKER_TTL_S, due, opts.priority, unique_for, repr(now), *envs])
+            [marker, due, opts.priority, unique_for, repr(now), *envs])
 
 
 def pushed_id(reply: Any, job_id: str) -> str:
@@ -105,18 +111,14 @@ def pushed_id(reply: Any, job_id: str) -> str:
     return job_id
 
 
-def chunked_calls(keys: TopicKeys, tokens: list[str], pairs: list[tuple[str, bytes]],
+def chunked_calls(keys: TopicKeys, tokens: list[str], ids: list[str], envs: list[bytes],
                   now: float, opts: PushOptions) -> list[tuple[list[str], list[Any]]]:
     """One push.lua call per chunk of CHUNK_SIZE jobs, each under its own token, marked by
     its first job's id: a retried push_many enqueues every chunk once."""
     if opts.unique_key is not None:
         raise ValueError("unique_key names one job: push it with push(), not push_many()")
-    calls = []
-    for token, start in zip(tokens, range(0, len(pairs), CHUNK_SIZE), strict=True):
-        chunk = pairs[start:start + CHUNK_SIZE]
-        calls.append(push_call(keys, token, chunk[0][0], [env for _, env in chunk], now,
-                               opts))
-    return calls
+    return [push_call(keys, token, ids[start], envs[start:start + CHUNK_SIZE], now, opts)
+            for token, start in zip(tokens, range(0, len(envs), CHUNK_SIZE), strict=True)]
 
 
 def chunks_of(n: int) -> int:
@@ -158,47 +160,74 @@ class _Server:
         self.script = self.client.register_script(PUSH_SCRIPT)
 
     def push(self, keys: list[str], args: list[Any]) -> Any:
-        """One push.lua call on this thread's own connection (made once and kept), skipping
-        redis-py's per-call pool and instrumentation work, which costs about a third of a
-        single push. Sent again once on a dropped link: push.lua makes that safe."""
-        if not self.direct:  # a cluster or sentinel client must route each command itself
-            with translate():
-                return self.script(keys=keys, args=args)
-        local = self.local
+        """One push.lua call; its reply."""
+        return self.push_calls([(keys, args)])[0]
+
+    def push_calls(self, calls: list[tuple[list[str], list[Any]]]) -> list[Any]:
+        """push.lua calls, their replies. On a plain server: streamed down this thread's own
+        connection (made once and kept) and the replies read after the last, so Redis runs
+        one chunk while the next is sent, and redis-py's per-call pool and instrumentation
+        work (about a third of a single push) is skipped. Sent again once on a dropped
+        link: push.lua makes that safe."""
+        if not self.direct:
+            return self._push_routed(calls)
         for attempt in (1, 2):
-            conn = local.__dict__.get("conn")
-            if conn is None or local.pid != os.getpid():
-                # Not from the pool: the pool would keep a thread's connection alive after
-                # the thread is gone; this one is closed when the thread-local is dropped.
-                pool = self.client.connection_pool
-                conn = local.conn = pool.connection_class(**pool.connection_kwargs)
-                local.pid = os.getpid()
-                self.own.add(conn)
+            conn = self._connection()
             try:
                 with translate():
-                    try:
-                        conn.send_command("EVALSHA", PUSH_SHA, len(keys), *keys, *args)
-                        return conn.read_response()
-                    except NoScriptError:
-                        conn.send_command("EVAL", PUSH_SCRIPT, len(keys), *keys, *args)
-                        return conn.read_response()
+                    return self._stream(conn, calls)
             except BrokerUnavailable:
                 conn.disconnect()
                 if attempt == 2:
                     raise
+            except BaseException:
+                conn.disconnect()   # replies may be left unread: never reuse it
+                raise
+        raise AssertionError("unreachable")
 
-    def push_calls(self, calls: list[tuple[list[str], list[Any]]]) -> None:
-        """Several push.lua calls, pipelined in one round trip where the client can (a
-        cluster client refuses scripts in a pipeline: one call each; they are few, one per
-        CHUNK_SIZE jobs)."""
-        if isinstance(self.client, RedisCluster):
-            for call_keys, call_args in calls:
-                self.script(keys=call_keys, args=call_args)
-            return
-        pipe = self.client.pipeline(transaction=False)
+    def _connection(self) -> Any:
+        local = self.local
+        conn = local.__dict__.get("conn")
+        if conn is None or local.pid != os.getpid():
+            # Not from the pool: the pool would keep a thread's connection alive after the
+            # thread is gone; this one is closed when the thread-local is dropped.
+            pool = self.client.connection_pool
+            conn = local.conn = pool.connection_class(**pool.connection_kwargs)
+            local.pid = os.getpid()
+            self.own.add(conn)
+        return conn
+
+    @staticmethod
+    def _stream(conn: Any, calls: list[tuple[list[str], list[Any]]]) -> list[Any]:
         for call_keys, call_args in calls:
-            self.script(keys=call_keys, args=call_args, client=pipe)
-        pipe.execute()
+            conn.send_packed_command(conn.pack_command(
+                "EVALSHA", PUSH_SHA, len(call_keys), *call_keys, *call_args), check_health=False)
+        replies: list[Any] = []
+        unloaded = []
+        for i in range(len(calls)):
+            try:
+                replies.append(conn.read_response())
+            except NoScriptError:   # a restarted Redis: such a call did nothing yet
+                replies.append(None)
+                unloaded.append(i)
+        for i in unloaded:
+            call_keys, call_args = calls[i]
+            conn.send_command("EVAL", PUSH_SCRIPT, len(call_keys), *call_keys, *call_args)
+            replies[i] = conn.read_response()
+        return replies
+
+    def _push_routed(self, calls: list[tuple[list[str], list[Any]]]) -> list[Any]:
+        """Through the client, which routes each command (a cluster or sentinel connection
+        made outside its pool would not know which server to talk to); a cluster client
+        refuses scripts in a pipeline: one call each, they are few (one per CHUNK_SIZE)."""
+        with translate():
+            if isinstance(self.client, RedisCluster) or len(calls) == 1:
+                return [self.script(keys=call_keys, args=call_args)
+                        for call_keys, call_args in calls]
+            pipe = self.client.pipeline(transaction=False)
+            for call_keys, call_args in calls:
+                self.script(keys=call_keys, args=call_args, client=pipe)
+            return pipe.execute()
 
     def close(self) -> None:
         for conn in list(self.own):
@@ -288,30 +317,21 @@ class Producer:
     def push_many(self, topic: str, payloads: Iterable[Any], *, delay: float = 0,
                   priority: int = 0, max_retries: int | None = None,
                   timeout: float | None = None) -> list[str]:
-        """Enqueue many jobs, pipelined in chunks; validates all before sending any. Sent
+        """Enqueue many jobs, streamed in chunks; validates all before sending any. Sent
         again once after a lost connection: each chunk is enqueued once all the same."""
         keys, server = self._topic(topic)
         opts = push_options(delay=delay, priority=priority, max_retries=max_retries,
                             timeout=timeout)
         now = time.time()
-        pairs = [make_envelope(topic, p, now, self.max_payload_bytes, opts.headers)
-                 for p in payloads]
-        if not pairs:
+        ids, envs = new_envelopes(topic, payloads, now, self.max_payload_bytes, opts.headers)
+        if not ids:
             return []
-        tokens = self._tokens.take(chunks_of(len(pairs)))
+        tokens = self._tokens.take(chunks_of(len(ids)))
         try:
-            calls = chunked_calls(keys, tokens, pairs, now, opts)
-            for attempt in (1, 2):
-                try:
-                    with translate():
-                        server.push_calls(calls)
-                    break
-                except BrokerUnavailable:
-                    if attempt == 2:
-                        raise
+            server.push_calls(chunked_calls(keys, tokens, ids, envs, now, opts))
         finally:
             self._tokens.give(tokens)
-        return [job_id for job_id, _ in pairs]
+        return ids
 
     def status(self, topic: str, job_id: str) -> dict | None:
         """A tracked job's record (state, attempts, times, result, error, progress), or None

@@ -222,3 +222,22 @@ def test_a_push_sent_twice_under_one_token_enqueues_once(broker, redis_url):
                            push_options(delay=30))
     assert script(keys=keys, args=args) == [1, b""]      # the token's next push goes through
     assert broker.counts()["delayed"] == 1
+
+
+def test_a_push_refused_by_a_held_unique_key_leaves_its_token_as_it_was(broker):
+    from ssjobs.producer import PUSH_SCRIPT, push_call, push_options
+
+    script = broker.client.register_script(PUSH_SCRIPT)
+    unique = push_options(unique_key="report:7")
+    first = push_call(broker.keys, "a", "id-1", [envelope.encode("id-1", "q", 1)], time.time(),
+                      unique)
+    assert script(*first) == [1, b""]
+    before = push_call(broker.keys, "tok", "id-2", [envelope.encode("id-2", "q", 2)],
+                       time.time())
+    assert script(*before) == [1, b""]
+    held = push_call(broker.keys, "tok", "id-3", [envelope.encode("id-3", "q", 3)], time.time(),
+                     unique)
+    for _ in range(2):                                    # the push, then its retry
+        assert script(*held) == [2, b"id-1"]
+    assert script(*before) == [0, b""]   # still a repeat
+    assert broker.backlog() == 2

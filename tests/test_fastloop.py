@@ -255,3 +255,17 @@ def test_both_twins_decode_every_shape_the_same_way():
         assert len(results) == 1, (raw, results)
         malformed += results == {"('malformed',)"}
     assert 100 < malformed < len(cases)  # the corpus exercises both sides
+
+
+def test_assemble_gives_the_envelopes_encode_would_and_ids_that_wrap_in_order(loop):
+    prefix, _ = envelope.id_block(1764160000.0, 0)
+    headers = {"priority": 3}
+    middle = envelope.new_envelope_middle("q.t", 1764160000.0, headers)
+    payloads = [None, 1, "é", {"k": [1, b"\x00"]}, "x" * 300]
+    bodies = envelope.pack_payloads(payloads, MAX)
+    first = envelope.ID_SEQ_MASK - 1                    # the sequence wraps inside the batch
+    ids, envs = loop.assemble(prefix, first, middle, bodies)
+    assert ids == [f"{prefix}{(first + i) & envelope.ID_SEQ_MASK:010x}" for i in range(5)]
+    assert envs == [envelope.encode(job_id, "q.t", payload, 0, 1764160000.0, headers)
+                    for job_id, payload in zip(ids, payloads, strict=True)]
+    assert loop.assemble(prefix, 0, middle, []) == ([], [])

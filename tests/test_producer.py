@@ -1,3 +1,4 @@
+import asyncio
 import threading
 
 import pytest
@@ -47,6 +48,44 @@ def test_push_many_is_all_or_nothing_on_validation(redis_url, rclient):
             p.push("t1", "x" * 200)
         assert p.queue_size("t1") == 0
     assert rclient.dbsize() == 0
+
+
+def test_pushes_after_redis_forgot_the_push_script_enqueue_every_job_once(redis_url, rclient):
+    """A restarted Redis has no scripts loaded: each streamed call is answered NOSCRIPT and
+    sent again whole, after the replies of the others were read."""
+    from ssjobs.aio import AsyncProducer
+
+    async def push_async():
+        async with AsyncProducer(redis_url, prefix="t") as ap:
+            await ap.push("t1", "warm")
+            rclient.script_flush()
+            ids = await ap.push_many("t1", list(range(2500)))
+            rclient.script_flush()
+            return ids + [await ap.push("t1", "last")]
+
+    with Producer(redis_url, prefix="t") as p:
+        p.push("t1", "warm")
+        rclient.script_flush()
+        ids = p.push_many("t1", list(range(2500)))
+        rclient.script_flush()
+        ids.append(p.push("t1", "one"))
+    ids += asyncio.run(push_async())
+    stored = [j.id for j in ready(rclient, "t1")]
+    assert len(stored) == len(set(stored)) == 2 + len(ids)
+    assert set(ids) <= set(stored)
+
+
+def test_concurrent_async_pushes_each_enqueue_once(redis_url, rclient):
+    from ssjobs.aio import AsyncProducer
+
+    async def main():
+        async with AsyncProducer(redis_url, prefix="t") as ap:
+            return await asyncio.gather(*(ap.push("t1", i) for i in range(500)))
+
+    ids = asyncio.run(main())
+    jobs = ready(rclient, "t1")
+    assert sorted(j.id for j in jobs) == sorted(ids) and len(set(ids)) == 500
+    assert sorted(j.payload for j in jobs) == list(range(500))
 
 
 def test_thread_safe_pushes(redis_url):

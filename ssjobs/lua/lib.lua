@@ -1,7 +1,8 @@
--- lib (a library, not an operation): what several scripts share. The broker loads this
--- file in front of settle.lua, push.lua, promote.lua, recover.lua and requeue_dead.lua
--- (Redis scripts cannot include one another). Every key a function touches carries the
--- topic's hash tag: `base` is "P:{T}", and keys made from it stay in the topic's slot.
+-- lib (a library, not an operation): what several scripts share. The broker puts in front
+-- of each script the definitions below that it uses (Redis scripts cannot include one
+-- another; broker.with_lib), so every definition starts at a line `local ...` with its
+-- comment right above it. Every key a function touches carries the topic's hash tag:
+-- `base` is "P:{T}", and keys made from it stay in the topic's slot.
 
 -- What a priority push leaves in ready to wake a waiting worker, which then drops it.
 local NUDGE = 'ssjobs:nudge'

@@ -7,26 +7,32 @@
 -- KEYS[3] marker    STRING  the token's last marker id
 -- KEYS[4] conf      HASH  the topic's settings the masters publish (track, result_ttl)
 -- KEYS[5] unique    STRING  the unique key's holder (the job id); unused when unique_for is 0
--- ARGV[1] marker id   ARGV[2] marker lifetime (s)   ARGV[3] due time, '' for now
--- ARGV[4] priority (0..9)   ARGV[5] unique_for (s; 0: no unique key)   ARGV[6] now (epoch s)
--- ARGV[7..] envelopes (oldest first)
+-- ARGV[1] marker id   ARGV[2] due time, '' for now   ARGV[3] priority (0..9)
+-- ARGV[4] unique_for (s; 0: no unique key)   ARGV[5] now (epoch s)   ARGV[6..] envelopes
+-- (oldest first)
 -- returns {1, ''} when enqueued, {0, ''} when this marker id was already pushed under this
 -- token, {2, id} when the unique key is held: nothing enqueued, id is the job holding it
-if redis.call('GET', KEYS[3]) == ARGV[1] then
+local MARKER_TTL_S = 3600  -- outlives any retry of the token's last push by far
+-- one command checks and sets the marker: a single push pays for every command it makes
+local before = redis.call('SET', KEYS[3], ARGV[1], 'EX', MARKER_TTL_S, 'GET')
+if before == ARGV[1] then
   return {0, ''}
 end
-if ARGV[5] ~= '0' then
+if ARGV[4] ~= '0' then
   local holder = redis.call('GET', KEYS[5])
-  if holder then return {2, holder} end
-  redis.call('SET', KEYS[5], ARGV[1], 'EX', ARGV[5])
+  if holder then  -- nothing is pushed: a repeat of this push must look at the key again
+    if before then redis.call('SET', KEYS[3], before, 'KEEPTTL') else redis.call('DEL', KEYS[3]) end
+    return {2, holder}
+  end
+  redis.call('SET', KEYS[5], ARGV[1], 'EX', ARGV[4])
 end
-local now, priority = tonumber(ARGV[6]), tonumber(ARGV[4])
+local now, priority = tonumber(ARGV[5]), tonumber(ARGV[3])
 local base = string.sub(KEYS[1], 1, -7)
-local first = 7
-if ARGV[3] ~= '' then
+local first = 6
+if ARGV[2] ~= '' then
   local args = {}
   for i = first, #ARGV do
-    args[#args + 1] = ARGV[3]
+    args[#args + 1] = ARGV[2]
     args[#args + 1] = ARGV[i]
   end
   redis.call('ZADD', KEYS[2], unpack(args))
@@ -44,10 +50,10 @@ else
   redis.call('LPUSH', KEYS[1], unpack(ARGV, first))
 end
 if redis.call('HGET', KEYS[4], 'track') == '1' then
-  local state = ARGV[3] ~= '' and 'delayed' or 'queued'
+  local state = ARGV[2] ~= '' and 'delayed' or 'queued'
   for i = first, #ARGV do
     local id, _ = head(ARGV[i])
-    if id and ARGV[5] ~= '0' then  -- cancel gives the key back
+    if id and ARGV[4] ~= '0' then  -- cancel gives the key back
       track(base, id, nil, 'state', state, 'attempts', 0, 'enqueued_at', now,
             'unique', KEYS[5])
     elseif id then
@@ -55,5 +61,4 @@ if redis.call('HGET', KEYS[4], 'track') == '1' then
     end
   end
 end
-redis.call('SET', KEYS[3], ARGV[1], 'EX', ARGV[2])
 return {1, ''}
