@@ -1,7 +1,7 @@
 """ssjobs benchmarks. Each prints one line and appends it to bench/RESULTS.md.
 
-    python -m bench all            # everything (~3 min)
-    python -m bench drain|live|latency|push|fairness|loop [--reps 3]
+    python -m bench all            # everything (~5 min)
+    python -m bench drain|live|latency|push|producer|ceiling|fairness|loop|master [--reps 3]
 
 Variants that need the pure-Python loop run in a subprocess with SSJOBS_PURE_PYTHON=1.
 """
@@ -71,6 +71,28 @@ def bench_push(reps: int) -> None:
             assert client.llen("b:{push}:ready") == n_one
             record(f"push {label}", f"push_many {median(many):,.0f} jobs/s, push "
                                     f"{median(one):,.0f} jobs/s (median of {reps})")
+
+
+def bench_producer(reps: int) -> None:
+    """push_many, push and AsyncProducer.push against raw redis-py, in one run."""
+    for pure in (False, True):
+        out = _in_subprocess("producer.py", [str(reps)], pure)   # its own redis-server
+        record(f"producer vs raw, {'pure' if pure else 'compiled'}",
+               "; ".join(out.splitlines()) + f" (20-byte payloads, median of {reps}; raw: "
+               "packb + LPUSH of 500 / a bare LPUSH / a bare redis.asyncio LPUSH)")
+
+
+def bench_ceiling(reps: int, jobs: int = 200_000) -> None:
+    """The no-op drain against the raw reliable-Lua drain, interleaved in one run."""
+    raw, ours = [], []
+    with PrivateRedis() as r:
+        for _ in range(reps):
+            raw.append(float(_in_subprocess("ceiling.py", [r.url, str(jobs), "500"], False)))
+            ours.append(float(_in_subprocess("drain.py", [r.url, str(jobs), "2", "100"], False)))
+    record("drain vs raw ceiling", f"{median(ours):,.0f} jobs/s (batch_size 100) vs raw "
+                                   f"reliable Lua pop of 500 {median(raw):,.0f} jobs/s: "
+                                   f"{median(ours) / median(raw):.2f}x (2 workers, {jobs:,} "
+                                   f"no-op jobs, median of {reps})")
 
 
 def bench_live(reps: int, seconds: float = 5.0) -> None:
@@ -160,6 +182,7 @@ def bench_master(reps: int) -> None:
 
 
 BENCHES = {"drain": bench_drain, "latency": bench_latency, "push": bench_push,
+           "producer": bench_producer, "ceiling": bench_ceiling,
            "live": bench_live, "fairness": bench_fairness, "loop": bench_loop,
            "master": bench_master}
 

@@ -169,20 +169,12 @@ class _Server:
         one chunk while the next is sent, and redis-py's per-call pool and instrumentation
         work (about a third of a single push) is skipped. Sent again once on a dropped
         link: push.lua makes that safe."""
-        if not self.direct:
-            return self._push_routed(calls)
         for attempt in (1, 2):
-            conn = self._connection()
             try:
-                with translate():
-                    return self._stream(conn, calls)
+                return self._stream(calls) if self.direct else self._push_routed(calls)
             except BrokerUnavailable:
-                conn.disconnect()
                 if attempt == 2:
                     raise
-            except BaseException:
-                conn.disconnect()   # replies may be left unread: never reuse it
-                raise
         raise AssertionError("unreachable")
 
     def _connection(self) -> Any:
@@ -197,8 +189,17 @@ class _Server:
             self.own.add(conn)
         return conn
 
+    def _stream(self, calls: list[tuple[list[str], list[Any]]]) -> list[Any]:
+        conn = self._connection()
+        try:
+            with translate():
+                return self._exchange(conn, calls)
+        except BaseException:
+            conn.disconnect()   # replies may be left unread: never reuse it
+            raise
+
     @staticmethod
-    def _stream(conn: Any, calls: list[tuple[list[str], list[Any]]]) -> list[Any]:
+    def _exchange(conn: Any, calls: list[tuple[list[str], list[Any]]]) -> list[Any]:
         for call_keys, call_args in calls:
             conn.send_packed_command(conn.pack_command(
                 "EVALSHA", PUSH_SHA, len(call_keys), *call_keys, *call_args), check_health=False)
