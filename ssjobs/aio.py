@@ -7,7 +7,6 @@
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import time
 from typing import Any, Callable, Iterable
 
@@ -25,6 +24,7 @@ from .errors import BrokerUnavailable
 from .names import check_topic
 from .producer import (
     PUSH_SCRIPT,
+    PUSH_SHA,
     Tokens,
     chunked_calls,
     chunks_of,
@@ -37,7 +37,6 @@ from .producer import (
 
 IO_TIMEOUT_S = 10.0   # a push that gets no reply in this long is sent again (once); a
                       # push_many has a second more per chunk of jobs
-PUSH_SHA = hashlib.sha1(PUSH_SCRIPT.encode()).hexdigest()
 
 
 def _packer() -> Callable[..., Any]:
