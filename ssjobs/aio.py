@@ -35,6 +35,7 @@ from .producer import (
     pushed_id,
 )
 
+MAX_CONNECTIONS = 64  # a burst of pushes shares these (one socket each), however large
 IO_TIMEOUT_S = 10.0   # a push that gets no reply in this long is sent again (once); a
                       # push_many has a second more per chunk of jobs
 
@@ -52,19 +53,25 @@ def _packer() -> Callable[..., Any]:
 
 
 class _Connections:
-    """The producer's own connections for pushes, one per push in flight and kept for the
-    next: redis.asyncio's per-call pool and its per-read timeout task cost about as much
-    as the round trip of a push. Each push has one deadline instead."""
+    """The producer's own connections for pushes, one per push in flight (at most
+    MAX_CONNECTIONS; more pushes wait for one) and kept for the next: redis.asyncio's
+    per-call pool and its per-read timeout task cost about as much as the round trip of a
+    push. Each push has one deadline instead."""
 
     def __init__(self, client: aioredis.Redis) -> None:
         pool = client.connection_pool
         self._make = lambda: pool.connection_class(**dict(pool.connection_kwargs,
                                                           socket_timeout=None))
         self._free: list[Any] = []
+        self._slots = asyncio.Semaphore(MAX_CONNECTIONS)
         self._pack = _packer()
 
     async def push(self, calls: list[tuple[list[str], list[Any]]]) -> list[Any]:
         """push.lua calls streamed down one connection, then their replies."""
+        async with self._slots:
+            return await self._push(calls)
+
+    async def _push(self, calls: list[tuple[list[str], list[Any]]]) -> list[Any]:
         conn = self._free.pop() if self._free else self._make()
         try:
             async with _deadline(IO_TIMEOUT_S + len(calls) - 1):

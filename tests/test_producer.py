@@ -76,16 +76,27 @@ def test_pushes_after_redis_forgot_the_push_script_enqueue_every_job_once(redis_
 
 
 def test_concurrent_async_pushes_each_enqueue_once(redis_url, rclient):
-    from ssjobs.aio import AsyncProducer
+    from ssjobs.aio import MAX_CONNECTIONS, AsyncProducer
+
+    seen = []
+
+    async def count_clients(pushes):
+        while not pushes.done():
+            seen.append(len(rclient.client_list()))
+            await asyncio.sleep(0.002)
 
     async def main():
         async with AsyncProducer(redis_url, prefix="t") as ap:
-            return await asyncio.gather(*(ap.push("t1", i) for i in range(500)))
+            pushes = asyncio.gather(*(ap.push("t1", i) for i in range(500)))
+            await count_clients(pushes)
+            return await pushes
 
+    before = len(rclient.client_list())
     ids = asyncio.run(main())
     jobs = ready(rclient, "t1")
     assert sorted(j.id for j in jobs) == sorted(ids) and len(set(ids)) == 500
     assert sorted(j.payload for j in jobs) == list(range(500))
+    assert len(seen) > 1 and max(seen) - before <= MAX_CONNECTIONS   # the burst shares them
 
 
 def test_thread_safe_pushes(redis_url):
