@@ -55,7 +55,9 @@ COUNTERS = (("processed", "ssjobs_jobs_processed", "Jobs that ran to completion.
 GAUGES = (("backlog", "ssjobs_backlog", "Jobs waiting in the ready list."),
           ("delayed", "ssjobs_delayed", "Jobs scheduled for later (retries, delayed pushes)."),
           ("inflight", "ssjobs_inflight", "Jobs taken by workers, not yet settled (fleet)."),
-          ("dead", "ssjobs_dead_letters", "Jobs in the dead-letter list now."))
+          ("dead", "ssjobs_dead_letters", "Jobs in the dead-letter list now."),
+          ("throttled", "ssjobs_throttled", "1 while the topic's rate_limit or concurrency "
+           "holds jobs back."))
 
 
 # -- job-time percentiles from histogram buckets ---------------------------------------------

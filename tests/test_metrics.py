@@ -185,13 +185,15 @@ def test_metrics_of_a_real_master_match_status_json(project, redis_url):
     port = free_port()
     project.consumer("work", WORK)
     project.write_config([{"topic": "m.work", "consumer": "work:run", "static_workers": 2,
-                           "max_retries": 0}],
+                           "max_retries": 0},
+                          {"topic": "m.slow", "consumer": "work:run", "rate_limit": "1/m"}],
                          extra=f'[metrics]\nlisten = "127.0.0.1:{port}"\n')
     master = MasterProc(project.config, project.data_dir)
     try:
         master.start()
         with Producer(redis_url, prefix="t") as producer:
             producer.push_many("m.work", list(range(40)) + ["fail"] * 2)
+            producer.push_many("m.slow", [1, 2, 3])
 
         def status() -> dict:
             out = subprocess.run([sys.executable, "-m", "ssjobs", "status", "--json", "-c",
@@ -211,11 +213,16 @@ def test_metrics_of_a_real_master_match_status_json(project, redis_url):
                              ("inflight", "ssjobs_inflight"), ("dead", "ssjobs_dead_letters")):
             assert metrics[(metric, topic)] == counters[name], name
         assert counters["failed"] == 2 and metrics[("ssjobs_jobs_dead_total", topic)] == 2
+        slow = (("topic", "m.slow"),)
+        assert metrics[("ssjobs_throttled", topic)] == 0 and not counters["throttled"]
+        assert wait_for(lambda: scrape(port).get(("ssjobs_throttled", slow)) == 1, 10,
+                        what="m.slow throttled") and status()["topics"]["m.slow"]["throttled"]
         for kind in ("static", "dynamic"):
             assert sum(v for (name, labels), v in metrics.items()
-                       if name == "ssjobs_workers" and ("kind", kind) in labels) \
+                       if name == "ssjobs_workers" and ("kind", kind) in labels
+                       and ("topic", "m.work") in labels) \
                 == counters["workers"][kind]
-        runs = sum(w["processed"] + w["failed"] for w in st["workers"])
+        runs = sum(w["processed"] + w["failed"] for w in st["workers"] if w["topic"] == "m.work")
         assert metrics[("ssjobs_job_duration_seconds_count", topic)] == runs == 42
         assert counters["p50_ms"] is not None and counters["p95_ms"] >= counters["p50_ms"]
         uptime = metrics[("ssjobs_master_uptime_seconds", ())]
