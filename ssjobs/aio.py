@@ -89,10 +89,13 @@ class _Connections:
                     except NoScriptError:  # a restarted Redis: such a call did nothing yet
                         replies.append(None)
                         unloaded.append(i)
+                if unloaded:
+                    await conn.send_packed_command(self._pack("SCRIPT", "LOAD", PUSH_SCRIPT))
+                    await conn.read_response()
                 for i in unloaded:
                     call_keys, call_args = calls[i]
                     await conn.send_packed_command(self._pack(
-                        "EVAL", PUSH_SCRIPT, len(call_keys), *call_keys, *call_args))
+                        "EVALSHA", PUSH_SHA, len(call_keys), *call_keys, *call_args))
                     replies[i] = await conn.read_response()
         except asyncio.TimeoutError:
             await conn.disconnect()

@@ -211,10 +211,13 @@ class _Server:
             except NoScriptError:   # a restarted Redis: such a call did nothing yet
                 replies.append(None)
                 unloaded.append(i)
-        for i in unloaded:
-            call_keys, call_args = calls[i]
-            conn.send_command("EVAL", PUSH_SCRIPT, len(call_keys), *call_keys, *call_args)
-            replies[i] = conn.read_response()
+        if unloaded:
+            conn.send_command("SCRIPT", "LOAD", PUSH_SCRIPT)
+            conn.read_response()
+            for i in unloaded:
+                call_keys, call_args = calls[i]
+                conn.send_command("EVALSHA", PUSH_SHA, len(call_keys), *call_keys, *call_args)
+                replies[i] = conn.read_response()
         return replies
 
     def _push_routed(self, calls: list[tuple[list[str], list[Any]]]) -> list[Any]:

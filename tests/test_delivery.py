@@ -171,6 +171,27 @@ def test_the_asyncio_producer_push_is_enqueued_once_after_a_lost_reply(kit, rcli
     assert sorted(ready) == sorted(ids)
 
 
+def test_an_asyncio_push_many_whose_second_chunk_reply_is_lost_enqueues_each_job_once(
+        kit, rclient):
+    """The chunks are streamed down one connection: the link drops after Redis ran the
+    second, and the whole call is sent again; each chunk's token makes its repeat a no-op."""
+    import asyncio
+
+    from ssjobs.aio import AsyncProducer
+
+    project, out, proxy, masters = kit
+    proxy.drop_reply(runs_script("push"), nth=2)
+
+    async def main():
+        async with AsyncProducer(proxy.url, prefix="t") as p:
+            return await p.push_many("q", list(range(3500)))
+
+    ids = asyncio.run(main())
+    assert len(proxy.stats.dropped) == 1
+    ready = [envelope.decode(r).id for r in rclient.lrange(keys().ready, 0, -1)]
+    assert len(ready) == 3500 and sorted(ready) == sorted(ids)
+
+
 # -- identities ------------------------------------------------------------------------------
 
 @pytest.mark.skipif(os.getuid() != 0 or shutil.which("unshare") is None,

@@ -51,8 +51,8 @@ def test_push_many_is_all_or_nothing_on_validation(redis_url, rclient):
 
 
 def test_pushes_after_redis_forgot_the_push_script_enqueue_every_job_once(redis_url, rclient):
-    """A restarted Redis has no scripts loaded: each streamed call is answered NOSCRIPT and
-    sent again whole, after the replies of the others were read."""
+    """A restarted Redis has no scripts loaded: each streamed call is answered NOSCRIPT; once
+    the replies of the others are read, the script is loaded and those calls sent again."""
     from ssjobs.aio import AsyncProducer
 
     async def push_async():
