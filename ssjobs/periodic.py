@@ -18,7 +18,6 @@ import hashlib
 import json
 import logging
 import math
-import time
 import zoneinfo
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -26,6 +25,7 @@ from typing import TYPE_CHECKING
 from . import envelope
 from .errors import BrokerUnavailable
 from .rules import CRON_NICKNAMES
+from .text import when
 
 if TYPE_CHECKING:
     from .broker import Broker
@@ -151,8 +151,8 @@ class Scheduler:
                 missed = entry.schedule.ticks_between(last, due) - (now - due <= GRACE_S)
                 if missed > 0:
                     log.info("periodic %r on %r: %d tick(s) since %s missed while no master "
-                             "ran; not run now (no back-fill)", entry.schedule.cron or
-                             f"every {cfg.every:g}s", cfg.topic, missed, _when(last))
+                             "ran; not run now (no back-fill)", cfg.schedule, cfg.topic, missed,
+                             when(last))
         if now - due > GRACE_S:
             entry.handled = due  # too late for this one: the next one is enqueued on time
             return
@@ -160,8 +160,8 @@ class Scheduler:
         env = envelope.encode(job_id, cfg.topic, cfg.payload, 0, now,
                               {"periodic": entry.schedule.id, "tick": due})
         if entry.broker.enqueue_tick(entry.schedule.id, due, env):
-            log.info("periodic %r: enqueued job %s on %r for %s", cfg.cron or
-                     f"every {cfg.every:g}s", job_id, cfg.topic, _when(due))
+            log.info("periodic %r: enqueued job %s on %r for %s", cfg.schedule, job_id,
+                     cfg.topic, when(due))
         entry.handled = due
         entry.last_run = due
 
@@ -184,7 +184,3 @@ def view_of(configs: tuple[PeriodicConfig, ...], last: dict[str, float | None],
                     "timezone": cfg.timezone or None, "next_run_at": schedule.next_after(now),
                     "last_run_at": last.get(schedule.id)})
     return out
-
-
-def _when(epoch: float) -> str:
-    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(epoch))

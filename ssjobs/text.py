@@ -1,10 +1,19 @@
 """Small wording helpers shared by messages."""
 from __future__ import annotations
 
+import time
+
 
 def plural(count: int, noun: str, nouns: str | None = None) -> str:
     """``1 job``, ``2 jobs``, ``0 jobs`` (``nouns``: an irregular plural)."""
     return f"{count} {noun if count == 1 else (nouns or noun + 's')}"
+
+
+def when(epoch: float | None) -> str:
+    """Local time, to the second, or '-'."""
+    if not epoch:
+        return "-"
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(float(epoch)))
 
 
 def age(since: float | None, now: float) -> str:

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import os
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -50,13 +49,6 @@ def redis_errors(server: str | RedisConfig) -> Iterator[None]:
                 f"the embedded redis-server ({url}) does not answer: it runs while the "
                 f"master does (`ssjobs start`; `ssjobs status` shows it)") from None
         raise BrokerUnavailable(redact(f"redis {redact_url(url)}: {exc}")) from None
-
-
-def when(epoch: float | None) -> str:
-    """Local time, to the second, or '-'."""
-    if not epoch:
-        return "-"
-    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(float(epoch)))
 
 
 def first_line(text: str, width: int = 0) -> str:

@@ -20,6 +20,7 @@ from ..broker import Broker
 from ..config import RedisConfig
 from ..errors import ControlError, EnvelopeError
 from ..redact import redact
+from ..text import when
 from . import common
 
 PAGE = 200                 # entries read per LRANGE while scanning (envelopes may be large)
@@ -152,7 +153,7 @@ def list_dead(cfg_path: str | os.PathLike, topic: str, *, limit: int = DEFAULT_L
     head = ["ID", "ATTEMPTS", "FAILED AT", "WORKER", "ERROR"]
     shown = short_ids([r["id"] for r in rows])
     table = [[sid, "-" if r["attempts"] is None else str(r["attempts"]),
-              common.when(r["failed_at"]), str(r["worker"] or "-"),
+              when(r["failed_at"]), str(r["worker"] or "-"),
               common.first_line(f"{r['type']}: {r['message']}", MESSAGE_WIDTH)]
              for sid, r in zip(shown, rows, strict=True)]
     widths = [max(len(row[i]) for row in [head, *table]) for i in range(len(head) - 1)]
@@ -174,13 +175,13 @@ def show(cfg_path: str | os.PathLike, topic: str, job_id: str) -> int:
     job, err = entry.job, entry.error
     assert job is not None
     fields = [("id", job.id), ("topic", job.topic), ("attempts", job.attempts),
-              ("enqueued at", common.when(job.enqueued_at)), ("reason", err.get("reason")),
-              ("failed at", common.when(err.get("failed_at"))), ("worker", err.get("worker")),
+              ("enqueued at", when(job.enqueued_at)), ("reason", err.get("reason")),
+              ("failed at", when(err.get("failed_at"))), ("worker", err.get("worker")),
               ("error", redact(f"{err.get('type')}: {err.get('message')}"))]
     for name, value in fields:
         print(f"{name + ':':<13}" + str(value).rstrip().replace("\n", "\n" + " " * 13))
     for note in job.headers.get("history") or []:
-        print(f"{'history:':<13}{common.when(note.get('at'))} {note.get('event')} after "
+        print(f"{'history:':<13}{when(note.get('at'))} {note.get('event')} after "
               f"{note.get('attempts')} attempts "
               + redact(f"({note.get('type')}: {note.get('message')})"))
     print("payload:")

@@ -8,6 +8,7 @@ import os
 from .. import tracking
 from ..errors import ControlError
 from ..redact import redact
+from ..text import when
 from . import common
 from .dead import payload_text
 
@@ -38,9 +39,9 @@ def show(cfg_path: str | os.PathLike, topic: str, job_id: str, *, as_json: bool 
     progress = record.get("progress") or {}
     fields = [("id", record["id"]), ("topic", record["topic"]), ("state", record["state"]),
               ("attempts", record["attempts"]),
-              ("enqueued at", common.when(record["enqueued_at"])),
-              ("started at", common.when(record["started_at"])),
-              ("finished at", common.when(record["finished_at"]))]
+              ("enqueued at", when(record["enqueued_at"])),
+              ("started at", when(record["started_at"])),
+              ("finished at", when(record["finished_at"]))]
     if progress:
         fields.append(("progress", f"{float(progress.get('fraction') or 0):.0%} "
                                    f"{progress.get('message') or ''}".rstrip()))

@@ -13,7 +13,7 @@ from typing import Any
 from ..config import Config, load_config, load_data_dir
 from ..errors import ConfigError
 from ..runtime import RuntimeFiles, StopSignals
-from ..text import age, milliseconds, plural, size
+from ..text import age, milliseconds, plural, size, when
 from .output import config_error_lines, fail, say
 
 EXIT_OK = 0
@@ -130,7 +130,7 @@ def render_status(status: dict, *, now: float | None = None) -> Any:
               for topic, c in (status.get("topics") or {}).items()
               if isinstance(c, dict) and c.get("throttled")]
     periodic_rows = [[str(p.get("topic")), str(p.get("schedule")),
-                      _at(p.get("next_run_at")), _at(p.get("last_run_at"))]
+                      when(p.get("next_run_at")), when(p.get("last_run_at"))]
                      for p in status.get("periodic") or []]
     periodic_head = ["topic", "schedule", "next run", "last run"]
     try:
@@ -190,12 +190,6 @@ def _plain_table(head: list[str], rows: list[list[str]]) -> str:
         return "  ".join(cells).rstrip()
 
     return "\n".join(line(row) for row in [head, *rows])
-
-
-def _at(epoch: Any) -> str:
-    if not isinstance(epoch, (int, float)):
-        return "-"
-    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(epoch))
 
 
 def _num(v: Any) -> str:

@@ -29,7 +29,7 @@ from ..periodic import Schedule
 from ..redact import redact, redact_url
 from ..runtime import RuntimeFiles, StopSignals
 from ..scoreboard import percentiles_ms, read_board, topic_histograms
-from ..text import age, milliseconds, size
+from ..text import age, milliseconds, size, when
 from . import common
 
 REFRESH_S = 1.0          # one frame a second: fresh, and ~2 Redis round trips a second
@@ -96,8 +96,7 @@ class Sampler:
             row.workers = _worker_counts(w for w in workers if w["topic"] == topic)
             rows.append(row)
         workers.sort(key=lambda w: (w["topic"], w["kind"] != "static", w["index"]))
-        notes = [f"periodic {s.cfg.topic} ({s.cfg.schedule}): next "
-                 + time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(s.next_after(now)))
+        notes = [f"periodic {s.cfg.topic} ({s.cfg.schedule}): next {when(s.next_after(now))}"
                  for s in self.schedules]
         return Frame(now, master, rows, workers, errors, notes)
 

@@ -16,9 +16,8 @@ from jinja2 import Environment, FileSystemLoader
 from markupsafe import Markup, escape
 
 from .. import __version__
-from ..console.common import when
 from ..text import age as _age
-from ..text import milliseconds, size
+from ..text import milliseconds, size, when
 
 STATIC_TYPES = {".css": "text/css; charset=utf-8", ".js": "text/javascript; charset=utf-8",
                 ".svg": "image/svg+xml"}
