@@ -12,12 +12,12 @@ from starlette.responses import HTMLResponse, RedirectResponse, Response
 from starlette.routing import Route
 
 from ..errors import BrokerUnavailable, ControlError
+from ..tracking import STATES
 from .auth import CSRF_FIELD, by_bearer, session_cookie, session_of
 from .views import url_part
 
 MAX_FORM_BYTES = 64 * 1024     # a form of ours is a few ids; anything bigger is refused
 LOGIN_FAILURE_DELAY_S = 1.0    # failed logins are answered one at a time, this slowly
-JOB_STATES = ("queued", "delayed", "running", "retrying", "succeeded", "dead", "cancelled")
 
 
 def routes() -> list[Route]:
@@ -223,7 +223,7 @@ async def cancel(request: Request) -> Response:
     name, job_id = request.path_params["topic"], request.path_params["job_id"]
     found = await _call(request, _web(request).dashboard.cancel, name, job_id)
     return _back(request, f"/jobs/{url_part(name)}/{url_part(job_id)}", done="cancelled",
-                 found=found if found in JOB_STATES else "unknown")
+                 found=found if found in STATES else "unknown")
 
 
 def _flash(request: Request) -> str | None:
@@ -243,7 +243,7 @@ def _flash(request: Request) -> str | None:
         return "That job is no longer in the dead letters (retried or purged meanwhile)."
     if done == "cancelled":
         found = q.get("found")
-        if found not in JOB_STATES:
+        if found not in STATES:
             return "No such job (unknown, or its record expired)."
         return {"queued": "Cancelled: it was queued and will never run.",
                 "delayed": "Cancelled: it was delayed and will never run.",
