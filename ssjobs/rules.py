@@ -37,6 +37,17 @@ def matches(pattern: str, what: str) -> Rule:
                 else f"must be {what}, got {show(v)}")
 
 
+def parsed_by(hint: str, parse: Callable[[Any], object]) -> Rule:
+    """A value ``parse`` accepts; the ValueError it raises is the problem."""
+    def problem(v: Any) -> str | None:
+        try:
+            parse(v)
+        except ValueError as exc:
+            return str(exc)
+        return None
+    return Rule(hint, problem)
+
+
 def is_spec(v: str) -> bool:
     """True for "module.path:attr" made of Python identifiers."""
     module, sep, attr = v.partition(":")
@@ -70,15 +81,7 @@ def rotation(rotate: str) -> str | int | None:
     return int(match.group(1)) * _SIZE_UNITS[(match.group(2) or "").upper()]
 
 
-def _rotation_problem(v: str) -> str | None:
-    try:
-        rotation(v)
-    except ValueError as exc:
-        return str(exc)
-    return None
-
-
-ROTATE_RULE = Rule("", _rotation_problem)
+ROTATE_RULE = parsed_by("", rotation)
 
 
 # -- flow control and schedules -------------------------------------------------------------
@@ -97,15 +100,7 @@ def rate(text: str) -> tuple[int, float] | None:
     return int(match.group(1)), _PERIODS[match.group(2)]
 
 
-def _rate_problem(v: str) -> str | None:
-    try:
-        rate(v)
-    except ValueError as exc:
-        return str(exc)
-    return None
-
-
-RATE_RULE = Rule('"N/s", "N/m" or "N/h"', _rate_problem)
+RATE_RULE = parsed_by('"N/s", "N/m" or "N/h"', rate)
 CRON_NICKNAMES = {"@hourly": "0 * * * *", "@daily": "0 0 * * *", "@midnight": "0 0 * * *",
                   "@weekly": "0 0 * * 0", "@monthly": "0 0 1 * *", "@yearly": "0 0 1 1 *",
                   "@annually": "0 0 1 1 *"}
