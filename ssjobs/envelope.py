@@ -11,6 +11,7 @@ The array header is always the single byte 0x97, and the first five items come b
 from __future__ import annotations
 
 import os
+import sys
 import threading
 import time
 from typing import Any, ClassVar, Iterable
@@ -103,11 +104,16 @@ def new_id(now: float | None = None) -> str:
     return f"{prefix}{seq:010x}"
 
 
+def _middle(topic: str, attempts: int, enqueued_at: float, headers: dict | None) -> bytes:
+    """The items between an envelope's id and its payload."""
+    return b"".join((_packb(topic), _packb(attempts), _packb(float(enqueued_at)),
+                     _packb(headers or {}, use_bin_type=True)))
+
+
 def new_envelope_middle(topic: str, now: float, headers: dict | None) -> bytes:
     """What comes between a new job's id and its payload: topic, attempts 0, enqueued_at,
     headers; the same for every job of one push."""
-    return b"".join((_packb(topic), b"\x00", _packb(float(now)),
-                     _packb(headers or {}, use_bin_type=True)))
+    return _middle(topic, 0, now, headers)
 
 
 def pack_payloads(payloads: Iterable[Any], max_payload_bytes: int) -> list[bytes]:
@@ -127,12 +133,7 @@ def pack_payloads(payloads: Iterable[Any], max_payload_bytes: int) -> list[bytes
 
 def encode_payload(payload: Any) -> bytes:
     """msgpack-encode a payload; TypeError names the type msgpack cannot encode."""
-    try:
-        return _packb(payload, use_bin_type=True)
-    except TypeError as exc:
-        raise TypeError(f"payload is not msgpack-serialisable: {exc}") from None
-    except (ValueError, OverflowError) as exc:
-        raise TypeError(f"payload is not msgpack-serialisable: {exc}") from None
+    return pack_payloads((payload,), sys.maxsize)[0]
 
 
 def build(job_id: str, topic: str, payload_bytes: bytes, attempts: int = 0,
@@ -142,10 +143,7 @@ def build(job_id: str, topic: str, payload_bytes: bytes, attempts: int = 0,
         ARRAY_HEADER,
         b"\x01",  # version 1 as a positive fixint
         _packb(job_id),
-        _packb(topic),
-        _packb(attempts),
-        _packb(float(time.time() if enqueued_at is None else enqueued_at)),
-        _packb(headers or {}, use_bin_type=True),
+        _middle(topic, attempts, time.time() if enqueued_at is None else enqueued_at, headers),
         payload_bytes,
     ))
 
