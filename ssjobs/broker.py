@@ -70,6 +70,7 @@ def script_source(name: str) -> str:
 
 _DEFINES = re.compile(r"^local (?:function )?([A-Za-z_]\w*)", re.M)
 _COMMENT = re.compile(r"--[^\n]*")
+_NAME = re.compile(r"[A-Za-z_]\w*")
 
 
 @cache
@@ -78,15 +79,13 @@ def with_lib(name: str) -> str:
     and those these name, in lib's order. Redis runs a script's whole text on every call,
     so each unused function would cost a closure per call."""
     blocks = _definitions(script_source("lib"))
-    wanted = _COMMENT.sub("", script_source(name))
+    defines = [set(_DEFINES.findall(block)) for block in blocks]
+    named = set(_NAME.findall(_COMMENT.sub("", script_source(name))))
     kept: set[int] = set()
-    while True:   # to a fixed point: a kept block may name another
-        more = {i for i, block in enumerate(blocks) if i not in kept
-                and any(re.search(rf"\b{n}\b", wanted) for n in _DEFINES.findall(block))}
-        if not more:
-            break
-        kept |= more
-        wanted += _COMMENT.sub("", "\n".join(blocks[i] for i in more))
+    while more := {i for i, names in enumerate(defines) if i not in kept and names & named}:
+        kept |= more        # to a fixed point: a kept block may name another
+        for i in more:
+            named |= set(_NAME.findall(_COMMENT.sub("", blocks[i])))
     return "\n\n".join([*(blocks[i] for i in sorted(kept)), script_source(name)])
 
 
