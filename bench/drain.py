@@ -9,21 +9,27 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 
-def run_once(url: str, jobs: int, workers: int, batch: int = 100) -> float:
-    """Fill, then drain; returns jobs/s. Runs in a process whose fastloop is already chosen."""
+def run_once(url: str, jobs: int, workers: int, batch: int = 100,
+             job_options: dict | None = None, push_options: dict | None = None) -> float:
+    """Fill, then drain; returns jobs/s. Runs in a process whose fastloop is already chosen.
+    ``job_options``: more [[jobs]] keys of the workers; ``push_options``: of the pushes."""
     import redis
 
-    from ssjobs.broker import TopicKeys
+    from ssjobs.broker import Broker, TopicKeys
     from ssjobs.producer import Producer
 
+    job_options = job_options or {}
     client = redis.Redis.from_url(url)
     client.flushall()
+    if job_options.get("track"):
+        Broker(client, "b", "bench").publish_conf(True, 3600)   # what a master does
     with Producer(url, prefix="b") as p:
         for start in range(0, jobs, 50_000):
-            p.push_many("bench", [None] * min(50_000, jobs - start))
+            p.push_many("bench", [None] * min(50_000, jobs - start), **(push_options or {}))
     from workers import fork_workers, stop_workers
     go_r, go_w = os.pipe()
-    pids = fork_workers(url, "bench", "noop:noop", workers, batch=batch, gate=go_r)
+    pids = fork_workers(url, "bench", "noop:noop", workers, batch=batch, gate=go_r,
+                        **job_options)
     os.close(go_r)
     stats = TopicKeys("b", "bench").stats
     time.sleep(0.3)  # let the children import

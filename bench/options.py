@@ -8,10 +8,8 @@ plain drain of the same run.
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
 import sys
-import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -30,38 +28,20 @@ MODES: dict[str, tuple[dict, dict]] = {
 
 
 def drain(url: str, jobs: int, workers: int, job_options: dict, push_options: dict) -> float:
-    """Fill, then drain; jobs/s from the workers' start to the last settle."""
+    """bench/drain.py's fill and drain; a tracked topic's records are checked after it."""
     import redis
-    from workers import fork_workers, stop_workers
+    from drain import run_once
 
-    from ssjobs.broker import Broker, TopicKeys
-    from ssjobs.producer import Producer
+    from ssjobs.broker import TopicKeys
 
-    client = redis.Redis.from_url(url)
-    client.flushall()
+    rate = run_once(url, jobs, workers, 100, job_options, push_options)
     if job_options.get("track"):
-        Broker(client, "b", "bench").publish_conf(True, 3600)   # what a master does
-    with Producer(url, prefix="b") as p:
-        for start in range(0, jobs, 50_000):
-            p.push_many("bench", [None] * min(50_000, jobs - start), **push_options)
-    go_r, go_w = os.pipe()
-    pids = fork_workers(url, "bench", "noop:noop", workers, gate=go_r, **job_options)
-    os.close(go_r)
-    stats = TopicKeys("b", "bench").stats
-    time.sleep(0.3)
-    started = time.perf_counter()
-    os.write(go_w, b"x" * workers)
-    while int(client.hget(stats, "processed") or 0) < jobs:
-        time.sleep(0.002)
-    elapsed = time.perf_counter() - started
-    stop_workers(pids)
-    assert int(client.hget(stats, "processed")) == jobs, "lost or duplicated jobs"
-    if job_options.get("track"):
+        client = redis.Redis.from_url(url)
         record = TopicKeys("b", "bench").record
         states = {client.hget(record(k.decode().rsplit(":", 1)[1]), "state")
                   for k in client.scan_iter(match="b:{bench}:job:*", count=1000)}
         assert states == {b"succeeded"}, states
-    return jobs / elapsed
+    return rate
 
 
 def main() -> None:
