@@ -19,8 +19,9 @@ if ! command -v redis-server >/dev/null 2>&1; then
 fi
 
 if [[ ! -x "$VENV/bin/python" ]]; then
-    echo "demo: creating the venv $VENV"
-    python3 -m venv "$VENV"
+    base="$(bash build_scripts/venv_python.sh)"   # the one .ci/run would choose: they share it
+    echo "demo: creating the venv $VENV from $base"
+    "$base" -m venv "$VENV"
 fi
 PY="$VENV/bin/python"
 echo "demo: installing ssjobs into $VENV"
