@@ -122,6 +122,7 @@ class AsyncProducer:
         self._keys: dict[str, TopicKeys] = {}
         self._tokens = Tokens()   # one per push in flight: pushes run concurrently
         self._cancel: Any = None
+        self._status: Any = None
 
     def _topic(self, topic: str) -> TopicKeys:
         keys = self._keys.get(topic)
@@ -179,8 +180,11 @@ class AsyncProducer:
     async def status(self, topic: str, job_id: str) -> dict | None:
         """A tracked job's record, or None (see Producer.status)."""
         keys = self._topic(topic)
+        if self._status is None:
+            self._status = self._client.register_script(tracking.STATUS_SCRIPT)
         with translate():
-            return tracking.parse(keys, job_id, await self._client.hgetall(keys.record(job_id)))
+            return tracking.parse(keys, job_id,
+                                  await self._status(**tracking.status_call(keys, job_id)))
 
     async def cancel(self, topic: str, job_id: str) -> str | None:
         """Cancel a tracked job; the state it found, or None (see Producer.cancel)."""

@@ -14,6 +14,7 @@ from functools import cache
 from importlib import resources
 from typing import Any, Callable, NamedTuple, Sequence, TypeVar
 
+import msgpack
 import redis
 
 from .errors import BrokerError, BrokerUnavailable, Fenced
@@ -168,7 +169,7 @@ def node_of(worker: str) -> str:
 
 class TopicKeys:
     __slots__ = ("prefix", "topic", "base", "ready", "delayed", "dead", "stats", "workers",
-                 "starts", "running", "conf", "cancels")
+                 "starts", "running", "conf", "cancels", "pending", "progress", "cancelling")
 
     def __init__(self, prefix: str, topic: str) -> None:
         self.prefix = prefix
@@ -183,6 +184,10 @@ class TopicKeys:
         self.running = f"{self.base}:running"   # STRING jobs held by workers (concurrency)
         self.conf = f"{self.base}:conf"         # HASH what the masters publish (track ...)
         self.cancels = f"{self.base}:cancels"   # STRING cancels not yet seen through
+        # tracked topics (docs/protocol.md, "Job records")
+        self.pending = f"{self.base}:pending"   # HASH job id -> record, until it finishes
+        self.progress = f"{self.base}:progress"      # HASH job id -> progress while it runs
+        self.cancelling = f"{self.base}:cancelling"  # HASH job id -> 1: cancel not seen through
 
     def inflight(self, worker: str) -> str:
         return f"{self.base}:inflight:{worker}"
@@ -192,9 +197,6 @@ class TopicKeys:
 
     def unique(self, key: str) -> str:
         return f"{self.base}:unique:{key}"
-
-    def record(self, job_id: str) -> str:
-        return f"{self.base}:job:{job_id}"
 
     def tick(self, schedule: str) -> str:
         return f"{self.base}:tick:{schedule}"
@@ -217,16 +219,6 @@ class Rules(NamedTuple):
 NO_RULES = Rules()
 
 
-class Record(NamedTuple):
-    """What a settle writes into a tracked job's record."""
-    job_id: str
-    state: str                 # succeeded | retrying | dead
-    attempts: int
-    result: bytes = b""        # msgpack of the consumer's return value
-    error: str = ""            # JSON {type, message}
-    result_error: str = ""     # why there is no result
-
-
 class Settled(NamedTuple):
     jobs: list[bytes]         # the jobs the worker now holds besides those it kept, oldest first
     next_due: float | None    # when nothing came: due time of the next delayed job
@@ -239,11 +231,23 @@ class Outcomes(NamedTuple):
     failed: int = 0
     retries: Sequence[tuple[float, bytes]] = ()   # (due time, envelope with attempts + 1)
     dead: Sequence[bytes] = ()
-    records: Sequence[Record] = ()                # tracked jobs that ended or failed
+    # tracked jobs: job id, record, job id, record ... of those that ended, of those
+    # waiting for a retry (tracking.Records)
+    finished_records: Sequence[str | bytes] = ()
+    retrying_records: Sequence[str | bytes] = ()
     releases: Sequence[tuple[str, str]] = ()      # (unique key, job id) no longer held
 
 
 NO_OUTCOMES = Outcomes()
+
+
+# settle.lua decodes the records of a batch with cmsgpack, which knows no bin type: they go
+# as one msgpack array of raw strings (an argument per record would cost more on both sides)
+_pack_raw = msgpack.Packer(use_bin_type=False).pack
+
+
+def _records_arg(records: Sequence[str | bytes]) -> bytes:
+    return _pack_raw(records) if records else b""
 
 
 class Broker:
@@ -288,12 +292,11 @@ class Broker:
         args: list = [worker, seq, done, held, 1 if give_back else 0, outcomes.processed,
                       outcomes.failed, len(outcomes.retries), len(outcomes.dead), take,
                       time.time(), PROMOTE_LIMIT, DEAD_CAP, self._rules_arg,
-                      len(outcomes.records), len(outcomes.releases)]
+                      _records_arg(outcomes.finished_records),
+                      _records_arg(outcomes.retrying_records), len(outcomes.releases)]
         for due, env in outcomes.retries:
             args += (repr(float(due)), env)
         args += outcomes.dead
-        for record in outcomes.records:
-            args += record
         for key, job_id in outcomes.releases:
             args += (key, job_id)
         try:
@@ -423,7 +426,7 @@ class Broker:
         """Replace the dead ``entry`` by ``envelope`` in ready, atomically; False when the
         entry was gone (retried or purged meanwhile)."""
         return bool(self._requeue_dead(keys=[self.keys.dead, self.keys.ready, self.keys.conf],
-                                       args=[entry, envelope]))
+                                       args=[entry, envelope, time.time()]))
 
     @_io
     def dead_drop_oldest(self, count: int) -> int:

@@ -1,8 +1,9 @@
 """Tracked jobs (``[[jobs]] track = true``): each job's record — state, attempts, times,
-result, error, progress — kept in the topic's slot (``P:{T}:job:ID``, a HASH) and written by
-the scripts the worker already runs (push, take, settle, recover), so tracking costs no
-extra round trip per batch; only ``job.progress(...)`` and ``job.cancelled`` talk to Redis on
-their own, rate-limited. Records expire ``result_ttl`` after the job finished.
+result, error, progress — kept in the topic's slot and written by the scripts the worker
+already runs (push, settle, recover), so tracking costs no extra round trip per batch; only
+``job.progress(...)`` and ``job.cancelled`` talk to Redis on their own, rate-limited.
+Records expire ``result_ttl`` after the job finished. Where records live and why:
+docs/protocol.md, "Job records".
 
 States: queued, delayed, running, retrying, succeeded, dead, cancelled.
 """
@@ -22,36 +23,60 @@ FINISHED = ("succeeded", "dead", "cancelled")
 RESULT_MAX_BYTES = 64 * 1024     # a bigger result is not stored: the record says why
 PROGRESS_EVERY_S = 0.5           # a chatty consumer writes its progress at most this often
 CANCEL_CHECK_EVERY_S = 1.0       # job.cancelled asks Redis at most this often
-CANCEL_SCRIPT = _CANCEL = with_lib("cancel")
+CANCEL_SCRIPT = with_lib("cancel")
+STATUS_SCRIPT = with_lib("status")
 _PROGRESS = with_lib("progress")
+_packb = msgpack.Packer(use_bin_type=True).pack
 
 
 def read(client: Any, keys: TopicKeys, job_id: str) -> dict | None:
     """The record of a tracked job, or None when unknown or expired."""
     with translate():
-        return parse(keys, job_id, client.hgetall(keys.record(job_id)))
+        return parse(keys, job_id, client.register_script(STATUS_SCRIPT)(
+            **status_call(keys, job_id)))
 
 
-def parse(keys: TopicKeys, job_id: str, found: dict) -> dict | None:
-    """A record as ``Producer.status`` returns it (docs/reference.md, "Tracked jobs")."""
-    if not found:
+def status_call(keys: TopicKeys, job_id: str) -> dict[str, list]:
+    return {"keys": [keys.workers], "args": [job_id, time.time()]}
+
+
+def parse(keys: TopicKeys, job_id: str, reply: list) -> dict | None:
+    """status.lua's reply as ``Producer.status`` returns it (docs/reference.md, "Tracked
+    jobs")."""
+    if not reply:
         return None
-    raw = {k.decode(): v for k, v in found.items()}
-    text = {k: v.decode(errors="replace") for k, v in raw.items() if k != "result"}
-    result = None
-    if "result" in raw:
+    state_bytes, _, packed = reply[0].partition(b" ")
+    state = state_bytes.decode(errors="replace")
+    try:
+        fields = msgpack.unpackb(packed, raw=False)
+    except Exception:  # noqa: BLE001 - a record another program wrote: show what is sure
+        fields = {}
+    if not isinstance(fields, dict):
+        fields = {}
+    if state in FINISHED and _number(fields.get("expires_at"), math.inf) < time.time():
+        return None
+    out = {"id": job_id, "topic": keys.topic, "state": state,
+           "attempts": int(_number(fields.get("attempts"), 0)),
+           "enqueued_at": _number(fields.get("enqueued_at")),
+           "started_at": _number(fields.get("started_at")),
+           "finished_at": _number(fields.get("finished_at")),
+           "result": None, "result_error": fields.get("result_error") or None,
+           "error": fields.get("error") or None, "progress": _json(fields.get("progress")),
+           "cancel_requested": False}
+    if "result" in fields:
         try:
-            result = msgpack.unpackb(raw["result"], raw=False)
-        except Exception:  # noqa: BLE001 - a record another program wrote: show its bytes
-            result = raw["result"]
-    return {"id": job_id, "topic": keys.topic, "state": text.get("state"),
-            "attempts": int(text.get("attempts") or 0),
-            "enqueued_at": _number(text.get("enqueued_at")),
-            "started_at": _number(text.get("started_at")),
-            "finished_at": _number(text.get("finished_at")),
-            "result": result, "result_error": text.get("result_error"),
-            "error": _json(text.get("error")), "progress": _json(text.get("progress")),
-            "cancel_requested": text.get("cancel") == "1"}
+            out["result"] = msgpack.unpackb(fields["result"], raw=False)
+        except Exception:  # noqa: BLE001 - not ours: show its bytes
+            out["result"] = fields["result"]
+    if len(reply) > 1:   # not finished: held by a worker, progress, cancel asked
+        held, attempts, taken_at, progress, cancel = reply[1:6]
+        if int(held):
+            out.update(state="running", attempts=int(attempts),
+                       started_at=_number(_text(taken_at)))
+        if progress:
+            out["progress"] = _json(_text(progress))
+        out["cancel_requested"] = bool(int(cancel))
+    return out
 
 
 def cancel(client: Any, keys: TopicKeys, job_id: str) -> str | None:
@@ -59,12 +84,11 @@ def cancel(client: Any, keys: TopicKeys, job_id: str) -> str | None:
     ``job.cancelled``; a finished one is left alone. Returns the state it found, or None
     when the job is unknown."""
     with translate():
-        return found_state(client.register_script(_CANCEL)(**cancel_call(keys, job_id)))
+        return found_state(client.register_script(CANCEL_SCRIPT)(**cancel_call(keys, job_id)))
 
 
 def cancel_call(keys: TopicKeys, job_id: str) -> dict[str, list]:
-    return {"keys": [keys.record(job_id), keys.cancels],
-            "args": [job_id, time.time()]}
+    return {"keys": [keys.workers, keys.cancels], "args": [job_id, time.time()]}
 
 
 def found_state(reply: Any) -> str | None:
@@ -77,7 +101,7 @@ def encode_result(result: Any) -> tuple[bytes, str]:
     if result is None:
         return b"", ""
     try:
-        data = msgpack.packb(result, use_bin_type=True)
+        data = _packb(result)
     except (TypeError, ValueError, OverflowError) as exc:
         return b"", f"the result is not msgpack-serialisable: {exc}"
     if len(data) > RESULT_MAX_BYTES:
@@ -85,8 +109,65 @@ def encode_result(result: Any) -> tuple[bytes, str]:
     return data, ""
 
 
-def error_text(exc_type: str, message: str) -> str:
-    return json.dumps({"type": exc_type, "message": message[:2000]})
+def error_of(exc_type: str, message: str) -> dict:
+    return {"type": exc_type, "message": message[:2000]}
+
+
+def record(state: str, fields: dict) -> bytes:
+    """A record as the scripts store it: the state, a space, a msgpack map of the rest."""
+    return state.encode() + b" " + _packb(fields)
+
+
+class Records:
+    """The records of the tracked jobs one settle reports, built by the worker so that the
+    settle only stores them: ``finished`` and ``retrying`` are flat lists (job id, record,
+    job id, record ...). What every job of the batch shares (its times) is encoded once: a
+    plain success costs two small packs."""
+
+    def __init__(self, began: float, now: float, ttl: float) -> None:
+        self.finished: list[str | bytes] = []
+        self.retrying: list[str | bytes] = []
+        self._times = {"started_at": began, "finished_at": now, "expires_at": now + ttl}
+        self._tail = b"".join(_packb(k) + _packb(v) for k, v in self._times.items())
+
+    def successes(self, done: list, latest: tuple[str, dict] | None) -> None:
+        """The jobs of ``done`` (job, result) succeeded; ``latest``: (job id, progress) of
+        the last progress reported, if any."""
+        out, tail, pack = self.finished, self._tail, _packb
+        for job, result in done:
+            progress = latest[1] if latest is not None and latest[0] == job.id else None
+            if result is None and progress is None:
+                out += (job.id, b"".join((_SUCCEEDED, pack(job.attempts), _ENQUEUED,
+                                          pack(job.enqueued_at), tail)))
+            else:
+                self.ended("succeeded", job.id, job.attempts, job.enqueued_at, result, progress)
+
+    def ended(self, state: str, job_id: str, attempts: int, enqueued_at: float, result: Any,
+              progress: dict | None) -> None:
+        """A job that succeeded (or was cancelled) returning ``result``."""
+        fields: dict[str, Any] = {"attempts": attempts, "enqueued_at": enqueued_at}
+        data, why = encode_result(result)
+        if data:
+            fields["result"] = data
+        if why:
+            fields["result_error"] = why
+        self.add(state, fields, job_id, progress)
+
+    def add(self, state: str, fields: dict, job_id: str, progress: dict | None) -> None:
+        """A job that ended ``state`` (or is ``retrying``) with ``fields`` (attempts,
+        enqueued_at, result, error ...) and its last progress."""
+        if progress:
+            fields["progress"] = progress
+        if state == "retrying":
+            fields["started_at"] = self._times["started_at"]
+            self.retrying += (job_id, record(state, fields))
+        else:
+            self.finished += (job_id, record(state, {**fields, **self._times}))
+
+
+# a plain success: {attempts, enqueued_at, started_at, finished_at, expires_at}
+_SUCCEEDED = b"succeeded " + bytes([0x85]) + _packb("attempts")
+_ENQUEUED = _packb("enqueued_at")
 
 
 class Tracker:
@@ -97,14 +178,20 @@ class Tracker:
         self.script = client.register_script(_PROGRESS)
         self._written: dict[str, float] = {}     # job id -> when its progress was written
         self._asked: dict[str, tuple[float, bool]] = {}  # job id -> (when, cancelled)
+        self.latest: tuple[str, dict] | None = None      # (job id, its last progress)
 
     def progress(self, job_id: str, fraction: float, message: str) -> None:
         now = time.monotonic()
+        value = {"fraction": fraction, "message": message[:500], "at": time.time()}
+        self.latest = (job_id, value)   # the job's record keeps it, throttled or not
         if now - self._written.get(job_id, -math.inf) < PROGRESS_EVERY_S and fraction < 1:
             return
         self._written = {job_id: now}   # only the running job matters
-        value = json.dumps({"fraction": fraction, "message": message[:500], "at": time.time()})
-        self._ask(job_id, value, now)
+        self._ask(job_id, json.dumps(value), now)
+
+    def progress_of(self, job_id: str) -> dict | None:
+        """The last progress ``job_id`` reported, for its record."""
+        return self.latest[1] if self.latest and self.latest[0] == job_id else None
 
     def cancelled(self, job_id: str) -> bool:
         now = time.monotonic()
@@ -114,26 +201,32 @@ class Tracker:
         return answer
 
     def _ask(self, job_id: str, progress: str, now: float) -> bool:
+        k = self.keys
         try:
             with translate():
-                answer = bool(self.script(keys=[self.keys.record(job_id)], args=[progress]))
+                answer = bool(self.script(keys=[k.pending, k.progress, k.cancelling],
+                                          args=[job_id, progress]))
         except Exception:  # noqa: BLE001 - progress is best effort: the job goes on
             return self._asked.get(job_id, (0.0, False))[1]
         self._asked = {job_id: (now, answer)}
         return answer
 
 
-def _number(text: str | None) -> float | None:
-    try:
-        return float(text) if text else None
-    except ValueError:
-        return None
+def _text(value: Any) -> str:
+    return value.decode(errors="replace") if isinstance(value, bytes) else str(value)
 
 
-def _json(text: str | None) -> Any:
-    if not text:
-        return None
+def _number(value: Any, default: Any = None) -> Any:
     try:
-        return json.loads(text)
+        return float(value) if value not in (None, "", b"") else default
+    except (TypeError, ValueError):
+        return default
+
+
+def _json(value: Any) -> Any:
+    if not value or not isinstance(value, str):
+        return value or None
+    try:
+        return json.loads(value)
     except ValueError:
-        return text
+        return value

@@ -18,7 +18,7 @@ from types import FrameType
 from typing import Any
 
 from . import asyncloop, envelope, fastloop, logs
-from .broker import Broker, Outcomes, Record, Rules, Settled, connect
+from .broker import Broker, Outcomes, Rules, Settled, connect
 from .config import JobConfig
 from .errors import BrokerUnavailable, ConsumerImportError, Fenced, JobTimeout, Retry
 from .loader import Consumer, load_consumer
@@ -26,7 +26,7 @@ from .outcome import Code, Failure
 from .runtime import new_nonce, set_title
 from .scoreboard import IDLE, STOPPING, Slot
 from .text import plural
-from .tracking import Tracker, encode_result, error_text
+from .tracking import Records, Tracker, error_of
 
 log = logging.getLogger("ssjobs.worker")
 
@@ -132,6 +132,7 @@ class Worker:
                                  envelope.DEFAULT_MAX_PAYLOAD_BYTES)
         self.seq = 0                  # the batch this worker holds, as Redis numbers it
         self.batch: list[bytes] = []  # its jobs, oldest first (the in-flight list)
+        self.batch_began = 0.0        # when it began running them (epoch s)
         self.handled = 0
         self.started = time.time()
         self.last_job_at = self.started
@@ -330,6 +331,7 @@ class Worker:
         (a failure costs one more, so that a crash never loses its outcome)."""
         slot, batch = self.slot, self.batch
         started = time.perf_counter()
+        self.batch_began = time.time()   # tracked jobs: their records' started_at
         finished: list[tuple[envelope.Job, Any]] = []   # successes a settle must know of
         if self.concurrency > 1:
             end, failures = asyncloop.run_waves(
@@ -419,7 +421,8 @@ class Worker:
     def _outcomes(self, failures: list[Failure], processed: int,
                   finished: list[tuple[envelope.Job, Any]]) -> Outcomes:
         failed, retries, dead = 0, [], []
-        records: list[Record] = []
+        records = (Records(self.batch_began, time.time(), self.rules.result_ttl)
+                   if self.rules.track else None)
         releases: list[tuple[str, str]] = []
         for failure in failures:
             job = failure.job
@@ -435,9 +438,16 @@ class Worker:
             dead += dead_letter
             if job is not None:
                 self._note_end(job, "retrying" if retry else "dead", records, releases)
-        for job, result in finished:
-            self._note_end(job, "succeeded", records, releases, result)
-        return Outcomes(processed, failed, retries, dead, records, releases)
+        for job, _ in finished:
+            if job.headers:
+                self._release(job, releases)
+        if records is not None:
+            tracker = envelope.Job.tracker
+            records.successes(finished, tracker.latest if tracker is not None else None)
+        if records is None:
+            return Outcomes(processed, failed, retries, dead, releases=releases)
+        return Outcomes(processed, failed, retries, dead, records.finished, records.retrying,
+                        releases)
 
     def _cancelled(self, job: envelope.Job) -> bool:
         """A tracked job that failed after someone cancelled it ends there (its consumer
@@ -445,23 +455,31 @@ class Worker:
         tracker = envelope.Job.tracker
         return self.rules.track and tracker is not None and tracker.cancelled(job.id)
 
-    def _note_end(self, job: envelope.Job, state: str, records: list[Record],
-                  releases: list[tuple[str, str]], result: Any = None) -> None:
-        """What the settle writes for a job that ended (or failed): its record on a tracked
-        topic, and its unique key given back once it will not run again."""
+    @staticmethod
+    def _release(job: envelope.Job, releases: list[tuple[str, str]]) -> None:
+        """A unique job that will not run again gives its key back."""
         unique = job.headers.get("unique")
-        if state != "retrying" and isinstance(unique, str):
+        if isinstance(unique, str):
             releases.append((unique, job.id))
-        if not self.rules.track:
+
+    def _note_end(self, job: envelope.Job, state: str, records: Records | None,
+                  releases: list[tuple[str, str]]) -> None:
+        """What the settle writes for a job that failed (or was cancelled): its record on
+        a tracked topic, and its unique key given back once it will not run again."""
+        if state != "retrying":
+            self._release(job, releases)
+        if records is None:
             return
-        if state in ("succeeded", "cancelled"):
-            data, why = encode_result(result)
-            records.append(Record(job.id, state, job.attempts, data, "", why))
-        else:
-            error = job.headers.get("error") or job.headers.get("last_error") or {}
-            records.append(Record(job.id, state, job.attempts, b"",
-                                  error_text(str(error.get("type", "")),
-                                             str(error.get("message", "")))))
+        tracker = envelope.Job.tracker
+        progress = tracker.progress_of(job.id) if tracker is not None else None
+        if state == "cancelled":
+            records.ended(state, job.id, job.attempts, job.enqueued_at, None, progress)
+            return
+        error = job.headers.get("error") or job.headers.get("last_error") or {}
+        records.add(state, {"attempts": job.attempts, "enqueued_at": job.enqueued_at,
+                            "error": error_of(str(error.get("type", "")),
+                                              str(error.get("message", "")))},
+                    job.id, progress)
 
     def _outcome(self, failure: Failure) -> tuple[int, list[tuple[float, bytes]], list[bytes]]:
         """(failed runs counted, retries, dead letters) of one failure."""

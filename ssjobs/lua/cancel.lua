@@ -1,22 +1,32 @@
--- cancel: a tracked job that has not started is marked cancelled and never runs (the take
--- step drops it) and gives up its unique key; a running one is asked to stop
--- (job.cancelled in the consumer); a finished one is left alone. Each cancel that the take
--- or settle step must still see through is counted in KEYS[2] (so that, while it is 0,
--- they need not look for cancels job by job).
--- KEYS[1] record    HASH  the job's record
+-- cancel: a tracked job that has not started is cancelled (its record finished as such) and
+-- never runs: the take step drops it; it gives up its unique key. A running one is asked to
+-- stop (job.cancelled in the consumer); a finished one is left alone. Each job the take or
+-- settle step must still see through is in the topic's cancelling hash and counted in
+-- KEYS[2] (so that, while it is 0, they need not look for cancels job by job).
+-- KEYS[1] workers   HASH  worker name -> batch it holds (their in-flight lists say who runs what)
 -- KEYS[2] cancels   STRING  cancels pending
+-- (and, in the topic's slot, the records (lib.lua), the cancelling hash and the conf hash
+-- the masters publish, with result_ttl)
 -- ARGV[1] job id   ARGV[2] now (epoch s)
 -- returns the state found, or '' for an unknown job
-local state = redis.call('HGET', KEYS[1], 'state')
-if not state then return '' end
-if state == 'queued' or state == 'delayed' or state == 'retrying' then
-  -- no expiry yet: the record must outlive the queued envelope, which the take step drops
-  redis.call('HSET', KEYS[1], 'state', 'cancelled', 'finished_at', ARGV[2])
-  redis.call('INCR', KEYS[2])
-  local unique = redis.call('HGET', KEYS[1], 'unique')
-  if unique and redis.call('GET', unique) == ARGV[1] then redis.call('DEL', unique) end
-elseif state == 'running' and redis.call('HGET', KEYS[1], 'cancel') ~= '1' then
-  redis.call('HSET', KEYS[1], 'cancel', '1')
-  redis.call('INCR', KEYS[2])
+local base = string.sub(KEYS[1], 1, -9)
+local id, now = ARGV[1], tonumber(ARGV[2])
+local rec = redis.call('HGET', base .. ':pending', id)
+if not rec then
+  rec = finished_record(base, id, now)
+  return rec and record_state(rec) or ''
 end
+local function ask_to_stop()
+  if redis.call('HSETNX', base .. ':cancelling', id, 1) == 1 then redis.call('INCR', KEYS[2]) end
+end
+if holder(base, KEYS[1], id) then
+  ask_to_stop()
+  return 'running'
+end
+local state = record_state(rec)
+local unique = record_fields(rec).unique
+if unique and redis.call('GET', unique) == id then redis.call('DEL', unique) end
+local ttl = tonumber(redis.call('HGET', base .. ':conf', 'result_ttl') or '86400') or 86400
+move_on(base, id, 'cancelled', now, ttl, {})
+ask_to_stop()  -- its envelope still waits: the take step drops it
 return state

@@ -55,13 +55,82 @@ local function promote_due(ready, delayed, now, limit)
   return #due
 end
 
--- A tracked job's record (docs/protocol.md).
-local function record_key(base, id) return base .. ':job:' .. id end
+-- Tracked jobs (docs/protocol.md, "Job records"). A record is its state, one space, then a
+-- msgpack map of the rest. A job not finished keeps its record in the topic's pending hash
+-- (only scripts write those maps: Lua may decode and re-encode them); a finished job's record
+-- goes into the done bucket of its finish time, a hash that expires as a whole, listed with
+-- its expiry time in the done index. A worker's settle stores its batch's records with one
+-- command per bucket; that a job is running is what its worker's in-flight list says.
+local FINISHED = {succeeded = true, dead = true, cancelled = true}
 
-local function track(base, id, ttl, ...)
-  local key = record_key(base, id)
-  redis.call('HSET', key, ...)
-  if ttl then redis.call('EXPIRE', key, ttl) end
+local function record_state(rec) return string.sub(rec, 1, string.find(rec, ' ', 1, true) - 1) end
+
+local function restate(rec, state) return state .. string.sub(rec, (string.find(rec, ' ', 1, true))) end
+
+local function record_fields(rec)
+  local ok, fields = pcall(cmsgpack.unpack, string.sub(rec, string.find(rec, ' ', 1, true) + 1))
+  if ok and type(fields) == 'table' then return fields end
+  return {}
+end
+
+-- A bucket holds about a sixteenth of result_ttl of finished jobs: a record outlives its
+-- expiry by at most that (readers check its own expires_at), and one expires with few others.
+-- The pairs (job id, record) are list[from..to].
+local function keep_finished(base, list, from, to, now, ttl)
+  local width = math.max(1, math.ceil(ttl / 16))
+  local n = math.floor(now / width)
+  local bucket = base .. ':done:' .. width .. ':' .. n
+  redis.call('HSET', bucket, unpack(list, from, to))
+  if redis.call('TTL', bucket) < 0 then  -- a new bucket
+    local expire_at = math.ceil((n + 1) * width + ttl)
+    redis.call('EXPIREAT', bucket, expire_at)
+    redis.call('ZADD', base .. ':done', expire_at, bucket)
+    redis.call('ZREMRANGEBYSCORE', base .. ':done', '-inf', '(' .. now)
+  end
+end
+
+-- A finished job's record and the bucket that holds it, the newest if it finished twice.
+local function finished_record(base, id, now)
+  for _, bucket in ipairs(redis.call('ZREVRANGEBYSCORE', base .. ':done', '+inf', now)) do
+    local rec = redis.call('HGET', bucket, id)
+    if rec then return rec, bucket end
+  end
+end
+
+-- A job's record moves on to `state` (its other fields updated by `changes`): a finished
+-- one leaves pending for the bucket of now.
+local function move_on(base, id, state, now, ttl, changes)
+  local pending = base .. ':pending'
+  local old = redis.call('HGET', pending, id)
+  local fields = old and record_fields(old) or {attempts = 0, enqueued_at = now}
+  for key, value in pairs(changes) do fields[key] = value end
+  if FINISHED[state] then
+    fields.finished_at = fields.finished_at or now
+    fields.expires_at = now + ttl
+    if old then redis.call('HDEL', pending, id) end
+    keep_finished(base, {id, state .. ' ' .. cmsgpack.pack(fields)}, 1, 2, now, ttl)
+  else
+    redis.call('HSET', pending, id, state .. ' ' .. cmsgpack.pack(fields))
+  end
+end
+
+-- Whether envelope env is job id's: the id is its third item, after 0x97 and the version.
+local function is_job(env, id)
+  local n = #id
+  if n < 32 then
+    return string.byte(env, 3) == 0xa0 + n and string.sub(env, 4, 3 + n) == id
+  end
+  return string.byte(env, 3) == 0xd9 and string.byte(env, 4) == n and
+         string.sub(env, 5, 4 + n) == id
+end
+
+-- The worker that holds job id (taken, not yet settled) and its envelope there, if any.
+local function holder(base, workers, id)
+  for _, name in ipairs(redis.call('HKEYS', workers)) do
+    for _, env in ipairs(redis.call('LRANGE', base .. ':inflight:' .. name, 0, -1)) do
+      if is_job(env, id) then return name, env end
+    end
+  end
 end
 
 -- A unique job's key, released when the job is done with: only if it is still this job's.
@@ -162,29 +231,21 @@ local function cancel_seen(base)
   if redis.call('DECR', base .. ':cancels') <= 0 then redis.call('DEL', base .. ':cancels') end
 end
 
--- Tracked topics: a job about to run is marked running, unless it was cancelled (or asked
--- to stop while it ran, then requeued by a recovery): then it is dropped here and never
--- runs. Returns the jobs that may run.
+-- Tracked topics, while cancels are pending: a job cancelled before it ran (or asked to
+-- stop while it ran, then requeued) is dropped here and never runs. Returns the jobs that
+-- may run.
 local function admit(k, rules, jobs)
-  if not rules.track then return jobs end
-  local check = cancels_pending(k.base)
+  if not rules.track or not cancels_pending(k.base) then return jobs end
   local out = {}
   for i = 1, #jobs do
-    local id, attempts, headers = head(jobs[i])
-    local drop = false
-    if id and check then
-      local found = redis.call('HMGET', record_key(k.base, id), 'state', 'cancel')
-      drop = found[1] == 'cancelled' or found[2] == '1'
-    end
-    if drop then  -- taken out of the queue for good
+    local id, _, headers = head(jobs[i])
+    if id and redis.call('HDEL', k.base .. ':cancelling', id) == 1 then
       release_unique(k.base, headers, id)
       cancel_seen(k.base)
-      track(k.base, id, rules.ttl, 'state', 'cancelled', 'finished_at', rules.now)
-    else
-      if id then
-        track(k.base, id, nil, 'state', 'running', 'started_at', rules.now,
-              'attempts', attempts or 0)
+      if redis.call('HEXISTS', k.base .. ':pending', id) == 1 then
+        move_on(k.base, id, 'cancelled', rules.now, rules.ttl, {})
       end
+    else
       out[#out + 1] = jobs[i]
     end
   end

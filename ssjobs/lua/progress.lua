@@ -1,10 +1,11 @@
 -- progress: a running tracked job says how far it is; the reply says whether it was asked
 -- to stop (job.cancelled).
--- KEYS[1] record    HASH  the job's record
--- ARGV[1] progress (JSON: fraction, message, at), '' to only ask
+-- KEYS[1] pending   HASH  records of the jobs not finished
+-- KEYS[2] progress  HASH  job id -> its latest progress, while it runs
+-- KEYS[3] cancelling HASH job id -> 1 when asked to stop
+-- ARGV[1] job id   ARGV[2] progress (JSON: fraction, message, at), '' to only ask
 -- returns 1 when the job was cancelled, else 0
-if ARGV[1] ~= '' and redis.call('EXISTS', KEYS[1]) == 1 then
-  redis.call('HSET', KEYS[1], 'progress', ARGV[1])
+if ARGV[2] ~= '' and redis.call('HEXISTS', KEYS[1], ARGV[1]) == 1 then
+  redis.call('HSET', KEYS[2], ARGV[1], ARGV[2])
 end
-if redis.call('HGET', KEYS[1], 'cancel') == '1' then return 1 end
-return 0
+return redis.call('HEXISTS', KEYS[3], ARGV[1])

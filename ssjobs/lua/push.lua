@@ -51,14 +51,17 @@ else
 end
 if redis.call('HGET', KEYS[4], 'track') == '1' then
   local state = ARGV[2] ~= '' and 'delayed' or 'queued'
+  local fields = {attempts = 0, enqueued_at = now}
+  if ARGV[4] ~= '0' then fields.unique = KEYS[5] end  -- cancel gives the key back
+  local rec = state .. ' ' .. cmsgpack.pack(fields)
+  local records = {}
   for i = first, #ARGV do
-    local id, _ = head(ARGV[i])
-    if id and ARGV[4] ~= '0' then  -- cancel gives the key back
-      track(base, id, nil, 'state', state, 'attempts', 0, 'enqueued_at', now,
-            'unique', KEYS[5])
-    elseif id then
-      track(base, id, nil, 'state', state, 'attempts', 0, 'enqueued_at', now)
+    local id = head(ARGV[i])
+    if id then
+      records[#records + 1] = id
+      records[#records + 1] = rec
     end
   end
+  if #records > 0 then redis.call('HSET', base .. ':pending', unpack(records)) end
 end
 return {1, ''}

@@ -50,7 +50,8 @@ local function charge(env)
          string.sub(env, o4 + 1), true, attempts
 end
 
-local crash = cjson.encode({type = 'WorkerCrashed', message = ARGV[8]})
+local crash = {type = 'WorkerCrashed', message = ARGV[8]}
+local now = tonumber(ARGV[7])
 local items = redis.call('LRANGE', KEYS[2], 0, -1)  -- newest first: items[#items] is oldest
 local n = #items
 local dropped = math.min(done, n)
@@ -61,8 +62,8 @@ for i = n - dropped + 1, n do  -- they succeeded: their unique keys and records 
   if id then
     release_unique(base, headers, id)
     if tracked then
-      track(base, id, ttl, 'state', 'succeeded', 'finished_at', ARGV[7],
-            'result_error', 'the result was lost: its worker died before saving it')
+      move_on(base, id, 'succeeded', now, ttl,
+              {result_error = 'the result was lost: its worker died before saving it'})
     end
   end
 end
@@ -79,8 +80,8 @@ for i = 1, n - dropped do  -- newest first: RPUSH leaves the oldest rightmost, n
         local id, _, headers = head(env)
         if id and poisoned then release_unique(base, headers, id) end
         if id and tracked then
-          track(base, id, poisoned and ttl or nil, 'state', poisoned and 'dead' or 'retrying',
-                'attempts', attempts, 'error', crash)
+          move_on(base, id, poisoned and 'dead' or 'retrying', now, ttl,
+                  {attempts = attempts, error = crash})
         end
       end
     end
@@ -102,4 +103,5 @@ if ARGV[9] == '1' and n > 0 then  -- what it held no longer runs
 end
 redis.call('DEL', KEYS[2])
 redis.call('HDEL', KEYS[5], name)
+if tracked then redis.call('HDEL', base .. ':taken', name) end
 return {requeued, dead, dropped}

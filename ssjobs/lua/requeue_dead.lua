@@ -6,7 +6,7 @@
 -- KEYS[2] ready     LIST  producers LPUSH, workers take from the right (FIFO)
 -- KEYS[3] conf      HASH  the topic's settings the masters publish (track)
 -- ARGV[1] the dead entry, byte for byte as read from KEYS[1]
--- ARGV[2] the envelope to push to ready
+-- ARGV[2] the envelope to push to ready   ARGV[3] now (epoch s)
 -- returns 1 if requeued, 0 if the entry was no longer in dead
 if redis.call('LREM', KEYS[1], 1, ARGV[1]) == 0 then
   return 0
@@ -14,11 +14,16 @@ end
 redis.call('LPUSH', KEYS[2], ARGV[2])
 if redis.call('HGET', KEYS[3], 'track') == '1' then
   local id = head(ARGV[2])
-  if id then
-    local key = record_key(string.sub(KEYS[2], 1, -7), id)
-    redis.call('PERSIST', key)
-    redis.call('HSET', key, 'state', 'queued', 'attempts', 0)
-    redis.call('HDEL', key, 'finished_at', 'result', 'result_error', 'cancel')
+  if id then  -- its finished record is history: the job is pending again
+    local base = string.sub(KEYS[2], 1, -7)
+    local now = tonumber(ARGV[3])
+    local rec, bucket = finished_record(base, id, now)
+    local fields = {attempts = 0, enqueued_at = now}
+    if rec then
+      fields.enqueued_at = record_fields(rec).enqueued_at or now
+      redis.call('HDEL', bucket, id)
+    end
+    redis.call('HSET', base .. ':pending', id, 'queued ' .. cmsgpack.pack(fields))
   end
 end
 return 1

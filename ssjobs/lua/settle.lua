@@ -9,7 +9,7 @@
 -- KEYS[5] stats     HASH  processed, failed, retried, dead, throttled_until
 -- KEYS[6] workers   HASH  worker name -> number of the batch it holds (its registration)
 -- (and, in the topic's slot, P:{T}:starts and P:{T}:running for flow control, the job
--- records P:{T}:job:ID of a tracked topic, unique keys and the cancel count)
+-- records of a tracked topic (lib.lua), unique keys and the cancel count)
 -- ARGV[1] worker name
 -- ARGV[2] seq       the number of the batch being settled
 -- ARGV[3] done      its oldest entries the worker finished: they are dropped (the failures
@@ -24,10 +24,12 @@
 -- ARGV[14] rules: '' for a topic with no flow control and no tracking, else five words:
 --          rate limit jobs (0: none), per seconds, concurrency (0: none), tracked ('1' or
 --          '0'), result_ttl (s)
--- ARGV[15] n_record (tracked jobs finished)   ARGV[16] n_release (unique keys to release)
--- then n_retry pairs (due time, envelope), n_dead envelopes, n_record groups (id, state,
--- attempts, result ('' none), error ('' none), result_error ('' none)), n_release pairs
--- (unique key, job id)
+-- ARGV[15] finished, ARGV[16] retrying: the records of tracked jobs that ended, that failed
+--          and wait for a retry; each a msgpack array (job id, record, job id, record ...),
+--          '' for none
+-- ARGV[17] n_release (unique keys to release)
+-- then n_retry pairs (due time, envelope), n_dead envelopes and n_release pairs (unique
+-- key, job id)
 -- returns {jobs, next_due, wait}: the jobs the worker did not know of yet (what a lost
 -- BLMOVE moved, then the ones just taken), oldest first; next_due is '' unless there are
 -- none, then the due time of the next delayed job ('' if none); wait is '' unless flow
@@ -58,6 +60,50 @@ local function reply(jobs, wait)
   return {jobs, next_due(KEYS[2]), wait and tostring(wait) or ''}
 end
 
+-- The records of the tracked jobs settled now, each list (job id, record, ...) stored with
+-- one command: finished ones into the done bucket of now, retrying ones back into pending.
+-- While cancels are pending, a job asked to stop while it ran ends cancelled, however it
+-- ended (a retry of it stays counted as a pending cancel until the take step drops it).
+local function store_records(base, finished, retrying, rules)
+  local pending = base .. ':pending'
+  if cancels_pending(base) then
+    local lists = {finished, retrying}
+    finished, retrying = {}, {}
+    for l = 1, 2 do
+      local list = lists[l]
+      for j = 1, #list, 2 do
+        local id, rec = list[j], list[j + 1]
+        local cancelled = redis.call('HEXISTS', base .. ':cancelling', id) == 1
+        local out = finished
+        if cancelled and l == 1 then
+          redis.call('HDEL', base .. ':cancelling', id)
+          cancel_seen(base)
+          rec = restate(rec, 'cancelled')
+        elseif cancelled then  -- a retrying record: one only scripts read, so re-encoded here
+          local fields = record_fields(rec)
+          fields.finished_at, fields.expires_at = rules.now, rules.now + rules.ttl
+          rec = 'cancelled ' .. cmsgpack.pack(fields)
+        elseif l == 2 then
+          out = retrying
+        end
+        out[#out + 1] = id
+        out[#out + 1] = rec
+      end
+    end
+  end
+  -- (each list is deleted from pending and progress as it is, records and all: a record is
+  -- never a field name there, as it holds a space and ids do not; one command, no loop)
+  if #finished > 0 then
+    keep_finished(base, finished, 1, #finished, rules.now, rules.ttl)
+    redis.call('HDEL', pending, unpack(finished))
+  end
+  if #retrying > 0 then redis.call('HSET', pending, unpack(retrying)) end
+  if redis.call('EXISTS', base .. ':progress') == 1 then
+    if #finished > 0 then redis.call('HDEL', base .. ':progress', unpack(finished)) end
+    if #retrying > 0 then redis.call('HDEL', base .. ':progress', unpack(retrying)) end
+  end
+end
+
 local stored = redis.call('HGET', KEYS[6], name)
 if not stored then
   return redis.error_reply('FENCED worker ' .. name .. ' is not registered')
@@ -73,13 +119,22 @@ end
 
 -- Validate before writing anything: a script that fails halfway keeps its first writes.
 local n_retry, n_dead = tonumber(ARGV[8]), tonumber(ARGV[9])
-local n_record, n_release = tonumber(ARGV[15]), tonumber(ARGV[16])
-local first = 17
+local n_release = tonumber(ARGV[17])
+local first = 18
 for j = 0, n_retry - 1 do
   local due = tonumber(ARGV[first + 2 * j])
   if not due or due ~= due or due == math.huge or due == -math.huge then
     return redis.error_reply('ERR settle: retry due time is not a finite number')
   end
+end
+local records = {}
+for j = 1, 2 do
+  local ok, list = true, {}
+  if ARGV[14 + j] ~= '' then ok, list = pcall(cmsgpack.unpack, ARGV[14 + j]) end
+  if not ok or type(list) ~= 'table' or #list % 2 ~= 0 then
+    return redis.error_reply('ERR settle: records are not a msgpack array of pairs')
+  end
+  records[j] = list
 end
 local len = redis.call('LLEN', KEYS[3])
 local extra = len - done - held
@@ -98,12 +153,6 @@ if give_back and held > 0 then
   for j = #back, 1, -1 do newest_first[#newest_first + 1] = back[j] end
   redis.call('RPUSH', KEYS[1], unpack(newest_first))  -- the oldest ends up next in line
   ended = ended + held
-  if rules.track then  -- taken, not begun: queued again
-    for j = 1, #back do
-      local id = head(back[j])
-      if id then track(k.base, id, nil, 'state', 'queued') end
-    end
-  end
 end
 if rules.concurrency > 0 and ended > 0 then
   local left = redis.call('DECRBY', k.running, ended)
@@ -119,29 +168,7 @@ for _ = 1, n_dead do
   i = i + 1
 end
 if n_dead > 0 then redis.call('LTRIM', KEYS[4], 0, tonumber(ARGV[13]) - 1) end
-local ttl = rules.ttl
-local check = n_record > 0 and cancels_pending(k.base)
-for _ = 1, n_record do
-  local id, state = ARGV[i], ARGV[i + 1]
-  -- a job cancelled while it ran ends cancelled, however it ended; a retry of it stays
-  -- counted as a pending cancel until the take step drops it
-  if check and redis.call('HGET', record_key(k.base, id), 'cancel') == '1' then
-    if state ~= 'retrying' then cancel_seen(k.base) end
-    state = 'cancelled'
-  end
-  -- a success clears the error of an earlier attempt ('' reads as none)
-  local fields = {'state', state, 'attempts', ARGV[i + 2], 'error', ARGV[i + 4]}
-  if ARGV[i + 3] ~= '' then fields[#fields + 1] = 'result'; fields[#fields + 1] = ARGV[i + 3] end
-  if ARGV[i + 5] ~= '' then
-    fields[#fields + 1] = 'result_error'; fields[#fields + 1] = ARGV[i + 5]
-  end
-  local finished = state ~= 'retrying'
-  if finished then
-    fields[#fields + 1] = 'finished_at'; fields[#fields + 1] = ARGV[11]
-  end
-  track(k.base, id, finished and ttl or nil, unpack(fields))
-  i = i + 6
-end
+if #records[1] + #records[2] > 0 then store_records(k.base, records[1], records[2], rules) end
 for _ = 1, n_release do
   local key = k.base .. ':unique:' .. ARGV[i]
   if redis.call('GET', key) == ARGV[i + 1] then redis.call('DEL', key) end
@@ -155,6 +182,8 @@ if n_dead > 0 then redis.call('HINCRBY', KEYS[5], 'dead', n_dead) end
 local taken, wait = {}, nil
 if ARGV[10] ~= '0' then
   taken, wait = take(k, KEYS[3], rules.take, ARGV[12], rules)
+  -- what status says of the jobs of a tracked topic while they are held: taken at
+  if rules.track and #taken > 0 then redis.call('HSET', base .. ':taken', name, ARGV[11]) end
 end
 redis.call('HSET', KEYS[6], name, seq + 1)
 local jobs = taken
