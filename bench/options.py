@@ -37,13 +37,10 @@ def drain(url: str, jobs: int, workers: int, job_options: dict, push_options: di
     rate = run_once(url, jobs, workers, 100, job_options, push_options)
     if job_options.get("track"):  # every job has its record, and it says succeeded
         client = redis.Redis.from_url(url)
-        keys = TopicKeys("b", "bench")
-        assert not client.exists(keys.pending)
         states: dict[bytes, int] = {}
-        for bucket in client.zrange(f"{keys.base}:done", 0, -1):
-            for record in client.hvals(bucket):
-                state = record.partition(b" ")[0]
-                states[state] = states.get(state, 0) + 1
+        for record in client.hvals(TopicKeys("b", "bench").jobs):
+            state = record.partition(b" ")[0]
+            states[state] = states.get(state, 0) + 1
         assert states == {b"succeeded": jobs}, states
     return rate
 

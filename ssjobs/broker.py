@@ -169,7 +169,7 @@ def node_of(worker: str) -> str:
 
 class TopicKeys:
     __slots__ = ("prefix", "topic", "base", "ready", "delayed", "dead", "stats", "workers",
-                 "starts", "running", "conf", "cancels", "pending", "progress", "cancelling")
+                 "starts", "running", "conf", "cancels", "jobs", "progress", "cancelling")
 
     def __init__(self, prefix: str, topic: str) -> None:
         self.prefix = prefix
@@ -185,7 +185,7 @@ class TopicKeys:
         self.conf = f"{self.base}:conf"         # HASH what the masters publish (track ...)
         self.cancels = f"{self.base}:cancels"   # STRING cancels not yet seen through
         # tracked topics (docs/protocol.md, "Job records")
-        self.pending = f"{self.base}:pending"   # HASH job id -> record, until it finishes
+        self.jobs = f"{self.base}:jobs"         # HASH job id -> record
         self.progress = f"{self.base}:progress"      # HASH job id -> progress while it runs
         self.cancelling = f"{self.base}:cancelling"  # HASH job id -> 1: cancel not seen through
 
@@ -231,23 +231,19 @@ class Outcomes(NamedTuple):
     failed: int = 0
     retries: Sequence[tuple[float, bytes]] = ()   # (due time, envelope with attempts + 1)
     dead: Sequence[bytes] = ()
-    # tracked jobs: job id, record, job id, record ... of those that ended, of those
-    # waiting for a retry (tracking.Records)
-    finished_records: Sequence[str | bytes] = ()
-    retrying_records: Sequence[str | bytes] = ()
+    # tracked jobs (tracking.Records): job id, record, job id, record ... of those that
+    # ended or wait for a retry, and the expiry entry of those that ended ('' none)
+    records: Sequence[str | bytes] = ()
+    expiry: str = ""
     releases: Sequence[tuple[str, str]] = ()      # (unique key, job id) no longer held
 
 
 NO_OUTCOMES = Outcomes()
 
 
-# settle.lua decodes the records of a batch with cmsgpack, which knows no bin type: they go
-# as one msgpack array of raw strings (an argument per record would cost more on both sides)
+# settle.lua decodes a batch's records with cmsgpack, which knows no bin type: they go as one
+# msgpack array of raw strings
 _pack_raw = msgpack.Packer(use_bin_type=False).pack
-
-
-def _records_arg(records: Sequence[str | bytes]) -> bytes:
-    return _pack_raw(records) if records else b""
 
 
 class Broker:
@@ -292,8 +288,8 @@ class Broker:
         args: list = [worker, seq, done, held, 1 if give_back else 0, outcomes.processed,
                       outcomes.failed, len(outcomes.retries), len(outcomes.dead), take,
                       time.time(), PROMOTE_LIMIT, DEAD_CAP, self._rules_arg,
-                      _records_arg(outcomes.finished_records),
-                      _records_arg(outcomes.retrying_records), len(outcomes.releases)]
+                      _pack_raw(outcomes.records) if outcomes.records else b"",
+                      outcomes.expiry, len(outcomes.releases)]
         for due, env in outcomes.retries:
             args += (repr(float(due)), env)
         args += outcomes.dead

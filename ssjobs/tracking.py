@@ -37,7 +37,7 @@ def read(client: Any, keys: TopicKeys, job_id: str) -> dict | None:
 
 
 def status_call(keys: TopicKeys, job_id: str) -> dict[str, list]:
-    return {"keys": [keys.workers], "args": [job_id, time.time()]}
+    return {"keys": [keys.workers], "args": [job_id]}
 
 
 def parse(keys: TopicKeys, job_id: str, reply: list) -> dict | None:
@@ -45,7 +45,8 @@ def parse(keys: TopicKeys, job_id: str, reply: list) -> dict | None:
     jobs")."""
     if not reply:
         return None
-    state_bytes, _, packed = reply[0].partition(b" ")
+    state_bytes, _, rest = reply[0].partition(b" ")
+    expires_at, _, packed = rest.partition(b" ")
     state = state_bytes.decode(errors="replace")
     try:
         fields = msgpack.unpackb(packed, raw=False)
@@ -53,8 +54,9 @@ def parse(keys: TopicKeys, job_id: str, reply: list) -> dict | None:
         fields = {}
     if not isinstance(fields, dict):
         fields = {}
-    if state in FINISHED and _number(fields.get("expires_at"), math.inf) < time.time():
-        return None
+    if state in FINISHED and _number(expires_at.decode(errors="replace"), math.inf) \
+            <= time.time():
+        return None   # expired: the settle step deletes it soon
     out = {"id": job_id, "topic": keys.topic, "state": state,
            "attempts": int(_number(fields.get("attempts"), 0)),
            "enqueued_at": _number(fields.get("enqueued_at")),
@@ -113,32 +115,41 @@ def error_of(exc_type: str, message: str) -> dict:
     return {"type": exc_type, "message": message[:2000]}
 
 
-def record(state: str, fields: dict) -> bytes:
-    """A record as the scripts store it: the state, a space, a msgpack map of the rest."""
-    return state.encode() + b" " + _packb(fields)
+def record(state: str, fields: dict, expires_at: int = 0) -> bytes:
+    """A record as the scripts store it: "<state> <expires_at> <msgpack map of the rest>"
+    (expires_at 0 while the job is not finished)."""
+    return b"%s %d %s" % (state.encode(), expires_at, _packb(fields))
 
 
 class Records:
     """The records of the tracked jobs one settle reports, built by the worker so that the
-    settle only stores them: ``finished`` and ``retrying`` are flat lists (job id, record,
-    job id, record ...). What every job of the batch shares (its times) is encoded once: a
-    plain success costs two small packs."""
+    settle only stores them: ``records`` is a flat list (job id, record, job id, record
+    ...), ``expiry`` the expiry entry of those that ended. What every job of the batch
+    shares (its times) is encoded once: a plain success costs two small packs."""
 
     def __init__(self, began: float, now: float, ttl: float) -> None:
-        self.finished: list[str | bytes] = []
-        self.retrying: list[str | bytes] = []
-        self._times = {"started_at": began, "finished_at": now, "expires_at": now + ttl}
+        self.records: list[str | bytes] = []
+        self._ended: list[str] = []
+        self.expires_at = math.ceil(now + ttl)
+        self._times = {"started_at": began, "finished_at": now}
         self._tail = b"".join(_packb(k) + _packb(v) for k, v in self._times.items())
+        self._succeeded = b"succeeded %d \x84%s" % (self.expires_at, _packb("attempts"))
+
+    @property
+    def expiry(self) -> str:
+        return f"{self.expires_at} {' '.join(self._ended)}" if self._ended else ""
 
     def successes(self, done: list, latest: tuple[str, dict] | None) -> None:
         """The jobs of ``done`` (job, result) succeeded; ``latest``: (job id, progress) of
         the last progress reported, if any."""
-        out, tail, pack = self.finished, self._tail, _packb
+        out, ended, head, tail, pack = (self.records, self._ended, self._succeeded,
+                                        self._tail, _packb)
         for job, result in done:
             progress = latest[1] if latest is not None and latest[0] == job.id else None
             if result is None and progress is None:
-                out += (job.id, b"".join((_SUCCEEDED, pack(job.attempts), _ENQUEUED,
+                out += (job.id, b"".join((head, pack(job.attempts), _ENQUEUED,
                                           pack(job.enqueued_at), tail)))
+                ended.append(job.id)
             else:
                 self.ended("succeeded", job.id, job.attempts, job.enqueued_at, result, progress)
 
@@ -160,13 +171,13 @@ class Records:
             fields["progress"] = progress
         if state == "retrying":
             fields["started_at"] = self._times["started_at"]
-            self.retrying += (job_id, record(state, fields))
+            self.records += (job_id, record(state, fields))
         else:
-            self.finished += (job_id, record(state, {**fields, **self._times}))
+            self.records += (job_id, record(state, {**fields, **self._times}, self.expires_at))
+            self._ended.append(job_id)
 
 
-# a plain success: {attempts, enqueued_at, started_at, finished_at, expires_at}
-_SUCCEEDED = b"succeeded " + bytes([0x85]) + _packb("attempts")
+# a plain success's map: {attempts, enqueued_at, started_at, finished_at}
 _ENQUEUED = _packb("enqueued_at")
 
 
@@ -204,7 +215,7 @@ class Tracker:
         k = self.keys
         try:
             with translate():
-                answer = bool(self.script(keys=[k.pending, k.progress, k.cancelling],
+                answer = bool(self.script(keys=[k.jobs, k.progress, k.cancelling],
                                           args=[job_id, progress]))
         except Exception:  # noqa: BLE001 - progress is best effort: the job goes on
             return self._asked.get(job_id, (0.0, False))[1]

@@ -446,8 +446,8 @@ class Worker:
             records.successes(finished, tracker.latest if tracker is not None else None)
         if records is None:
             return Outcomes(processed, failed, retries, dead, releases=releases)
-        return Outcomes(processed, failed, retries, dead, records.finished, records.retrying,
-                        releases)
+        return Outcomes(processed, failed, retries, dead, records=records.records,
+                        expiry=records.expiry, releases=releases)
 
     def _cancelled(self, job: envelope.Job) -> bool:
         """A tracked job that failed after someone cancelled it ends there (its consumer

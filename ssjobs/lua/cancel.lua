@@ -11,10 +11,12 @@
 -- returns the state found, or '' for an unknown job
 local base = string.sub(KEYS[1], 1, -9)
 local id, now = ARGV[1], tonumber(ARGV[2])
-local rec = redis.call('HGET', base .. ':pending', id)
-if not rec then
-  rec = finished_record(base, id, now)
-  return rec and record_state(rec) or ''
+local rec = redis.call('HGET', base .. ':jobs', id)
+if not rec then return '' end
+local state, expires_at = record_parts(rec)
+if FINISHED[state] then
+  if expires_at <= now then return '' end  -- expired, not yet deleted
+  return state
 end
 local function ask_to_stop()
   if redis.call('HSETNX', base .. ':cancelling', id, 1) == 1 then redis.call('INCR', KEYS[2]) end
@@ -23,7 +25,6 @@ if holder(base, KEYS[1], id) then
   ask_to_stop()
   return 'running'
 end
-local state = record_state(rec)
 local unique = record_fields(rec).unique
 if unique and redis.call('GET', unique) == id then redis.call('DEL', unique) end
 local ttl = tonumber(redis.call('HGET', base .. ':conf', 'result_ttl') or '86400') or 86400

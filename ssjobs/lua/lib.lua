@@ -55,62 +55,66 @@ local function promote_due(ready, delayed, now, limit)
   return #due
 end
 
--- Tracked jobs (docs/protocol.md, "Job records"). A record is its state, one space, then a
--- msgpack map of the rest. A job not finished keeps its record in the topic's pending hash
--- (only scripts write those maps: Lua may decode and re-encode them); a finished job's record
--- goes into the done bucket of its finish time, a hash that expires as a whole, listed with
--- its expiry time in the done index. A worker's settle stores its batch's records with one
--- command per bucket; that a job is running is what its worker's in-flight list says.
+-- Tracked jobs (docs/protocol.md, "Job records"): one hash per topic, P:{T}:jobs, job id ->
+-- record, "<state> <expires_at> <msgpack map of the rest>" (expires_at is 0 until the job
+-- finished). The map of a job not finished has no binary values (scripts and the worker
+-- write it), so Lua may re-encode it; a finished one is only restated. Each finish appends
+-- "<expires_at> <id> <id> ..." to the list P:{T}:expiry, in time order, and the settle step
+-- deletes the records of its expired entries (trim_expired): so storing a batch's records
+-- is one command that overwrites fields the push made, and the deletes come later.
 local FINISHED = {succeeded = true, dead = true, cancelled = true}
+
+-- state, expires_at and the encoded map of a record
+local function record_parts(rec)
+  local a = string.find(rec, ' ', 1, true)
+  local b = string.find(rec, ' ', a + 1, true)
+  return string.sub(rec, 1, a - 1), tonumber(string.sub(rec, a + 1, b - 1)), string.sub(rec, b + 1)
+end
 
 local function record_state(rec) return string.sub(rec, 1, string.find(rec, ' ', 1, true) - 1) end
 
-local function restate(rec, state) return state .. string.sub(rec, (string.find(rec, ' ', 1, true))) end
-
 local function record_fields(rec)
-  local ok, fields = pcall(cmsgpack.unpack, string.sub(rec, string.find(rec, ' ', 1, true) + 1))
+  local _, _, map = record_parts(rec)
+  local ok, fields = pcall(cmsgpack.unpack, map)
   if ok and type(fields) == 'table' then return fields end
   return {}
 end
 
--- A bucket holds about a sixteenth of result_ttl of finished jobs: a record outlives its
--- expiry by at most that (readers check its own expires_at), and one expires with few others.
--- The pairs (job id, record) are list[from..to].
-local function keep_finished(base, list, from, to, now, ttl)
-  local width = math.max(1, math.ceil(ttl / 16))
-  local n = math.floor(now / width)
-  local bucket = base .. ':done:' .. width .. ':' .. n
-  redis.call('HSET', bucket, unpack(list, from, to))
-  if redis.call('TTL', bucket) < 0 then  -- a new bucket
-    local expire_at = math.ceil((n + 1) * width + ttl)
-    redis.call('EXPIREAT', bucket, expire_at)
-    redis.call('ZADD', base .. ':done', expire_at, bucket)
-    redis.call('ZREMRANGEBYSCORE', base .. ':done', '-inf', '(' .. now)
-  end
-end
-
--- A finished job's record and the bucket that holds it, the newest if it finished twice.
-local function finished_record(base, id, now)
-  for _, bucket in ipairs(redis.call('ZREVRANGEBYSCORE', base .. ':done', '+inf', now)) do
-    local rec = redis.call('HGET', bucket, id)
-    if rec then return rec, bucket end
-  end
-end
-
--- A job's record moves on to `state` (its other fields updated by `changes`): a finished
--- one leaves pending for the bucket of now.
-local function move_on(base, id, state, now, ttl, changes)
-  local pending = base .. ':pending'
-  local old = redis.call('HGET', pending, id)
-  local fields = old and record_fields(old) or {attempts = 0, enqueued_at = now}
-  for key, value in pairs(changes) do fields[key] = value end
+-- Write a job's record; a finished one is listed for its expiry.
+local function set_record(base, id, state, fields, now, ttl)
+  local expires_at = 0
   if FINISHED[state] then
     fields.finished_at = fields.finished_at or now
-    fields.expires_at = now + ttl
-    if old then redis.call('HDEL', pending, id) end
-    keep_finished(base, {id, state .. ' ' .. cmsgpack.pack(fields)}, 1, 2, now, ttl)
-  else
-    redis.call('HSET', pending, id, state .. ' ' .. cmsgpack.pack(fields))
+    expires_at = math.ceil(now + ttl)
+    redis.call('RPUSH', base .. ':expiry', expires_at .. ' ' .. id)
+  end
+  local rec = state .. ' ' .. expires_at .. ' ' .. cmsgpack.pack(fields)
+  redis.call('HSET', base .. ':jobs', id, rec)
+end
+
+-- A job's record moves on to `state`, its other fields updated by `changes`.
+local function move_on(base, id, state, now, ttl, changes)
+  local old = redis.call('HGET', base .. ':jobs', id)
+  local fields = old and record_fields(old) or {attempts = 0, enqueued_at = now}
+  for key, value in pairs(changes) do fields[key] = value end
+  set_record(base, id, state, fields, now, ttl)
+end
+
+-- Delete the records of up to `entries` expired entries of the expiry list; a record that
+-- was written again since (a dead job retried, say) is left alone.
+local function trim_expired(base, now, entries)
+  local expiry, jobs = base .. ':expiry', base .. ':jobs'
+  for _ = 1, entries do
+    local entry = redis.call('LINDEX', expiry, 0)
+    if not entry or (tonumber(string.match(entry, '^%S+')) or 0) > now then return end
+    redis.call('LPOP', expiry)
+    for id in string.gmatch(entry, ' (%S+)') do
+      local rec = redis.call('HGET', jobs, id)
+      if rec then
+        local state, expires_at = record_parts(rec)
+        if FINISHED[state] and expires_at <= now then redis.call('HDEL', jobs, id) end
+      end
+    end
   end
 end
 
@@ -242,7 +246,8 @@ local function admit(k, rules, jobs)
     if id and redis.call('HDEL', k.base .. ':cancelling', id) == 1 then
       release_unique(k.base, headers, id)
       cancel_seen(k.base)
-      if redis.call('HEXISTS', k.base .. ':pending', id) == 1 then
+      local rec = redis.call('HGET', k.base .. ':jobs', id)
+      if rec and not FINISHED[record_state(rec)] then
         move_on(k.base, id, 'cancelled', rules.now, rules.ttl, {})
       end
     else

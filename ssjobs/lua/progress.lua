@@ -1,6 +1,6 @@
 -- progress: a running tracked job says how far it is; the reply says whether it was asked
 -- to stop (job.cancelled).
--- KEYS[1] pending   HASH  records of the jobs not finished
+-- KEYS[1] jobs      HASH  job id -> record (lib.lua)
 -- KEYS[2] progress  HASH  job id -> its latest progress, while it runs
 -- KEYS[3] cancelling HASH job id -> 1 when asked to stop
 -- ARGV[1] job id   ARGV[2] progress (JSON: fraction, message, at), '' to only ask

@@ -53,7 +53,7 @@ if redis.call('HGET', KEYS[4], 'track') == '1' then
   local state = ARGV[2] ~= '' and 'delayed' or 'queued'
   local fields = {attempts = 0, enqueued_at = now}
   if ARGV[4] ~= '0' then fields.unique = KEYS[5] end  -- cancel gives the key back
-  local rec = state .. ' ' .. cmsgpack.pack(fields)
+  local rec = state .. ' 0 ' .. cmsgpack.pack(fields)
   local records = {}
   for i = first, #ARGV do
     local id = head(ARGV[i])
@@ -62,6 +62,6 @@ if redis.call('HGET', KEYS[4], 'track') == '1' then
       records[#records + 1] = rec
     end
   end
-  if #records > 0 then redis.call('HSET', base .. ':pending', unpack(records)) end
+  if #records > 0 then redis.call('HSET', base .. ':jobs', unpack(records)) end
 end
 return {1, ''}

@@ -103,5 +103,5 @@ if ARGV[9] == '1' and n > 0 then  -- what it held no longer runs
 end
 redis.call('DEL', KEYS[2])
 redis.call('HDEL', KEYS[5], name)
-if tracked then redis.call('HDEL', base .. ':taken', name) end
+redis.call('HDEL', base .. ':taken', name)  -- (a topic may have stopped tracking)
 return {requeued, dead, dropped}

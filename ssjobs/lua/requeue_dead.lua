@@ -14,16 +14,12 @@ end
 redis.call('LPUSH', KEYS[2], ARGV[2])
 if redis.call('HGET', KEYS[3], 'track') == '1' then
   local id = head(ARGV[2])
-  if id then  -- its finished record is history: the job is pending again
+  if id then  -- its finished record is history: the job waits again
     local base = string.sub(KEYS[2], 1, -7)
     local now = tonumber(ARGV[3])
-    local rec, bucket = finished_record(base, id, now)
-    local fields = {attempts = 0, enqueued_at = now}
-    if rec then
-      fields.enqueued_at = record_fields(rec).enqueued_at or now
-      redis.call('HDEL', bucket, id)
-    end
-    redis.call('HSET', base .. ':pending', id, 'queued ' .. cmsgpack.pack(fields))
+    local rec = redis.call('HGET', base .. ':jobs', id)
+    local enqueued_at = rec and record_fields(rec).enqueued_at or now
+    set_record(base, id, 'queued', {attempts = 0, enqueued_at = enqueued_at}, now, 0)
   end
 end
 return 1

@@ -24,9 +24,10 @@
 -- ARGV[14] rules: '' for a topic with no flow control and no tracking, else five words:
 --          rate limit jobs (0: none), per seconds, concurrency (0: none), tracked ('1' or
 --          '0'), result_ttl (s)
--- ARGV[15] finished, ARGV[16] retrying: the records of tracked jobs that ended, that failed
---          and wait for a retry; each a msgpack array (job id, record, job id, record ...),
---          '' for none
+-- ARGV[15] records of tracked jobs that ended or wait for a retry: a msgpack array (job id,
+--          record, job id, record ...), '' for none (one argument: cheaper on both sides
+--          than two per job)
+-- ARGV[16] the expiry entry of those that ended ('<expires_at> <id> <id> ...'), '' none
 -- ARGV[17] n_release (unique keys to release)
 -- then n_retry pairs (due time, envelope), n_dead envelopes and n_release pairs (unique
 -- key, job id)
@@ -60,48 +61,50 @@ local function reply(jobs, wait)
   return {jobs, next_due(KEYS[2]), wait and tostring(wait) or ''}
 end
 
--- The records of the tracked jobs settled now, each list (job id, record, ...) stored with
--- one command: finished ones into the done bucket of now, retrying ones back into pending.
--- While cancels are pending, a job asked to stop while it ran ends cancelled, however it
--- ended (a retry of it stays counted as a pending cancel until the take step drops it).
-local function store_records(base, finished, retrying, rules)
-  local pending = base .. ':pending'
+-- The records of the tracked jobs settled now (job id, record, ...: those that ended and
+-- those waiting for a retry) and the expiry entry of those that ended, each written with
+-- one command. While cancels are pending, a job asked to stop while it ran ends cancelled,
+-- however it ended (a retry of it stays counted as a pending cancel until the take step
+-- drops it).
+local function store_records(base, records, expiry, rules)
   if cancels_pending(base) then
-    local lists = {finished, retrying}
-    finished, retrying = {}, {}
-    for l = 1, 2 do
-      local list = lists[l]
-      for j = 1, #list, 2 do
-        local id, rec = list[j], list[j + 1]
-        local cancelled = redis.call('HEXISTS', base .. ':cancelling', id) == 1
-        local out = finished
-        if cancelled and l == 1 then
-          redis.call('HDEL', base .. ':cancelling', id)
+    local cancelling = base .. ':cancelling'
+    for j = 1, #records, 2 do
+      local id = records[j]
+      if redis.call('HEXISTS', cancelling, id) == 1 then
+        if record_state(records[j + 1]) == 'retrying' then  -- no binary values: re-encoded
+          local fields = record_fields(records[j + 1])
+          fields.finished_at = rules.now
+          local expires_at = math.ceil(rules.now + rules.ttl)
+          records[j + 1] = 'cancelled ' .. expires_at .. ' ' .. cmsgpack.pack(fields)
+          redis.call('RPUSH', base .. ':expiry', expires_at .. ' ' .. id)
+        else
+          redis.call('HDEL', cancelling, id)
           cancel_seen(base)
-          rec = restate(rec, 'cancelled')
-        elseif cancelled then  -- a retrying record: one only scripts read, so re-encoded here
-          local fields = record_fields(rec)
-          fields.finished_at, fields.expires_at = rules.now, rules.now + rules.ttl
-          rec = 'cancelled ' .. cmsgpack.pack(fields)
-        elseif l == 2 then
-          out = retrying
+          records[j + 1] = string.gsub(records[j + 1], '^%S+', 'cancelled', 1)
         end
-        out[#out + 1] = id
-        out[#out + 1] = rec
       end
     end
   end
-  -- (each list is deleted from pending and progress as it is, records and all: a record is
-  -- never a field name there, as it holds a space and ids do not; one command, no loop)
-  if #finished > 0 then
-    keep_finished(base, finished, 1, #finished, rules.now, rules.ttl)
-    redis.call('HDEL', pending, unpack(finished))
-  end
-  if #retrying > 0 then redis.call('HSET', pending, unpack(retrying)) end
+  redis.call('HSET', base .. ':jobs', unpack(records))
+  if expiry ~= '' then redis.call('RPUSH', base .. ':expiry', expiry) end
+  -- (deleted as the list is, records and all: a record is never a field name there, as it
+  -- holds spaces and ids do not; one command, no loop)
   if redis.call('EXISTS', base .. ':progress') == 1 then
-    if #finished > 0 then redis.call('HDEL', base .. ':progress', unpack(finished)) end
-    if #retrying > 0 then redis.call('HDEL', base .. ':progress', unpack(retrying)) end
+    redis.call('HDEL', base .. ':progress', unpack(records))
   end
+end
+
+local n_retry, n_dead = tonumber(ARGV[8]), tonumber(ARGV[9])
+local n_release = tonumber(ARGV[17])
+local first = 18
+local records = {}
+if ARGV[15] ~= '' then
+  local ok, list = pcall(cmsgpack.unpack, ARGV[15])
+  if not ok or type(list) ~= 'table' or #list % 2 ~= 0 then
+    return redis.error_reply('ERR settle: records are not a msgpack array of pairs')
+  end
+  records = list
 end
 
 local stored = redis.call('HGET', KEYS[6], name)
@@ -118,29 +121,17 @@ if stored ~= seq then
 end
 
 -- Validate before writing anything: a script that fails halfway keeps its first writes.
-local n_retry, n_dead = tonumber(ARGV[8]), tonumber(ARGV[9])
-local n_release = tonumber(ARGV[17])
-local first = 18
 for j = 0, n_retry - 1 do
   local due = tonumber(ARGV[first + 2 * j])
   if not due or due ~= due or due == math.huge or due == -math.huge then
     return redis.error_reply('ERR settle: retry due time is not a finite number')
   end
 end
-local records = {}
-for j = 1, 2 do
-  local ok, list = true, {}
-  if ARGV[14 + j] ~= '' then ok, list = pcall(cmsgpack.unpack, ARGV[14 + j]) end
-  if not ok or type(list) ~= 'table' or #list % 2 ~= 0 then
-    return redis.error_reply('ERR settle: records are not a msgpack array of pairs')
-  end
-  records[j] = list
-end
 local len = redis.call('LLEN', KEYS[3])
 local extra = len - done - held
 if extra < 0 then
-  return redis.error_reply('FENCED worker ' .. name .. ' holds ' .. len ..
-                           ' jobs, settles ' .. (done + held))
+  return redis.error_reply('FENCED worker ' .. name .. ' holds ' .. len .. ' jobs, settles ' ..
+                           (done + held))
 end
 
 if done > 0 then
@@ -168,7 +159,10 @@ for _ = 1, n_dead do
   i = i + 1
 end
 if n_dead > 0 then redis.call('LTRIM', KEYS[4], 0, tonumber(ARGV[13]) - 1) end
-if #records[1] + #records[2] > 0 then store_records(k.base, records[1], records[2], rules) end
+if #records > 0 then store_records(k.base, records, ARGV[16], rules) end
+-- a settle adds one expiry entry at most; a topic that stopped tracking still trims (one
+-- LINDEX when there is nothing to do)
+trim_expired(k.base, rules.now, 2)
 for _ = 1, n_release do
   local key = k.base .. ':unique:' .. ARGV[i]
   if redis.call('GET', key) == ARGV[i + 1] then redis.call('DEL', key) end

@@ -2,17 +2,14 @@
 -- it runs, or is next in its worker's batch).
 -- KEYS[1] workers   HASH  worker name -> batch it holds
 -- (and, in the topic's slot, the records (lib.lua), in-flight lists, progress and cancelling)
--- ARGV[1] job id   ARGV[2] now (epoch s)
--- returns {record} for a finished job, {} for an unknown one, else {record, held (1 or 0),
+-- ARGV[1] job id
+-- returns {} for an unknown job, {record} for a finished one, else {record, held (1 or 0),
 -- attempts, taken at ('' unknown), progress ('' none), cancel asked (1 or 0)}
 local base = string.sub(KEYS[1], 1, -9)
 local id = ARGV[1]
-local rec = redis.call('HGET', base .. ':pending', id)
-if not rec then
-  rec = finished_record(base, id, tonumber(ARGV[2]))
-  if rec then return {rec} end
-  return {}
-end
+local rec = redis.call('HGET', base .. ':jobs', id)
+if not rec then return {} end
+if FINISHED[record_state(rec)] then return {rec} end
 local cancel = redis.call('HEXISTS', base .. ':cancelling', id)
 local progress = redis.call('HGET', base .. ':progress', id) or ''
 local name, env = holder(base, KEYS[1], id)
