@@ -94,3 +94,27 @@ def test_check_and_status_against_the_cluster(cluster, tmp_path, monkeypatch):
         assert m.stop() == 0
     finally:
         m.kill_all()
+
+
+def test_a_tracked_topic_keeps_its_records_on_the_cluster(cluster):
+    from ssjobs.broker import Rules
+    from ssjobs.tracking import Records
+
+    client = connect(cluster.url)
+    broker = Broker(client, "c", "tracked", Rules(track=True, result_ttl=60))
+    broker.publish_conf(True, 60)
+    broker.register_worker("w1")
+    with Producer(cluster.url, prefix="c") as p:
+        first, second = p.push_many("tracked", [1, 2])
+        assert p.status("tracked", first)["state"] == "queued"
+        broker.settle("w1", 0, take=1)
+        assert p.status("tracked", first)["state"] == "running"
+        assert p.cancel("tracked", second) == "queued"
+        records = Records(time.time(), time.time(), 60)
+        records.ended("succeeded", first, 0, time.time(), {"n": 1}, None)
+        broker.settle("w1", 1, done=1, take=1, outcomes=Outcomes(
+            processed=1, records=records.records, expiry=records.expiry))
+        done = p.status("tracked", first)
+        assert done["state"] == "succeeded" and done["result"] == {"n": 1}
+        assert p.status("tracked", second)["state"] == "cancelled"
+        assert broker.client.llen(broker.keys.inflight("w1")) == 0   # dropped, never taken

@@ -15,9 +15,12 @@ import pytest
 from conftest import wait_for
 from masters import MasterProc
 
+from ssjobs import envelope
 from ssjobs.aio import AsyncProducer
-from ssjobs.broker import TopicKeys
+from ssjobs.broker import Broker, Outcomes, Rules, TopicKeys, connect
+from ssjobs.errors import Fenced
 from ssjobs.producer import Producer
+from ssjobs.tracking import Records
 
 CONSUMERS = """
 import json, os, time
@@ -253,7 +256,7 @@ def test_cancel_of_a_unique_job_gives_its_key_back(site, master, producer):
 
 # -- expiry and cost -----------------------------------------------------------------------
 
-def test_a_finished_jobs_record_expires_after_result_ttl(site, producer):
+def test_a_finished_jobs_record_expires_after_result_ttl(site, producer, rclient):
     site.write_config([{**TRACKED, "result_ttl": 1}, PLAIN])
     master = MasterProc(site.config, site.data_dir)
     master.start()
@@ -261,18 +264,86 @@ def test_a_finished_jobs_record_expires_after_result_ttl(site, producer):
         job_id = producer.push("rep", {"n": 1})
         wait_state(producer, job_id, "succeeded")
         wait_for(lambda: producer.status("rep", job_id) is None, 5, what="the record expiring")
+        # and it is gone from Redis, not only hidden: the idle workers' settles delete it
+        jobs = TopicKeys("t", "rep").jobs
+        wait_for(lambda: not rclient.hexists(jobs, job_id), 5, what="the record deleted")
     finally:
         master.kill_all()
 
 
+@pytest.fixture
+def tracked_broker(redis_url):
+    """A tracked topic driven straight through its scripts, as a worker would (no master)."""
+    client = connect(redis_url)
+    broker = Broker(client, "t", "rep", Rules(track=True, result_ttl=1))
+    broker.publish_conf(True, 1)
+    broker.register_worker("w1")
+    yield broker
+    client.close()
+
+
+def finish(broker, seq, state, job_ids, ttl=1):
+    """Settle the jobs the worker holds as ``state``; the records a worker would send."""
+    records = Records(time.time(), time.time(), ttl)
+    for job_id in job_ids:
+        if state == "succeeded":
+            records.ended(state, job_id, 0, time.time(), {"ok": job_id}, None)
+        else:
+            records.add(state, {"attempts": 0, "enqueued_at": time.time(),
+                                "error": {"type": "E", "message": "m"}}, job_id, None)
+    return broker.settle("w1", seq, done=len(job_ids), outcomes=Outcomes(
+        processed=len(job_ids), records=records.records, expiry=records.expiry))
+
+
+def test_expiry_deletes_only_records_that_did_not_start_again(tracked_broker, redis_url):
+    with Producer(redis_url, prefix="t") as p:
+        first, second = p.push_many("rep", [1, 2])
+        taken = tracked_broker.settle("w1", 0, take=2).jobs
+        assert [envelope.decode(j).id for j in taken] == [first, second]
+        assert p.status("rep", first)["state"] == "running"
+        finish(tracked_broker, 1, "dead", [first, second])
+        assert p.status("rep", second)["state"] == "dead"
+        # first is retried from dead before its record expires: queued again, for good
+        entry = envelope.encode(first, "rep", 1)
+        tracked_broker.client.lpush(tracked_broker.keys.dead, entry)
+        assert tracked_broker.dead_requeue(entry, entry)
+        assert p.status("rep", first)["state"] == "queued"
+        time.sleep(2.1)
+        tracked_broker.settle("w1", 2)   # any settle trims the expired entries
+        jobs = tracked_broker.client.hgetall(tracked_broker.keys.jobs)
+        assert first.encode() in jobs and second.encode() not in jobs
+        assert p.status("rep", first)["state"] == "queued"
+        assert p.status("rep", second) is None
+
+
+def test_a_fenced_worker_writes_no_record(tracked_broker, redis_url):
+    with Producer(redis_url, prefix="t") as p:
+        job_id = p.push("rep", 1)
+        tracked_broker.settle("w1", 0, take=1)
+        tracked_broker.recover("w1")          # presumed dead: its job goes back, uncharged
+        with pytest.raises(Fenced):
+            finish(tracked_broker, 1, "succeeded", [job_id], ttl=60)
+        assert p.status("rep", job_id)["state"] == "queued"
+        assert not tracked_broker.client.exists(f"{tracked_broker.keys.base}:expiry")
+
+
 def test_an_untracked_topic_writes_no_per_job_key(site, master, producer, rclient):
+    def topic_keys():
+        return sorted(k.decode() for k in rclient.scan_iter(match="t:{plain}:*", count=1000))
+
+    keys = TopicKeys("t", "plain")
+    producer.push("plain", {"n": "first"})
+    wait_for(lambda: rclient.hget(keys.stats, "processed") == b"1", 30, what="1 job")
+    after_one = topic_keys()
     producer.push_many("plain", [{"n": i} for i in range(1000)])
     producer.push("plain", {"n": "unique"}, unique_key="u1")
-    keys = TopicKeys("t", "plain")
-    wait_for(lambda: rclient.hget(keys.stats, "processed") == b"1001", 30, what="1001 jobs")
-    per_job = [k for k in rclient.scan_iter(match="t:{plain}:*", count=1000)
-               if b":job:" in k or b":unique:" in k]
-    assert per_job == []
+    wait_for(lambda: rclient.hget(keys.stats, "processed") == b"1002", 30, what="1002 jobs")
+    # the same keys after 1,002 jobs as after one (push markers aside): none per job, and
+    # none of the tracking ones
+    assert [k for k in topic_keys() if ":push:" not in k] == \
+        [k for k in after_one if ":push:" not in k]
+    assert not [k for k in topic_keys() if k.rsplit(":", 1)[1] in (
+        "jobs", "expiry", "progress", "cancelling", "taken") or ":unique:" in k]
     assert producer.status("plain", ran(site)[0]["id"]) is None
 
 
