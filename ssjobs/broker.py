@@ -234,7 +234,7 @@ class Outcomes(NamedTuple):
     # tracked jobs (tracking.Records): job id, record, job id, record ... of those that
     # ended or wait for a retry, and the expiry entry of those that ended ('' none)
     records: Sequence[str | bytes] = ()
-    expiry: str = ""
+    expiry: bytes = b""
     releases: Sequence[tuple[str, str]] = ()      # (unique key, job id) no longer held
 
 

@@ -27,6 +27,7 @@ CANCEL_SCRIPT = with_lib("cancel")
 STATUS_SCRIPT = with_lib("status")
 _PROGRESS = with_lib("progress")
 _packb = msgpack.Packer(use_bin_type=True).pack
+_pack_raw = msgpack.Packer(use_bin_type=False).pack
 
 
 def read(client: Any, keys: TopicKeys, job_id: str) -> dict | None:
@@ -136,8 +137,10 @@ class Records:
         self._succeeded = b"succeeded %d \x84%s" % (self.expires_at, _packb("attempts"))
 
     @property
-    def expiry(self) -> str:
-        return f"{self.expires_at} {' '.join(self._ended)}" if self._ended else ""
+    def expiry(self) -> bytes:
+        """The expiry entry of the jobs that ended: "<expires_at> <msgpack array of ids>"
+        (ids may be any string; cmsgpack reads no bin type, so raw strings)."""
+        return b"%d %s" % (self.expires_at, _pack_raw(self._ended)) if self._ended else b""
 
     def successes(self, done: list, latest: tuple[str, dict] | None) -> None:
         """The jobs of ``done`` (job, result) succeeded; ``latest``: (job id, progress) of

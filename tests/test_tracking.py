@@ -296,12 +296,15 @@ def finish(broker, seq, state, job_ids, ttl=1):
 
 
 def test_expiry_deletes_only_records_that_did_not_start_again(tracked_broker, redis_url):
+    odd = "an id, with spaces"   # a foreign producer's: ids may be any string
     with Producer(redis_url, prefix="t") as p:
         first, second = p.push_many("rep", [1, 2])
-        taken = tracked_broker.settle("w1", 0, take=2).jobs
-        assert [envelope.decode(j).id for j in taken] == [first, second]
+        tracked_broker.client.lpush(tracked_broker.keys.ready, envelope.encode(odd, "rep", 3))
+        taken = tracked_broker.settle("w1", 0, take=3).jobs
+        assert [envelope.decode(j).id for j in taken] == [first, second, odd]
         assert p.status("rep", first)["state"] == "running"
-        finish(tracked_broker, 1, "dead", [first, second])
+        finish(tracked_broker, 1, "dead", [first, second, odd])
+        assert p.status("rep", odd)["state"] == "dead"
         assert p.status("rep", second)["state"] == "dead"
         # first is retried from dead before its record expires: queued again, for good
         entry = envelope.encode(first, "rep", 1)
@@ -312,6 +315,7 @@ def test_expiry_deletes_only_records_that_did_not_start_again(tracked_broker, re
         tracked_broker.settle("w1", 2)   # any settle trims the expired entries
         jobs = tracked_broker.client.hgetall(tracked_broker.keys.jobs)
         assert first.encode() in jobs and second.encode() not in jobs
+        assert odd.encode() not in jobs
         assert p.status("rep", first)["state"] == "queued"
         assert p.status("rep", second) is None
 

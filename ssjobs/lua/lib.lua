@@ -59,19 +59,22 @@ end
 -- record, "<state> <expires_at> <msgpack map of the rest>" (expires_at is 0 until the job
 -- finished). The map of a job not finished has no binary values (scripts and the worker
 -- write it), so Lua may re-encode it; a finished one is only restated. Each finish appends
--- "<expires_at> <id> <id> ..." to the list P:{T}:expiry, in time order, and the settle step
--- deletes the records of its expired entries (trim_expired): so storing a batch's records
--- is one command that overwrites fields the push made, and the deletes come later.
+-- "<expires_at> <msgpack array of job ids>" to the list P:{T}:expiry, in time order, and
+-- the settle step deletes the records of its expired entries (trim_expired): so storing a
+-- batch's records is one command that overwrites fields the push made, and the deletes
+-- come later.
 local FINISHED = {succeeded = true, dead = true, cancelled = true}
 
--- state, expires_at and the encoded map of a record
+-- state, expires_at and the encoded map of a record (one not in this form: itself, 0, '')
 local function record_parts(rec)
   local a = string.find(rec, ' ', 1, true)
-  local b = string.find(rec, ' ', a + 1, true)
-  return string.sub(rec, 1, a - 1), tonumber(string.sub(rec, a + 1, b - 1)), string.sub(rec, b + 1)
+  local b = a and string.find(rec, ' ', a + 1, true)
+  if not b then return rec, 0, '' end
+  return string.sub(rec, 1, a - 1), tonumber(string.sub(rec, a + 1, b - 1)) or 0,
+         string.sub(rec, b + 1)
 end
 
-local function record_state(rec) return string.sub(rec, 1, string.find(rec, ' ', 1, true) - 1) end
+local function record_state(rec) return string.match(rec, '^[^ ]*') end
 
 local function record_fields(rec)
   local _, _, map = record_parts(rec)
@@ -86,7 +89,7 @@ local function set_record(base, id, state, fields, now, ttl)
   if FINISHED[state] then
     fields.finished_at = fields.finished_at or now
     expires_at = math.ceil(now + ttl)
-    redis.call('RPUSH', base .. ':expiry', expires_at .. ' ' .. id)
+    redis.call('RPUSH', base .. ':expiry', expires_at .. ' ' .. cmsgpack.pack({id}))
   end
   local rec = state .. ' ' .. expires_at .. ' ' .. cmsgpack.pack(fields)
   redis.call('HSET', base .. ':jobs', id, rec)
@@ -108,7 +111,9 @@ local function trim_expired(base, now, entries)
     local entry = redis.call('LINDEX', expiry, 0)
     if not entry or (tonumber(string.match(entry, '^%S+')) or 0) > now then return end
     redis.call('LPOP', expiry)
-    for id in string.gmatch(entry, ' (%S+)') do
+    local space = string.find(entry, ' ', 1, true) or 0
+    local ok, ids = pcall(cmsgpack.unpack, string.sub(entry, space + 1))
+    for _, id in ipairs(ok and type(ids) == 'table' and ids or {}) do
       local rec = redis.call('HGET', jobs, id)
       if rec then
         local state, expires_at = record_parts(rec)

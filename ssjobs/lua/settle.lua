@@ -27,7 +27,8 @@
 -- ARGV[15] records of tracked jobs that ended or wait for a retry: a msgpack array (job id,
 --          record, job id, record ...), '' for none (one argument: cheaper on both sides
 --          than two per job)
--- ARGV[16] the expiry entry of those that ended ('<expires_at> <id> <id> ...'), '' none
+-- ARGV[16] the expiry entry of those that ended ('<expires_at> <msgpack array of their ids>'),
+--          '' for none
 -- ARGV[17] n_release (unique keys to release)
 -- then n_retry pairs (due time, envelope), n_dead envelopes and n_release pairs (unique
 -- key, job id)
@@ -77,11 +78,11 @@ local function store_records(base, records, expiry, rules)
           fields.finished_at = rules.now
           local expires_at = math.ceil(rules.now + rules.ttl)
           records[j + 1] = 'cancelled ' .. expires_at .. ' ' .. cmsgpack.pack(fields)
-          redis.call('RPUSH', base .. ':expiry', expires_at .. ' ' .. id)
+          redis.call('RPUSH', base .. ':expiry', expires_at .. ' ' .. cmsgpack.pack({id}))
         else
           redis.call('HDEL', cancelling, id)
           cancel_seen(base)
-          records[j + 1] = string.gsub(records[j + 1], '^%S+', 'cancelled', 1)
+          records[j + 1] = (string.gsub(records[j + 1], '^[^ ]*', 'cancelled', 1))
         end
       end
     end
