@@ -102,18 +102,27 @@ def test_the_heartbeat_carries_the_hosts_workers_and_other_hosts_are_shown_from_
     assert set(summary["workers"][0]) == {"pid", "topic", "kind", "state", "job_id",
                                           "job_started_at", "rss_bytes", "processed"}
     # a host whose heartbeat expired stays listed until a master recovers it: shown as gone
-    rclient.sadd(nodes_key("t"), "deadhost:77:ffff")
+    # (the running master recovers it within seconds: list it again before each look)
+    dead = "deadhost:77:ffff"
     elsewhere = site.root / "elsewhere.toml"
     elsewhere.write_text(site.config.read_text().replace('"./data/process"', '"./other"'))
+
+    def with_dead_host(path, sign):
+        rclient.sadd(nodes_key("t"), dead)
+        found = http("GET", web.url(path))
+        return sign in found.text and found
+
     with Served(elsewhere) as web:
-        data = http("GET", web.url("/api/overview")).json()
-        page = http("GET", web.url("/")).text
+        data = wait_for(lambda: with_dead_host("/api/overview", dead), 10,
+                        what="the dead host listed").json()
+        page = wait_for(lambda: with_dead_host("/", ">gone<"), 10,
+                        what="the dead host shown").text
     assert data["running"] is False
     hosts = {h["node"]: h for h in data["hosts"]}
     assert hosts[node]["alive"] and not hosts[node]["this_host"]
     assert sorted(w["pid"] for w in hosts[node]["workers"]) == sorted(
         w["pid"] for w in master.workers())
-    assert hosts["deadhost:77:ffff"]["alive"] is False
+    assert hosts[dead]["alive"] is False
     assert "No master runs on this host" in page and ">gone<" in page
     for w in master.workers():
         assert f">{w['pid']}<" in page
