@@ -254,7 +254,8 @@ class Worker:
             if not self.batch:
                 if self.rules.limited or self.rules.track:
                     # every take goes through the script that enforces the limits and
-                    # marks tracked jobs running: wait without taking, then look again
+                    # drops cancelled tracked jobs (and deletes expired records): wait
+                    # without taking, then look again
                     self._sleep(max(0.0, next_fetch - time.time()))
                 elif not self._wait(max(0.01, min(IDLE_WAIT_S, next_fetch - now))):
                     next_fetch = 0.0  # the wait's reply was lost: settle picks up its job
