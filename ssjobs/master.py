@@ -16,7 +16,18 @@ import socket
 import time
 from dataclasses import dataclass, field
 
-from . import __version__, forkfds, logs, orphans, redisprobe, reloading, scaling, sdnotify, worker
+from . import (
+    __version__,
+    forkfds,
+    logs,
+    orphans,
+    redisprobe,
+    reloading,
+    scaling,
+    sdnotify,
+    tracking,
+    worker,
+)
 from .broker import Broker, Brokers
 from .config import Config, JobConfig, RedisConfig
 from .embedded import EmbeddedRedis
@@ -178,6 +189,7 @@ class Master:
                                    self.outage)
         self.heartbeat.beat()
         self.publish_topic_settings()
+        self._convert_old_records()
         if self.previous_node and self.previous_node != self.node:
             self._recover_previous_master(self.previous_node, previous)
         log.info("master started (pid %d, %s, node %s)", self.pid,
@@ -261,6 +273,22 @@ class Master:
                 ts.broker.publish_conf(ts.job.track, ts.job.result_ttl)
         except BrokerUnavailable as exc:
             self.outage.note_failure("redis", exc)
+
+    def _convert_old_records(self) -> None:
+        """Tracked topics: records of the first layout converted, once per topic
+        (docs/protocol.md, "Job records")."""
+        for ts in self.topics.values():
+            if not ts.job.track:
+                continue
+            try:
+                converted = tracking.convert_old_records(ts.broker.client, ts.broker.keys,
+                                                         ts.job.result_ttl)
+            except BrokerUnavailable as exc:
+                self.outage.note_failure("redis", exc)
+                return
+            if converted:
+                log.info("topic %r: %s of the first layout converted", ts.job.topic,
+                         plural(converted, "job record"))
 
     def _install_signals(self) -> None:
         self._wake_r, self._wake_w = os.pipe()

@@ -351,6 +351,44 @@ def test_an_untracked_topic_writes_no_per_job_key(site, master, producer, rclien
     assert producer.status("plain", ran(site)[0]["id"]) is None
 
 
+def test_records_of_the_first_layout_are_converted_when_a_master_starts(site, producer,
+                                                                        rclient):
+    """One hash per job (P:{T}:job:ID) was the first layout: a master converts them."""
+    import msgpack
+
+    now, keys = time.time(), TopicKeys("t", "rep")
+    old = {"Q": {"state": "queued", "attempts": 0, "enqueued_at": now},
+           "S": {"state": "succeeded", "attempts": 1, "enqueued_at": now, "finished_at": now,
+                 "result": msgpack.packb({"raw": b"\x00\xff"}, use_bin_type=True),
+                 "error": json.dumps({"type": "E", "message": "first try"})},
+           "C": {"state": "cancelled", "attempts": 0, "enqueued_at": now,
+                 "finished_at": now},     # cancelled while queued: not yet dropped
+           "R": {"state": "running", "attempts": 0, "enqueued_at": now, "cancel": "1",
+                 "progress": json.dumps({"fraction": 0.5, "message": "half", "at": now})}}
+    for job_id, fields in old.items():
+        rclient.hset(f"t:{{rep}}:job:{job_id}", mapping=fields)
+    rclient.expire("t:{rep}:job:S", 60)
+    rclient.set(keys.cancels, 2)
+    rclient.lpush(keys.ready, envelope.encode("C", "rep", {"n": "cancelled"}))
+    master = MasterProc(site.config, site.data_dir)
+    master.start()
+    try:
+        wait_for(lambda: rclient.llen(keys.ready) == 0, 10, what="the take step")
+        assert not list(rclient.scan_iter(match="t:{rep}:job:*"))
+        assert rclient.hget(keys.conf, "records_layout") == b"2"
+        states = {job_id: state_of(producer, job_id) for job_id in old}
+        assert states == {"Q": "queued", "S": "succeeded", "C": "cancelled", "R": "queued"}
+        succeeded = producer.status("rep", "S")
+        assert succeeded["result"] == {"raw": b"\x00\xff"} and succeeded["attempts"] == 1
+        assert succeeded["error"] == {"type": "E", "message": "first try"}
+        running = producer.status("rep", "R")
+        assert running["cancel_requested"] and running["progress"]["message"] == "half"
+        assert "C" not in {r["id"] for r in ran(site)}   # dropped by the take step
+        assert rclient.get(keys.cancels) == b"1"          # R's is still to be seen
+    finally:
+        master.kill_all()
+
+
 # -- the other ways in ---------------------------------------------------------------------
 
 def test_ssjobs_job_show_and_cancel(site, master, producer):
