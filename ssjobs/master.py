@@ -25,7 +25,7 @@ from . import (
     reloading,
     scaling,
     sdnotify,
-    tracking,
+    tracking_v1,
     worker,
 )
 from .broker import Broker, Brokers
@@ -281,7 +281,7 @@ class Master:
             if not ts.job.track:
                 continue
             try:
-                converted = tracking.convert_old_records(ts.broker.client, ts.broker.keys,
+                converted = tracking_v1.convert_old_records(ts.broker.client, ts.broker.keys,
                                                          ts.job.result_ttl)
             except BrokerUnavailable as exc:
                 self.outage.note_failure("redis", exc)

@@ -26,7 +26,6 @@ CANCEL_CHECK_EVERY_S = 1.0       # job.cancelled asks Redis at most this often
 CANCEL_SCRIPT = with_lib("cancel")
 STATUS_SCRIPT = with_lib("status")
 _PROGRESS = with_lib("progress")
-_CONVERT = with_lib("convert_records")
 _packb = msgpack.Packer(use_bin_type=True).pack
 _pack_raw = msgpack.Packer(use_bin_type=False).pack
 
@@ -56,16 +55,16 @@ def parse(keys: TopicKeys, job_id: str, reply: list) -> dict | None:
         fields = {}
     if not isinstance(fields, dict):
         fields = {}
-    if state in FINISHED and _number(expires_at.decode(errors="replace"), math.inf) \
+    if state in FINISHED and number(expires_at.decode(errors="replace"), math.inf) \
             <= time.time():
         return None   # expired: the settle step deletes it soon
     out = {"id": job_id, "topic": keys.topic, "state": state,
-           "attempts": int(_number(fields.get("attempts"), 0)),
-           "enqueued_at": _number(fields.get("enqueued_at")),
-           "started_at": _number(fields.get("started_at")),
-           "finished_at": _number(fields.get("finished_at")),
+           "attempts": int(number(fields.get("attempts"), 0)),
+           "enqueued_at": number(fields.get("enqueued_at")),
+           "started_at": number(fields.get("started_at")),
+           "finished_at": number(fields.get("finished_at")),
            "result": None, "result_error": fields.get("result_error") or None,
-           "error": fields.get("error") or None, "progress": _json(fields.get("progress")),
+           "error": fields.get("error") or None, "progress": json_value(fields.get("progress")),
            "cancel_requested": False}
     if "result" in fields:
         try:
@@ -76,9 +75,9 @@ def parse(keys: TopicKeys, job_id: str, reply: list) -> dict | None:
         held, attempts, taken_at, progress, cancel = reply[1:6]
         if int(held):
             out.update(state="running", attempts=int(attempts),
-                       started_at=_number(_text(taken_at)))
+                       started_at=number(_text(taken_at)))
         if progress:
-            out["progress"] = _json(_text(progress))
+            out["progress"] = json_value(_text(progress))
         out["cancel_requested"] = bool(int(cancel))
     return out
 
@@ -185,63 +184,6 @@ class Records:
 _ENQUEUED = _packb("enqueued_at")
 
 
-# The conf field that says a topic's records of the first layout were converted.
-_LAYOUT_FIELD, _LAYOUT = "records_layout", b"2"
-
-
-def convert_old_records(client: Any, keys: TopicKeys, result_ttl: float) -> int:
-    """Records of the first layout (one hash per job, ``P:{T}:job:ID``, before the records
-    hash) converted into the records hash, once per topic (its conf hash remembers); the
-    number converted. A job queued before the upgrade keeps its state, a finished one its
-    result until it expires."""
-    with translate():
-        if client.hget(keys.conf, _LAYOUT_FIELD) == _LAYOUT:
-            return 0
-        script, now, converted = client.register_script(_CONVERT), time.time(), 0
-        skip = len(f"{keys.base}:job:".encode())
-        for key in client.scan_iter(match=_glob_escape(keys.base) + ":job:*", count=1000):
-            job_id = key[skip:]
-            old = {k.decode(): v for k, v in client.hgetall(key).items()}
-            state, expires_at, fields, cancel = _old_record(old, client.ttl(key), now,
-                                                            result_ttl)
-            converted += int(script(keys=[key, keys.jobs],
-                                    args=[job_id, record(state, fields, expires_at),
-                                          expires_at, cancel]))
-        client.hset(keys.conf, _LAYOUT_FIELD, _LAYOUT)
-    return converted
-
-
-def _old_record(old: dict[str, bytes], ttl: int, now: float, result_ttl: float
-                ) -> tuple[str, int, dict, str]:
-    """(state, expires_at, fields, cancel still to be seen through) of a first-layout record:
-    an expiry then was the key's TTL; "running" is now read from the in-flight lists."""
-    text = {k: v.decode(errors="replace") for k, v in old.items() if k != "result"}
-    state = text.get("state") or "queued"
-    if state == "running":
-        state = "queued"
-    fields: dict[str, Any] = {"attempts": int(_number(text.get("attempts"), 0))}
-    for name in ("enqueued_at", "started_at", "finished_at"):
-        if _number(text.get(name)) is not None:
-            fields[name] = _number(text.get(name))
-    for name in ("error", "progress"):
-        if text.get(name):
-            fields[name] = _json(text[name])
-    for name in ("result_error", "unique"):
-        if text.get(name):
-            fields[name] = text[name]
-    if old.get("result"):
-        fields["result"] = old["result"]
-    finished = state in FINISHED
-    expires_at = math.ceil(now + (ttl if ttl > 0 else result_ttl)) if finished else 0
-    # a cancelled record without a TTL was a queued job the take step had still to drop
-    cancel = text.get("cancel") == "1" or (state == "cancelled" and ttl < 0)
-    return state, expires_at, fields, "1" if cancel else "0"
-
-
-def _glob_escape(text: str) -> str:
-    return "".join("\\" + c if c in "*?[]\\" else c for c in text)
-
-
 class Tracker:
     """In a worker of a tracked topic: what ``job.progress()`` and ``job.cancelled`` do."""
 
@@ -288,14 +230,14 @@ def _text(value: Any) -> str:
     return value.decode(errors="replace") if isinstance(value, bytes) else str(value)
 
 
-def _number(value: Any, default: Any = None) -> Any:
+def number(value: Any, default: Any = None) -> Any:
     try:
         return float(value) if value not in (None, "", b"") else default
     except (TypeError, ValueError):
         return default
 
 
-def _json(value: Any) -> Any:
+def json_value(value: Any) -> Any:
     if not value or not isinstance(value, str):
         return value or None
     try:
