@@ -442,11 +442,10 @@ class Worker:
         for job, _ in finished:
             if job.headers:
                 self._release(job, releases)
-        if records is not None:
-            tracker = envelope.Job.tracker
-            records.successes(finished, tracker.latest if tracker is not None else None)
         if records is None:
             return Outcomes(processed, failed, retries, dead, releases=releases)
+        tracker = envelope.Job.tracker
+        records.successes(finished, tracker.latest if tracker is not None else None)
         return Outcomes(processed, failed, retries, dead, records=records.records,
                         expiry=records.expiry, releases=releases)
 
