@@ -26,6 +26,7 @@ CANCEL_CHECK_EVERY_S = 1.0       # job.cancelled asks Redis at most this often
 CANCEL_SCRIPT = with_lib("cancel")
 STATUS_SCRIPT = with_lib("status")
 _PROGRESS = with_lib("progress")
+_HANDOVER = with_lib("handover")
 _packb = msgpack.Packer(use_bin_type=True).pack
 _pack_raw = msgpack.Packer(use_bin_type=False).pack
 
@@ -190,6 +191,7 @@ class Tracker:
     def __init__(self, client: Any, keys: TopicKeys) -> None:
         self.keys = keys
         self.script = client.register_script(_PROGRESS)
+        self._handover = client.register_script(_HANDOVER)
         self._written: dict[str, float] = {}     # job id -> when its progress was written
         self._asked: dict[str, tuple[float, bool]] = {}  # job id -> (when, cancelled)
         self.latest: tuple[str, dict] | None = None      # (job id, its last progress)
@@ -202,6 +204,18 @@ class Tracker:
             return
         self._written = {job_id: now}   # only the running job matters
         self._ask(job_id, json.dumps(value), now)
+
+    def handed_over(self, worker: str, job_id: str) -> bool:
+        """The idle wait gave ``worker`` this job: note when (its started_at while it runs)
+        and say whether it was cancelled before it ran (False when Redis cannot say: the
+        job runs, and its consumer may still see ``job.cancelled``)."""
+        k = self.keys
+        try:
+            with translate():
+                return bool(self._handover(keys=[f"{k.base}:taken", k.cancelling],
+                                           args=[worker, time.time(), job_id]))
+        except Exception:  # noqa: BLE001 - best effort, as progress is
+            return False
 
     def progress_of(self, job_id: str) -> dict | None:
         """The last progress ``job_id`` reported, for its record."""

@@ -20,7 +20,14 @@ from typing import Any
 from . import asyncloop, envelope, fastloop, logs
 from .broker import Broker, Outcomes, Rules, Settled, connect
 from .config import JobConfig
-from .errors import BrokerUnavailable, ConsumerImportError, Fenced, JobTimeout, Retry
+from .errors import (
+    BrokerUnavailable,
+    ConsumerImportError,
+    EnvelopeError,
+    Fenced,
+    JobTimeout,
+    Retry,
+)
 from .loader import Consumer, load_consumer
 from .outcome import Code, Failure
 from .runtime import new_nonce, set_title
@@ -43,7 +50,9 @@ EXIT_FORKED_CHILD = 16     # a process forked by consumer code returned into the
 
 IDLE_WAIT_S = 2.0          # blocking wait per idle round: a stop interrupts it, so it can be
                            # long: half a Redis command a second per idle worker
-IDLE_POLL_S = 0.5          # an idle worker of a limited or tracked topic takes this often
+IDLE_POLL_S = 0.5          # an idle worker of a limited topic takes this often
+IDLE_TRIM_EVERY_S = 1.0    # an idle worker of a tracked topic settles this often (at most
+                           # once per idle wait): its settles delete expired records
 IDLE_PROMOTE_EVERY_S = 30.0  # an idle worker looks at delayed jobs itself this often (its
                            # master promotes due ones every second; a known due time wakes it)
 TICK_S = 1.0               # timer period for job timeouts, lifetime and memory checks
@@ -252,9 +261,8 @@ class Worker:
                 if not self.batch:
                     next_fetch = now + self._idle_look_again(settled)
             if not self.batch:
-                if self.rules.limited or self.rules.track:
-                    # every take goes through the script that enforces the limits and
-                    # drops cancelled tracked jobs (and deletes expired records): wait
+                if self.rules.limited:
+                    # every take goes through the script that enforces the limits: wait
                     # without taking, then look again
                     self._sleep(max(0.0, next_fetch - time.time()))
                 elif not self._wait(max(0.01, min(IDLE_WAIT_S, next_fetch - now))):
@@ -273,7 +281,8 @@ class Worker:
         job is due, or IDLE_PROMOTE_EVERY_S."""
         if settled.wait is not None:
             return min(settled.wait, IDLE_PROMOTE_EVERY_S)
-        wait = IDLE_POLL_S if self.rules.limited or self.rules.track else IDLE_PROMOTE_EVERY_S
+        wait = IDLE_POLL_S if self.rules.limited else \
+            IDLE_TRIM_EVERY_S if self.rules.track else IDLE_PROMOTE_EVERY_S
         if settled.next_due is not None:
             wait = min(wait, max(0.0, settled.next_due - time.time()))
         return wait
@@ -308,7 +317,31 @@ class Worker:
             self.ctl.waiting = False
         if first is not None:
             self.batch = [first]
+            if self.rules.track:
+                self._drop_if_cancelled(first)
         return True
+
+    def _drop_if_cancelled(self, raw: bytes) -> None:
+        """A job of a tracked topic that the wait handed over, not the take step (which
+        drops cancelled jobs): one cancelled before it ran — a delayed job promoted to ready
+        since, or one asked to stop, then requeued by a recovery — is settled as cancelled
+        here and never runs. One more round trip for the first job after an idle spell,
+        which also notes when the worker took it."""
+        tracker = envelope.Job.tracker
+        try:
+            job = envelope.decode(raw)
+        except EnvelopeError:
+            return   # the run reports it
+        if tracker is None or not tracker.handed_over(self.name, job.id):
+            return
+        log.info("job %s on %r was cancelled before it ran: dropped", job.id, job.topic)
+        records = Records(time.time(), time.time(), self.rules.result_ttl)
+        records.ended("cancelled", job.id, job.attempts, job.enqueued_at, None, None)
+        releases: list[tuple[str, str]] = []
+        if job.headers:
+            self._release(job, releases)
+        self._settle(done=1, outcomes=Outcomes(records=records.records, expiry=records.expiry,
+                                               releases=releases))
 
     def _batch_limit(self) -> int:
         """How many jobs to fetch: ~BATCH_WORK_S of work at the recent job time, at most

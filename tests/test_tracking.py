@@ -254,6 +254,28 @@ def test_cancel_of_a_unique_job_gives_its_key_back(site, master, producer):
     assert wait_state(producer, second, "succeeded")["result"]["echo"] == {"n": 3}
 
 
+def test_an_idle_tracked_topic_picks_up_at_once_and_never_runs_a_cancelled_delayed_job(
+        site, master, producer, rclient):
+    # its idle worker blocks for jobs instead of polling: pickup within milliseconds
+    took = []
+    for i in range(5):
+        pushed = time.monotonic()
+        wait_state(producer, producer.push("rep", {"n": i}), "succeeded")
+        took.append(time.monotonic() - pushed)
+    assert sorted(took)[2] < 0.15, took
+    # a cancelled delayed job, promoted to ready while that worker waits, is dropped
+    late = producer.push("rep", {"n": "late"}, delay=0.8)
+    assert producer.cancel("rep", late) == "delayed"
+    keys = TopicKeys("t", "rep")
+    wait_for(lambda: not rclient.zcard(keys.delayed) and not rclient.llen(keys.ready), 10,
+             what="the promote")
+    wait_for(lambda: not rclient.exists(keys.cancels), 5, what="the cancel seen through")
+    after = producer.push("rep", {"n": "after"})
+    wait_state(producer, after, "succeeded")
+    assert late not in {r["id"] for r in ran(site)}
+    assert state_of(producer, late) == "cancelled"
+
+
 # -- expiry and cost -----------------------------------------------------------------------
 
 def test_a_finished_jobs_record_expires_after_result_ttl(site, producer, rclient):
