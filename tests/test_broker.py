@@ -14,8 +14,10 @@ from ssjobs.scoreboard import BatchPosition
 
 @pytest.fixture
 def broker(redis_url):
+    # a topic no other test module uses: a worker of an earlier test's master, stopping as
+    # its master was killed, may still wait on its topic's ready list for a second or two
     client = connect(redis_url)
-    b = Broker(client, "t", "q")
+    b = Broker(client, "t", "bq")
     b.register_worker("w1")
     yield b
     client.close()
@@ -23,7 +25,7 @@ def broker(redis_url):
 
 def push(redis_url, payloads):
     with Producer(redis_url, prefix="t") as p:
-        return p.push_many("q", payloads)
+        return p.push_many("bq", payloads)
 
 
 def ids_of(raws):
@@ -45,7 +47,7 @@ def test_a_fetch_moves_a_batch_into_the_workers_inflight_list_in_fifo_order(brok
 
 def test_a_fetch_on_empty_returns_nothing_or_when_the_next_delayed_job_is_due(broker):
     assert broker.settle("w1", 0, take=10) == ([], None, None)
-    broker.client.zadd(broker.keys.delayed, {envelope.encode("a", "q", 1): 2e9})
+    broker.client.zadd(broker.keys.delayed, {envelope.encode("a", "bq", 1): 2e9})
     assert broker.settle("w1", 1, take=10) == ([], 2e9, None)
 
 
@@ -183,7 +185,7 @@ def test_recover_after_a_settle_the_slot_never_saw_requeues_all_uncharged(broker
 
 
 def test_recover_deadletters_a_poison_job_past_max_retries(broker):
-    env = envelope.encode("poison", "q", {"blob": b"\xff\x00"}, attempts=2,
+    env = envelope.encode("poison", "bq", {"blob": b"\xff\x00"}, attempts=2,
                           headers={"keep": "me"})
     broker.client.lpush(broker.keys.inflight("w1"), env)
     assert broker.recover("w1", BatchPosition(0, 0, 1), max_retries=2) == (0, 1, 0)
@@ -203,8 +205,8 @@ def test_recover_leaves_garbage_for_the_worker_to_deadletter(broker):
 
 def test_promote_moves_only_due_jobs(broker):
     now = time.time()
-    broker.client.zadd(broker.keys.delayed, {envelope.encode("a", "q", 1): now - 1,
-                                             envelope.encode("b", "q", 2): now + 60})
+    broker.client.zadd(broker.keys.delayed, {envelope.encode("a", "bq", 1): now - 1,
+                                             envelope.encode("b", "bq", 2): now + 60})
     assert broker.promote() == 1
     assert broker.backlog() == 1 and broker.client.zcard(broker.keys.delayed) == 1
 
@@ -213,7 +215,7 @@ def test_a_push_sent_twice_under_one_token_enqueues_once(broker, redis_url):
     from ssjobs.producer import PUSH_SCRIPT, push_call, push_options
 
     script = broker.client.register_script(PUSH_SCRIPT)
-    env = envelope.encode("id-1", "q", 1)
+    env = envelope.encode("id-1", "bq", 1)
     keys, args = push_call(broker.keys, "tok", "id-1", [env], time.time())
     assert script(keys=keys, args=args) == [1, b""]
     assert script(keys=keys, args=args) == [0, b""]      # the retry after a lost reply
@@ -229,13 +231,13 @@ def test_a_push_refused_by_a_held_unique_key_leaves_its_token_as_it_was(broker):
 
     script = broker.client.register_script(PUSH_SCRIPT)
     unique = push_options(unique_key="report:7")
-    first = push_call(broker.keys, "a", "id-1", [envelope.encode("id-1", "q", 1)], time.time(),
+    first = push_call(broker.keys, "a", "id-1", [envelope.encode("id-1", "bq", 1)], time.time(),
                       unique)
     assert script(*first) == [1, b""]
-    before = push_call(broker.keys, "tok", "id-2", [envelope.encode("id-2", "q", 2)],
+    before = push_call(broker.keys, "tok", "id-2", [envelope.encode("id-2", "bq", 2)],
                        time.time())
     assert script(*before) == [1, b""]
-    held = push_call(broker.keys, "tok", "id-3", [envelope.encode("id-3", "q", 3)], time.time(),
+    held = push_call(broker.keys, "tok", "id-3", [envelope.encode("id-3", "bq", 3)], time.time(),
                      unique)
     for _ in range(2):                                    # the push, then its retry
         assert script(*held) == [2, b"id-1"]

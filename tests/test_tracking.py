@@ -108,6 +108,13 @@ def wait_state(producer, job_id, want, timeout=15):
                     timeout, what=f"job {job_id} {want} (now {state_of(producer, job_id)})")
 
 
+def wait_begun(producer, job_id):
+    """A "hold" job running in its consumer: held by a worker is not enough (that is
+    "running" already), its first progress report says the consumer began."""
+    return wait_for(lambda: (r := producer.status("rep", job_id)) and r["state"] == "running"
+                    and r["progress"] and r, 15, what=f"job {job_id} begun")
+
+
 def ssjobs(site, *args):
     return subprocess.run([sys.executable, "-m", "ssjobs", *args, "-c", str(site.config)],
                           capture_output=True, text=True, timeout=30, cwd=site.root)
@@ -176,7 +183,7 @@ def test_a_worker_killed_mid_job_leaves_a_record_that_the_recovery_makes_true(
 def test_sigkill_of_a_worker_holding_a_job_counts_an_attempt_and_runs_it_again(
         site, master, producer, rclient):
     job_id = producer.push("rep", {"kind": "hold"})
-    wait_state(producer, job_id, "running")
+    wait_begun(producer, job_id)
     master.signal(signal.SIGSTOP)          # no replacement worker takes it back at once
     try:
         (worker,) = [w for w in master.workers() if w["topic"] == "rep"]
@@ -415,7 +422,7 @@ def test_records_of_the_first_layout_are_converted_when_a_master_starts(site, pr
 
 def test_ssjobs_job_show_and_cancel(site, master, producer):
     holder = producer.push("rep", {"kind": "hold"})
-    wait_state(producer, holder, "running")
+    wait_begun(producer, holder)
     shown = ssjobs(site, "job", "show", "rep", holder, "--json")
     assert shown.returncode == 0, shown.stderr
     record = json.loads(shown.stdout)
