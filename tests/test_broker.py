@@ -14,8 +14,8 @@ from ssjobs.scoreboard import BatchPosition
 
 @pytest.fixture
 def broker(redis_url):
-    # a topic no other test module uses: a worker of an earlier test's master, stopping as
-    # its master was killed, may still wait on its topic's ready list for a second or two
+    # a topic no other test module uses: what an earlier module's masters leave running
+    # for a moment must not take these jobs
     client = connect(redis_url)
     b = Broker(client, "t", "bq")
     b.register_worker("w1")
