@@ -14,7 +14,6 @@ from functools import cache
 from importlib import resources
 from typing import Any, Callable, NamedTuple, Sequence, TypeVar
 
-import msgpack
 import redis
 
 from .errors import BrokerError, BrokerUnavailable, Fenced
@@ -169,7 +168,7 @@ def node_of(worker: str) -> str:
 
 class TopicKeys:
     __slots__ = ("prefix", "topic", "base", "ready", "delayed", "dead", "stats", "workers",
-                 "starts", "running", "conf", "cancels", "jobs", "progress", "cancelling")
+                 "starts", "running", "conf", "cancels", "jobs", "progress", "cancelling", "taken")
 
     def __init__(self, prefix: str, topic: str) -> None:
         self.prefix = prefix
@@ -188,6 +187,7 @@ class TopicKeys:
         self.jobs = f"{self.base}:jobs"         # HASH job id -> record
         self.progress = f"{self.base}:progress"      # HASH job id -> progress while it runs
         self.cancelling = f"{self.base}:cancelling"  # HASH job id -> 1: cancel not seen through
+        self.taken = f"{self.base}:taken"       # HASH worker name -> when it took its batch
 
     def inflight(self, worker: str) -> str:
         return f"{self.base}:inflight:{worker}"
@@ -231,19 +231,14 @@ class Outcomes(NamedTuple):
     failed: int = 0
     retries: Sequence[tuple[float, bytes]] = ()   # (due time, envelope with attempts + 1)
     dead: Sequence[bytes] = ()
-    # tracked jobs (tracking.Records): job id, record, job id, record ... of those that
-    # ended or wait for a retry, and the expiry entry of those that ended ('' none)
-    records: Sequence[str | bytes] = ()
+    # tracked jobs (tracking.Records): the records of those that ended or wait for a retry,
+    # and the expiry entry of those that ended, as settle.lua takes them (b"": none)
+    records: bytes = b""
     expiry: bytes = b""
     releases: Sequence[tuple[str, str]] = ()      # (unique key, job id) no longer held
 
 
 NO_OUTCOMES = Outcomes()
-
-
-# settle.lua decodes a batch's records with cmsgpack, which knows no bin type: they go as one
-# msgpack array of raw strings
-_pack_raw = msgpack.Packer(use_bin_type=False).pack
 
 
 class Broker:
@@ -288,8 +283,7 @@ class Broker:
         args: list = [worker, seq, done, held, 1 if give_back else 0, outcomes.processed,
                       outcomes.failed, len(outcomes.retries), len(outcomes.dead), take,
                       time.time(), PROMOTE_LIMIT, DEAD_CAP, self._rules_arg,
-                      _pack_raw(outcomes.records) if outcomes.records else b"",
-                      outcomes.expiry, len(outcomes.releases)]
+                      outcomes.records, outcomes.expiry, len(outcomes.releases)]
         for due, env in outcomes.retries:
             args += (repr(float(due)), env)
         args += outcomes.dead

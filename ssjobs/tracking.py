@@ -125,17 +125,23 @@ def record(state: str, fields: dict, expires_at: int = 0) -> bytes:
 
 class Records:
     """The records of the tracked jobs one settle reports, built by the worker so that the
-    settle only stores them: ``records`` is a flat list (job id, record, job id, record
-    ...), ``expiry`` the expiry entry of those that ended. What every job of the batch
-    shares (its times) is encoded once: a plain success costs two small packs."""
+    settle only stores them: ``records`` and ``expiry`` are the two arguments settle.lua
+    takes. What every job of the batch shares (its times) is encoded once: a plain success
+    costs two small packs."""
 
     def __init__(self, began: float, now: float, ttl: float) -> None:
-        self.records: list[str | bytes] = []
+        self._pairs: list[str | bytes] = []   # job id, record, job id, record ...
         self._ended: list[str] = []
         self.expires_at = math.ceil(now + ttl)
         self._times = {"started_at": began, "finished_at": now}
         self._tail = b"".join(_packb(k) + _packb(v) for k, v in self._times.items())
         self._succeeded = b"succeeded %d \x84%s" % (self.expires_at, _packb("attempts"))
+
+    @property
+    def records(self) -> bytes:
+        """The records as one msgpack array (job id, record, ...) of raw strings, which is
+        what cmsgpack reads (it knows no bin type); b"" for none."""
+        return _pack_raw(self._pairs) if self._pairs else b""
 
     @property
     def expiry(self) -> bytes:
@@ -146,7 +152,7 @@ class Records:
     def successes(self, done: list, latest: tuple[str, dict] | None) -> None:
         """The jobs of ``done`` (job, result) succeeded; ``latest``: (job id, progress) of
         the last progress reported, if any."""
-        out, ended, head, tail, pack = (self.records, self._ended, self._succeeded,
+        out, ended, head, tail, pack = (self._pairs, self._ended, self._succeeded,
                                         self._tail, _packb)
         for job, result in done:
             progress = latest[1] if latest is not None and latest[0] == job.id else None
@@ -175,9 +181,9 @@ class Records:
             fields["progress"] = progress
         if state == "retrying":
             fields["started_at"] = self._times["started_at"]
-            self.records += (job_id, record(state, fields))
+            self._pairs += (job_id, record(state, fields))
         else:
-            self.records += (job_id, record(state, {**fields, **self._times}, self.expires_at))
+            self._pairs += (job_id, record(state, {**fields, **self._times}, self.expires_at))
             self._ended.append(job_id)
 
 
@@ -212,7 +218,7 @@ class Tracker:
         k = self.keys
         try:
             with translate():
-                return bool(self._handover(keys=[f"{k.base}:taken", k.cancelling],
+                return bool(self._handover(keys=[k.taken, k.cancelling],
                                            args=[worker, time.time(), job_id]))
         except Exception:  # noqa: BLE001 - best effort, as progress is
             return False

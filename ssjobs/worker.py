@@ -336,10 +336,8 @@ class Worker:
             return
         log.info("job %s on %r was cancelled before it ran: dropped", job.id, job.topic)
         records = Records(time.time(), time.time(), self.rules.result_ttl)
-        records.ended("cancelled", job.id, job.attempts, job.enqueued_at, None, None)
         releases: list[tuple[str, str]] = []
-        if job.headers:
-            self._release(job, releases)
+        self._note_end(job, "cancelled", records, releases)
         self._settle(done=1, outcomes=Outcomes(records=records.records, expiry=records.expiry,
                                                releases=releases))
 
