@@ -349,6 +349,27 @@ def test_expiry_deletes_only_records_that_did_not_start_again(tracked_broker, re
         assert p.status("rep", second) is None
 
 
+def test_a_job_asked_to_stop_that_fails_into_a_retry_ends_cancelled(tracked_broker,
+                                                                     redis_url):
+    """The cancel came after the worker's own last look: it reports a retry, the settle
+    makes the record cancelled (finished, with its expiry) and keeps the cancel pending
+    for the take step, which drops the retry."""
+    with Producer(redis_url, prefix="t") as p:
+        job_id = p.push("rep", 1)
+        tracked_broker.settle("w1", 0, take=1)
+        assert p.cancel("rep", job_id) == "running"
+        finish(tracked_broker, 1, "retrying", [job_id])
+        record = p.status("rep", job_id)
+        assert record["state"] == "cancelled" and record["finished_at"] is not None
+        assert record["error"] == {"type": "E", "message": "m"}
+        assert tracked_broker.client.llen(f"{tracked_broker.keys.base}:expiry") == 1
+        assert tracked_broker.client.get(tracked_broker.keys.cancels) == b"1"
+        tracked_broker.client.lpush(tracked_broker.keys.ready, envelope.encode(job_id, "rep", 1))
+        assert tracked_broker.settle("w1", 2, take=1).jobs == []   # the retry is dropped
+        assert not tracked_broker.client.exists(tracked_broker.keys.cancels)
+        assert p.status("rep", job_id)["state"] == "cancelled"
+
+
 def test_a_fenced_worker_writes_no_record(tracked_broker, redis_url):
     with Producer(redis_url, prefix="t") as p:
         job_id = p.push("rep", 1)

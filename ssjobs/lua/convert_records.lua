@@ -11,7 +11,7 @@
 if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
 local base = string.sub(KEYS[2], 1, -6)
 if redis.call('HSETNX', KEYS[2], ARGV[1], ARGV[2]) == 1 and ARGV[3] ~= '0' then
-  redis.call('RPUSH', base .. ':expiry', ARGV[3] .. ' ' .. cmsgpack.pack({ARGV[1]}))
+  expire_later(base, ARGV[3], ARGV[1])
 end
 if ARGV[4] == '1' then redis.call('HSETNX', base .. ':cancelling', ARGV[1], 1) end
 redis.call('DEL', KEYS[1])

@@ -83,16 +83,24 @@ local function record_fields(rec)
   return {}
 end
 
--- Write a job's record; a finished one is listed for its expiry.
-local function set_record(base, id, state, fields, now, ttl)
+-- List job id's record for deletion once expires_at has passed.
+local function expire_later(base, expires_at, id)
+  redis.call('RPUSH', base .. ':expiry', expires_at .. ' ' .. cmsgpack.pack({id}))
+end
+
+-- A job's record made of its state and fields; a finished one is listed for its expiry.
+local function new_record(base, id, state, fields, now, ttl)
   local expires_at = 0
   if FINISHED[state] then
     fields.finished_at = fields.finished_at or now
     expires_at = math.ceil(now + ttl)
-    redis.call('RPUSH', base .. ':expiry', expires_at .. ' ' .. cmsgpack.pack({id}))
+    expire_later(base, expires_at, id)
   end
-  local rec = state .. ' ' .. expires_at .. ' ' .. cmsgpack.pack(fields)
-  redis.call('HSET', base .. ':jobs', id, rec)
+  return state .. ' ' .. expires_at .. ' ' .. cmsgpack.pack(fields)
+end
+
+local function set_record(base, id, state, fields, now, ttl)
+  redis.call('HSET', base .. ':jobs', id, new_record(base, id, state, fields, now, ttl))
 end
 
 -- A job's record moves on to `state`, its other fields updated by `changes`.

@@ -74,11 +74,8 @@ local function store_records(base, records, expiry, rules)
       local id = records[j]
       if redis.call('HEXISTS', cancelling, id) == 1 then
         if record_state(records[j + 1]) == 'retrying' then  -- no binary values: re-encoded
-          local fields = record_fields(records[j + 1])
-          fields.finished_at = rules.now
-          local expires_at = math.ceil(rules.now + rules.ttl)
-          records[j + 1] = 'cancelled ' .. expires_at .. ' ' .. cmsgpack.pack(fields)
-          redis.call('RPUSH', base .. ':expiry', expires_at .. ' ' .. cmsgpack.pack({id}))
+          records[j + 1] = new_record(base, id, 'cancelled', record_fields(records[j + 1]),
+                                      rules.now, rules.ttl)
         else
           redis.call('HDEL', cancelling, id)
           cancel_seen(base)
