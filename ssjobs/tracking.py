@@ -74,7 +74,7 @@ def parse(keys: TopicKeys, job_id: str, reply: list) -> dict | None:
             out["result"] = fields["result"]
     if len(reply) > 1:   # not finished: held by a worker, progress, cancel asked
         held, attempts, taken_at, progress, cancel = reply[1:6]
-        if int(held):
+        if int(held) and taken_at:   # held, and its worker noted taking it: it runs
             out.update(state="running", attempts=int(attempts),
                        started_at=number(_text(taken_at)))
         if progress:

@@ -20,7 +20,7 @@ from ssjobs.aio import AsyncProducer
 from ssjobs.broker import Broker, Outcomes, Rules, TopicKeys, connect
 from ssjobs.errors import Fenced
 from ssjobs.producer import Producer
-from ssjobs.tracking import Records
+from ssjobs.tracking import Records, Tracker
 
 CONSUMERS = """
 import json, os, time
@@ -368,6 +368,28 @@ def test_a_job_asked_to_stop_that_fails_into_a_retry_ends_cancelled(tracked_brok
         assert tracked_broker.settle("w1", 2, take=1).jobs == []   # the retry is dropped
         assert not tracked_broker.client.exists(tracked_broker.keys.cancels)
         assert p.status("rep", job_id)["state"] == "cancelled"
+
+
+def test_a_job_the_idle_wait_hands_over_runs_with_its_own_start_time(tracked_broker,
+                                                                     redis_url):
+    """Between the idle wait's BLMOVE and the worker's note of the handover, the job sits
+    in the in-flight list of a worker that has no take time: it reads as queued, never as
+    running with no start time, or with the take time of the worker's previous batch."""
+    with Producer(redis_url, prefix="t") as p:
+        earlier = p.push("rep", 1)
+        tracked_broker.settle("w1", 0, take=1)
+        assert p.status("rep", earlier)["state"] == "running"
+        finish(tracked_broker, 1, "succeeded", [earlier])   # asks for no more: holds nothing
+        assert tracked_broker.settle("w1", 2, take=1).jobs == []
+        time.sleep(0.05)
+        job_id = p.push("rep", 2)
+        assert envelope.decode(tracked_broker.wait_one("w1", 1)).id == job_id
+        assert p.status("rep", job_id)["state"] == "queued"
+        assert Tracker(tracked_broker.client, tracked_broker.keys).handed_over("w1",
+                                                                               job_id) is False
+        record = p.status("rep", job_id)
+        assert record["state"] == "running"
+        assert record["started_at"] >= record["enqueued_at"]
 
 
 def test_a_fenced_worker_writes_no_record(tracked_broker, redis_url):

@@ -174,8 +174,16 @@ if n_dead > 0 then redis.call('HINCRBY', KEYS[5], 'dead', n_dead) end
 local taken, wait = {}, nil
 if ARGV[10] ~= '0' then
   taken, wait = take(k, KEYS[3], rules.take, ARGV[12], rules)
-  -- what status says of the jobs of a tracked topic while they are held: taken at
-  if rules.track and #taken > 0 then redis.call('HSET', base .. ':taken', name, ARGV[11]) end
+end
+if rules.track then
+  -- when the worker took what it holds: a held job's started_at in status. A worker that
+  -- holds nothing has no take time, so a job the idle wait hands it reads as queued until
+  -- the worker notes the handover (handover.lua), never with this batch's time.
+  if #taken > 0 or extra > 0 then
+    redis.call('HSET', base .. ':taken', name, ARGV[11])
+  elseif keep == 0 then
+    redis.call('HDEL', base .. ':taken', name)
+  end
 end
 redis.call('HSET', KEYS[6], name, seq + 1)
 local jobs = taken
