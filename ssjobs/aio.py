@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import Any, Callable, Iterable
+from typing import Any, Iterable
 
 import redis.asyncio as aioredis
 from redis.exceptions import NoScriptError
@@ -33,23 +33,12 @@ from .producer import (
     push_call,
     push_options,
     pushed_id,
+    resp_packer,
 )
 
 MAX_CONNECTIONS = 64  # a burst of pushes shares these (one socket each), however large
 IO_TIMEOUT_S = 10.0   # a push that gets no reply in this long is sent again (once); a
                       # push_many has a second more per chunk of jobs
-
-
-def _packer() -> Callable[..., Any]:
-    """What turns a command into RESP bytes: hiredis' when installed (redis.asyncio's own
-    packer is pure Python)."""
-    from redis._parsers.encoders import Encoder
-    from redis.connection import HiredisRespSerializer, PythonRespSerializer
-    from redis.utils import HIREDIS_AVAILABLE
-
-    if HIREDIS_AVAILABLE:
-        return HiredisRespSerializer().pack
-    return PythonRespSerializer(6000, Encoder("utf-8", "strict", False).encode).pack
 
 
 class _Connections:
@@ -64,7 +53,7 @@ class _Connections:
                                                           socket_timeout=None))
         self._free: list[Any] = []
         self._slots = asyncio.Semaphore(MAX_CONNECTIONS)
-        self._pack = _packer()
+        self._pack = resp_packer()
 
     async def push(self, calls: list[tuple[list[str], list[Any]]]) -> list[Any]:
         """push.lua calls streamed down one connection, then their replies."""

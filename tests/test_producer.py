@@ -5,7 +5,7 @@ import pytest
 
 from ssjobs import envelope
 from ssjobs.broker import TopicKeys
-from ssjobs.producer import Producer
+from ssjobs.producer import PUSH_SHA, Producer, push_call, push_options, resp_packer
 
 
 def ready(rclient, topic):
@@ -19,6 +19,20 @@ def test_push_stores_a_decodable_envelope_with_hash_tagged_key(redis_url, rclien
     assert rclient.exists("t:{mail.send}:ready")
     (job,) = ready(rclient, "mail.send")
     assert (job.id, job.topic, job.payload, job.attempts) == (job_id, "mail.send", {"to": "x"}, 0)
+
+
+def test_the_producers_own_packer_writes_what_redis_py_writes(redis_url):
+    """Pushes are packed by hiredis straight, not by redis-py: the bytes must be the same
+    (non-ASCII keys and payload bytes included)."""
+    keys = TopicKeys("t", "émoji.q")
+    calls = [push_call(keys, "tok", "0" * 32, [b"\x97\x00\xff", b""], 1764160000.25,
+                       push_options(delay=1.5, priority=3, unique_key="clé")),
+             push_call(keys, "tok", "1" * 32, [b"e"], 1.0, push_options())]
+    with Producer(redis_url, prefix="t") as p:
+        conn = p._topic("q")[1]._connection()
+        for call_keys, call_args in calls:
+            command = ("EVALSHA", PUSH_SHA, len(call_keys), *call_keys, *call_args)
+            assert b"".join(resp_packer()(*command)) == b"".join(conn.pack_command(*command))
 
 
 def test_delay_goes_to_the_delayed_set(redis_url, rclient):
