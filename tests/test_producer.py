@@ -1,4 +1,6 @@
 import asyncio
+import subprocess
+import sys
 import threading
 
 import pytest
@@ -33,6 +35,16 @@ def test_the_producers_own_packer_writes_what_redis_py_writes(redis_url):
         for call_keys, call_args in calls:
             command = ("EVALSHA", PUSH_SHA, len(call_keys), *call_keys, *call_args)
             assert b"".join(resp_packer()(*command)) == b"".join(conn.pack_command(*command))
+
+
+def test_pushes_work_without_hiredis(redis_url, rclient):
+    """hiredis is optional: without it the producer packs with redis-py's pure packer."""
+    script = ("import sys; sys.modules['hiredis'] = None\n"
+              "from ssjobs.producer import Producer\n"
+              f"with Producer({redis_url!r}, prefix='t') as p:\n"
+              "    p.push('nohi', {'n': 1}); p.push_many('nohi', [2, 3])\n")
+    subprocess.run([sys.executable, "-c", script], check=True, timeout=60)
+    assert [job.payload for job in ready(rclient, "nohi")] == [3, 2, {"n": 1}]
 
 
 def test_delay_goes_to_the_delayed_set(redis_url, rclient):
