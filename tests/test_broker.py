@@ -109,7 +109,7 @@ def test_the_blocking_fetch_wakes_within_milliseconds_of_a_push(broker, redis_ur
     push(redis_url, ["hello"])
     th.join()
     assert envelope.decode(got["raw"]).payload == "hello"
-    assert got["t"] - pushed_at < 0.05
+    assert got["t"] - pushed_at < 0.25   # not the 2 s timeout: woken by the push
 
 
 def test_a_failure_is_settled_alone_and_the_rest_stays_held(broker, redis_url):
