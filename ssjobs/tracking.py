@@ -29,6 +29,7 @@ _PROGRESS = with_lib("progress")
 _HANDOVER = with_lib("handover")
 _packb = msgpack.Packer(use_bin_type=True).pack
 _pack_raw = msgpack.Packer(use_bin_type=False).pack
+_ENQUEUED = _packb("enqueued_at")   # a key of a plain success's map (Records.successes)
 
 
 def read(client: Any, keys: TopicKeys, job_id: str) -> dict | None:
@@ -185,10 +186,6 @@ class Records:
         else:
             self._pairs += (job_id, record(state, {**fields, **self._times}, self.expires_at))
             self._ended.append(job_id)
-
-
-# a plain success's map: {attempts, enqueued_at, started_at, finished_at}
-_ENQUEUED = _packb("enqueued_at")
 
 
 class Tracker:

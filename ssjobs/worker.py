@@ -335,7 +335,8 @@ class Worker:
         if tracker is None or not tracker.handed_over(self.name, job.id):
             return
         log.info("job %s on %r was cancelled before it ran: dropped", job.id, job.topic)
-        records = Records(time.time(), time.time(), self.rules.result_ttl)
+        now = time.time()
+        records = Records(now, now, self.rules.result_ttl)
         releases: list[tuple[str, str]] = []
         self._note_end(job, "cancelled", records, releases)
         self._settle(done=1, outcomes=Outcomes(records=records.records, expiry=records.expiry,

@@ -392,6 +392,20 @@ def test_a_job_the_idle_wait_hands_over_runs_with_its_own_start_time(tracked_bro
         assert record["started_at"] >= record["enqueued_at"]
 
 
+def test_a_periodic_jobs_record_is_queued_when_its_tick_is_enqueued(tracked_broker,
+                                                                    redis_url):
+    job_id = envelope.new_id()
+    entry = envelope.encode(job_id, "rep", {"tick": 1})
+    before = time.time()
+    assert tracked_broker.enqueue_tick("every-1s", 1000.0, entry)
+    assert not tracked_broker.enqueue_tick("every-1s", 1000.0, entry)   # once per tick
+    with Producer(redis_url, prefix="t") as p:
+        record = p.status("rep", job_id)
+    assert record["state"] == "queued" and record["attempts"] == 0
+    assert before <= record["enqueued_at"] <= time.time()
+    assert record["started_at"] is None and record["finished_at"] is None
+
+
 def test_a_fenced_worker_writes_no_record(tracked_broker, redis_url):
     with Producer(redis_url, prefix="t") as p:
         job_id = p.push("rep", 1)

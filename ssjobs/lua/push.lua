@@ -53,6 +53,8 @@ if redis.call('HGET', KEYS[4], 'track') == '1' then
   local state = ARGV[2] ~= '' and 'delayed' or 'queued'
   local fields = {attempts = 0, enqueued_at = now}
   if ARGV[4] ~= '0' then fields.unique = KEYS[5] end  -- cancel gives the key back
+  -- new_record's form, built once for every job of the push (naming new_record here would
+  -- define it, and what it uses, on every push of every topic)
   local rec = state .. ' 0 ' .. cmsgpack.pack(fields)
   local records = {}
   for i = first, #ARGV do

@@ -14,8 +14,9 @@ redis.call('LPUSH', KEYS[1], ARGV[2])
 if redis.call('HGET', KEYS[3], 'track') == '1' then
   local id = head(ARGV[2])
   if id then
-    redis.call('HSET', string.sub(KEYS[1], 1, -7) .. ':jobs', id,
-               'queued 0 ' .. cmsgpack.pack({attempts = 0, enqueued_at = tonumber(ARGV[3])}))
+    local now = tonumber(ARGV[3])
+    set_record(string.sub(KEYS[1], 1, -7), id, 'queued', {attempts = 0, enqueued_at = now},
+               now, 0)
   end
 end
 return 1
