@@ -298,7 +298,7 @@ def test_check_notify_sends_a_test_message_or_reports_the_error(cli):
 
 def test_start_status_push_reload_stop(running, redis_url):
     cli, pid = running
-    # status: running, the §5 shape
+    # status: running, the shape docs/reference.md gives
     code, st = cli.status()
     assert code == 0 and st["running"] is True
     assert st["master"]["pid"] == pid
